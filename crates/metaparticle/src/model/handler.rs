@@ -1,0 +1,271 @@
+//! Handlers: ordinary Rust functions turned into JSON-RPC endpoints.
+//!
+//! A user writes a closure or an `async fn` over any serde types; the node that runs it only sees
+//! JSON. [`Handler`] is the bridge: it is implemented for every `Fn(Req) -> Out` and every
+//! `Fn(Req) -> impl Future<Output = Out>` where `Req: DeserializeOwned` and `Out: IntoReply`,
+//! and it erases the types into one [`ErasedHandler`] the data plane can call.
+//!
+//! The marker type parameter `M` exists only so that the synchronous and the asynchronous blanket
+//! implementations do not overlap (the same trick axum uses for its handlers); users never name it.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::plane::jsonrpc::RpcError;
+
+/// A boxed, sendable future, the currency of type-erased calls.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A handler with its types erased: JSON request in, JSON result (or a JSON-RPC error) out.
+pub trait ErasedHandler: Send + Sync + 'static {
+    /// Runs the handler on one request. Panics are caught and reported as `-32603`.
+    fn call(&self, request: Value) -> BoxFuture<Result<Value, RpcError>>;
+
+    /// Whether the handler reads a scope from storage (see [`crate::stateful`]); the node then
+    /// opens its store and gives the handler a state context. False for ordinary handlers.
+    fn uses_state(&self) -> bool {
+        false
+    }
+}
+
+/// An error a handler returns on purpose; it reaches the caller as a JSON-RPC error.
+///
+/// ```
+/// use metaparticle::HandlerError;
+/// fn divide((a, b): (i64, i64)) -> Result<i64, HandlerError> {
+///     if b == 0 {
+///         return Err(HandlerError::new("division by zero"));
+///     }
+///     Ok(a / b)
+/// }
+/// # assert!(divide((1, 0)).is_err());
+/// ```
+#[derive(Debug, Clone)]
+pub struct HandlerError {
+    /// JSON-RPC error code; application errors default to `-32099`'s neighbour `-32050`.
+    pub code: i64,
+    /// Human-readable message sent to the caller.
+    pub message: String,
+    /// Optional structured detail sent as the error's `data`.
+    pub data: Option<Value>,
+}
+
+impl HandlerError {
+    /// The code used for application errors unless one is given with [`HandlerError::with_code`].
+    pub const APPLICATION: i64 = -32050;
+
+    /// An application error with a message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self { code: Self::APPLICATION, message: message.into(), data: None }
+    }
+
+    /// The same error with another JSON-RPC code.
+    pub fn with_code(mut self, code: i64) -> Self {
+        self.code = code;
+        self
+    }
+
+    /// The same error with structured detail.
+    pub fn with_data(mut self, data: Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+}
+
+impl std::fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)
+    }
+}
+
+impl std::error::Error for HandlerError {}
+
+/// What a handler may return: any `Serialize` value, or `Result<T, HandlerError>`.
+///
+/// The marker `M` keeps the two implementations apart (a `Result` is itself `Serialize`).
+pub trait IntoReply<M = PlainReply> {
+    /// Converts the handler's output into a JSON result or a JSON-RPC error.
+    fn into_reply(self) -> Result<Value, RpcError>;
+}
+
+/// Marker: the output is the result.
+pub struct PlainReply;
+/// Marker: the output is `Ok(result)` or `Err(HandlerError)`.
+pub struct FallibleReply;
+
+impl<T: Serialize> IntoReply<PlainReply> for T {
+    fn into_reply(self) -> Result<Value, RpcError> {
+        serde_json::to_value(self)
+            .map_err(|e| RpcError::internal(format!("the handler's result is not JSON: {e}")))
+    }
+}
+
+// `HandlerError` deliberately does not implement `Serialize`, so only this impl applies to
+// `Result<T, HandlerError>` and the marker is always inferred.
+impl<T: Serialize> IntoReply<FallibleReply> for Result<T, HandlerError> {
+    fn into_reply(self) -> Result<Value, RpcError> {
+        match self {
+            Ok(value) => IntoReply::<PlainReply>::into_reply(value),
+            Err(e) => Err(RpcError { code: e.code, message: e.message, data: e.data }),
+        }
+    }
+}
+
+/// Any function that can serve requests. Implemented for sync and async closures and fns.
+///
+/// ```
+/// use metaparticle as mp;
+/// use serde_json::{json, Value};
+///
+/// // A synchronous closure over JSON...
+/// let echo = mp::service("echo", |req: Value| json!({ "echo": req }));
+/// // ...or an async fn over typed requests.
+/// #[derive(serde::Deserialize)]
+/// struct Greet { name: String }
+/// async fn greet(req: Greet) -> String { format!("hello {}", req.name) }
+/// let greeter = mp::service("greeter", greet);
+/// # let _ = (echo, greeter);
+/// ```
+pub trait Handler<M>: Send + Sync + 'static {
+    /// Erases the handler's types.
+    fn into_erased(self) -> Arc<dyn ErasedHandler>;
+}
+
+/// Marker for synchronous handlers (see [`Handler`]).
+pub struct SyncHandler<Req, Out, R>(PhantomData<fn(Req) -> (Out, R)>);
+/// Marker for asynchronous handlers (see [`Handler`]).
+pub struct AsyncHandler<Req, Fut, R>(PhantomData<fn(Req) -> (Fut, R)>);
+
+struct SyncFn<F, Req, R>(F, PhantomData<fn(Req) -> R>);
+struct AsyncFn<F, Req, R>(F, PhantomData<fn(Req) -> R>);
+
+impl<F, Req, Out, R> Handler<SyncHandler<Req, Out, R>> for F
+where
+    F: Fn(Req) -> Out + Send + Sync + 'static,
+    Req: DeserializeOwned + 'static,
+    Out: IntoReply<R> + 'static,
+    R: 'static,
+{
+    fn into_erased(self) -> Arc<dyn ErasedHandler> {
+        Arc::new(SyncFn(self, PhantomData))
+    }
+}
+
+impl<F, Req, Fut, R> Handler<AsyncHandler<Req, Fut, R>> for F
+where
+    F: Fn(Req) -> Fut + Send + Sync + 'static,
+    Req: DeserializeOwned + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: IntoReply<R>,
+    R: 'static,
+{
+    fn into_erased(self) -> Arc<dyn ErasedHandler> {
+        Arc::new(AsyncFn(self, PhantomData))
+    }
+}
+
+/// Decodes a request for a handler, mapping a type mismatch to `-32602 invalid params`.
+pub(crate) fn decode_request<Req: DeserializeOwned>(request: Value) -> Result<Req, RpcError> {
+    serde_json::from_value(request).map_err(|e| RpcError::invalid_params(e.to_string()))
+}
+
+impl<F, Req, Out, R> ErasedHandler for SyncFn<F, Req, R>
+where
+    F: Fn(Req) -> Out + Send + Sync + 'static,
+    Req: DeserializeOwned + 'static,
+    Out: IntoReply<R> + 'static,
+    R: 'static,
+{
+    fn call(&self, request: Value) -> BoxFuture<Result<Value, RpcError>> {
+        let outcome = decode_request::<Req>(request).and_then(|req| {
+            std::panic::catch_unwind(AssertUnwindSafe(|| (self.0)(req)))
+                .map_err(|panic| RpcError::handler_panicked(&panic))
+                .and_then(IntoReply::<R>::into_reply)
+        });
+        Box::pin(std::future::ready(outcome))
+    }
+}
+
+impl<F, Req, Fut, R> ErasedHandler for AsyncFn<F, Req, R>
+where
+    F: Fn(Req) -> Fut + Send + Sync + 'static,
+    Req: DeserializeOwned + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: IntoReply<R>,
+    R: 'static,
+{
+    fn call(&self, request: Value) -> BoxFuture<Result<Value, RpcError>> {
+        let req = match decode_request::<Req>(request) {
+            Ok(req) => req,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        // Creating the future runs user code too, so it is inside the unwind guard as well.
+        let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| (self.0)(req))) {
+            Ok(fut) => fut,
+            Err(panic) => return Box::pin(std::future::ready(Err(RpcError::handler_panicked(&panic)))),
+        };
+        Box::pin(async move {
+            match AssertUnwindSafe(fut).catch_unwind().await {
+                Ok(out) => IntoReply::<R>::into_reply(out),
+                Err(panic) => Err(RpcError::handler_panicked(&panic)),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn erase<M>(h: impl Handler<M>) -> Arc<dyn ErasedHandler> {
+        h.into_erased()
+    }
+
+    #[tokio::test]
+    async fn sync_and_async_closures_become_the_same_erased_handler() {
+        let sync = erase(|x: i64| x + 1);
+        let asynchronous = erase(|x: i64| async move { x + 1 });
+        assert_eq!(sync.call(json!(41)).await.unwrap(), json!(42));
+        assert_eq!(asynchronous.call(json!(41)).await.unwrap(), json!(42));
+    }
+
+    #[tokio::test]
+    async fn a_request_of_the_wrong_type_is_invalid_params() {
+        let h = erase(|x: i64| x);
+        let err = h.call(json!("not a number")).await.unwrap_err();
+        assert_eq!(err.code, RpcError::INVALID_PARAMS);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_an_internal_error_with_the_message() {
+        let h = erase(|_: Value| -> Value { panic!("boom") });
+        let err = h.call(json!({})).await.unwrap_err();
+        assert_eq!(err.code, RpcError::INTERNAL);
+        assert!(err.message.contains("boom"), "{}", err.message);
+        let h = erase(|_: Value| async move {
+            panic!("async boom");
+            #[allow(unreachable_code)]
+            0
+        });
+        let err = h.call(json!({})).await.unwrap_err();
+        assert!(err.message.contains("async boom"), "{}", err.message);
+    }
+
+    #[tokio::test]
+    async fn a_handler_error_keeps_its_code_and_message() {
+        let h = erase(|_: Value| -> Result<i64, HandlerError> {
+            Err(HandlerError::new("no such user").with_code(-32044))
+        });
+        let err = h.call(json!({})).await.unwrap_err();
+        assert_eq!((err.code, err.message.as_str()), (-32044, "no such user"));
+    }
+}

@@ -1,0 +1,579 @@
+//! The Plan: a topology compiled into the flat list of nodes every runner deploys.
+//!
+//! The Plan is plain data (serde, printable with `program plan`), so runners, manifests and tests
+//! read the same thing. The closures a node runs (handler, shard key, merge) cannot be data;
+//! they stay in a [`Registry`] keyed by node name, which every process rebuilds by running the
+//! same `main`. That is why every node can be the same binary started in a role.
+//!
+//! Naming: a service's front node carries the service's name; what sits behind it gets a suffix:
+//! `.replica` (spread), `.shard` (shard), `.leaf` (scatter). When a shard or a leaf is itself a
+//! tree, each index gets its own copy of the tree (`.shard-0`, `.shard-1`, …) because shards and
+//! leaves are distinct members; copies behind a spread share whatever they call, because replicas
+//! are interchangeable.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::handler::ErasedHandler;
+use super::topology::{ErasedKey, ErasedMerge, ScatterSettings, Service, ServiceSettings, Topology};
+use crate::plane::auth::BasicAuth;
+
+/// What a node does with a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Role {
+    /// Runs the service's handler.
+    Leaf,
+    /// Forwards each request to one healthy, least-loaded replica of `upstream`.
+    Balancer {
+        /// The node whose replicas share the load.
+        upstream: String,
+    },
+    /// Forwards each request to the shard its key selects.
+    Router {
+        /// One target per shard, in shard order.
+        shards: Vec<Target>,
+    },
+    /// Sends each request to every leaf and merges their answers.
+    Gather {
+        /// One target per leaf, in leaf order.
+        leaves: Vec<Target>,
+    },
+    /// Runs the program's own HTTP server (`containerize`).
+    Server,
+    /// Forwards any HTTP request, streaming, to one healthy, least-loaded replica of `upstream`.
+    HttpBalancer {
+        /// The node whose replicas share the load.
+        upstream: String,
+    },
+    /// Forwards any HTTP request to the shard its URL path selects.
+    HttpRouter {
+        /// One target per shard, in shard order.
+        shards: Vec<Target>,
+        /// The regular expression whose first group is the key.
+        url_pattern: String,
+    },
+}
+
+impl Role {
+    /// A one-word name for the role, for status tables and labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Role::Leaf => "leaf",
+            Role::Balancer { .. } => "balancer",
+            Role::Router { .. } => "router",
+            Role::Gather { .. } => "gather",
+            Role::Server => "server",
+            Role::HttpBalancer { .. } => "http-lb",
+            Role::HttpRouter { .. } => "http-router",
+        }
+    }
+
+    /// Every target this node calls.
+    pub fn targets(&self) -> Vec<Target> {
+        match self {
+            Role::Leaf | Role::Server => Vec::new(),
+            Role::Balancer { upstream } | Role::HttpBalancer { upstream } => {
+                vec![Target { node: upstream.clone(), replica: None }]
+            }
+            Role::Router { shards: t } | Role::Gather { leaves: t } | Role::HttpRouter { shards: t, .. } => {
+                t.clone()
+            }
+        }
+    }
+}
+
+/// Something a node calls: one replica of a node, or any replica of it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Target {
+    /// The node called.
+    pub node: String,
+    /// `Some(i)`: exactly replica `i` (a shard or a leaf); `None`: any replica, balanced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<usize>,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.replica {
+            Some(i) => write!(f, "{}-{i}", self.node),
+            None => f.write_str(&self.node),
+        }
+    }
+}
+
+/// One deployable node: a role, run by `replicas` identical processes or containers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Unique within the app, e.g. `histogram-service.leaf`.
+    pub name: String,
+    /// The service this node belongs to; also the JSON-RPC method it answers.
+    pub service: String,
+    /// What it does.
+    pub role: Role,
+    /// How many copies run.
+    pub replicas: usize,
+    /// Whether it is the front of an exposed service (reachable from outside the app).
+    pub exposed: bool,
+    /// The service's timeout and retry settings.
+    #[serde(default)]
+    pub settings: ServiceSettings,
+    /// For a gather root: its leaves' timeout and failure policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scatter: Option<ScatterSettings>,
+    /// Whether its handler keeps state in storage (`stateful`), so runners know it needs a store.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stateful: bool,
+}
+
+impl Node {
+    /// The name a replica is known by (`replicated-service.replica-2`): its hostname locally.
+    pub fn replica_name(&self, replica: usize) -> String {
+        format!("{}-{replica}", self.name)
+    }
+}
+
+/// The compiled topology of a whole program.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Every node in pre-order: each service's front node, then what it calls, service by service.
+    pub nodes: Vec<Node>,
+}
+
+impl Plan {
+    /// The node with this name.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The nodes clients may call from outside, in declaration order.
+    pub fn exposed(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(|n| n.exposed)
+    }
+
+    /// The front node of a service (the one a client calls), exposed or not.
+    pub fn front(&self, service: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == service)
+    }
+
+    /// Whether any node keeps state in storage.
+    pub fn uses_state(&self) -> bool {
+        self.nodes.iter().any(|n| n.stateful)
+    }
+
+    /// Total processes (or containers) the plan runs.
+    pub fn process_count(&self) -> usize {
+        self.nodes.iter().map(|n| n.replicas).sum()
+    }
+}
+
+impl fmt::Display for Plan {
+    /// One line per node: name, role, replicas, what it calls.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for n in &self.nodes {
+            let calls = describe_targets(&n.role.targets());
+            write!(f, "{:<40} {:<9} x{:<3}", n.name, n.role.kind(), n.replicas)?;
+            if n.exposed {
+                f.write_str(" exposed")?;
+            }
+            if !calls.is_empty() {
+                write!(f, " -> {calls}")?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}
+
+/// `leaf[0..10]` for every replica of one node in order, else the targets one by one.
+fn describe_targets(targets: &[Target]) -> String {
+    let indexed_in_order =
+        targets.iter().enumerate().all(|(i, t)| t.replica == Some(i) && t.node == targets[0].node);
+    if targets.len() > 1 && indexed_in_order {
+        return format!("{}[0..{}]", targets[0].node, targets.len());
+    }
+    targets.iter().map(Target::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// The closures of one node, looked up by node name.
+#[derive(Clone)]
+pub enum Behaviour {
+    /// A leaf's handler.
+    Handler(Arc<dyn ErasedHandler>),
+    /// A router's key function.
+    Key(Arc<dyn ErasedKey>),
+    /// A gather root's merge function.
+    Merge(Arc<dyn ErasedMerge>),
+    /// A program's own HTTP server.
+    Server(Arc<dyn super::topology::ErasedServer>),
+    /// A balancer needs no code of the user's.
+    None,
+}
+
+/// The closures of every node of a plan.
+#[derive(Clone, Default)]
+pub struct Registry {
+    behaviours: BTreeMap<String, Behaviour>,
+    auth: BTreeMap<String, Arc<BasicAuth>>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.behaviours.keys()).finish()
+    }
+}
+
+impl Registry {
+    /// The closures of a node (`Behaviour::None` for balancers and unknown names).
+    pub fn get(&self, node: &str) -> Behaviour {
+        self.behaviours.get(node).cloned().unwrap_or(Behaviour::None)
+    }
+
+    /// The credentials the front node `node` of a service requires, if any.
+    pub fn auth(&self, node: &str) -> Option<Arc<BasicAuth>> {
+        self.auth.get(node).cloned()
+    }
+}
+
+/// Why a set of services cannot be compiled.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    /// Two services share a name; the JSON-RPC method would be ambiguous.
+    #[error("two services are named '{0}'; service names must be unique")]
+    DuplicateService(String),
+    /// A name that cannot be a method, hostname or label.
+    #[error("service name '{0}' must be 1-40 characters of a-z, 0-9 and '-', starting with a letter")]
+    BadName(String),
+    /// Nothing to serve.
+    #[error("no services given to serve")]
+    Empty,
+    /// A URL shard pattern that does not compile.
+    #[error("{0}")]
+    BadPattern(String),
+    /// An HTTP server where JSON-RPC is needed, or the reverse.
+    #[error("{0}")]
+    MixedProtocols(String),
+}
+
+/// Compiles services into a plan and the registry of their closures.
+///
+/// ```
+/// use metaparticle as mp;
+/// let svc = mp::service("replicated-service", mp::spread(3, |r: serde_json::Value| r)).expose();
+/// let (plan, _registry) = mp::model::compile(&[svc]).unwrap();
+/// assert_eq!(plan.nodes.len(), 2);
+/// assert_eq!(plan.process_count(), 4); // the seeds' "four containers"
+/// ```
+pub fn compile(services: &[Service]) -> Result<(Plan, Registry), PlanError> {
+    if services.is_empty() {
+        return Err(PlanError::Empty);
+    }
+    let mut compiler = Compiler::default();
+    for svc in services {
+        check_protocols(&svc.topology)?;
+        validate_name(&svc.name)?;
+        if compiler.fronts.contains(&svc.name) {
+            return Err(PlanError::DuplicateService(svc.name.clone()));
+        }
+        compiler.fronts.push(svc.name.clone());
+        let first = compiler.nodes.len();
+        let front = compiler.node(&svc.name, &svc.name, &svc.topology);
+        compiler.nodes[front].exposed = svc.exposed;
+        if let Some(auth) = &svc.auth {
+            compiler.auth.insert(svc.name.clone(), auth.clone());
+        }
+        for node in &mut compiler.nodes[first..] {
+            node.settings = svc.settings;
+        }
+    }
+    let Compiler { nodes, behaviours, auth, .. } = compiler;
+    Ok((Plan { nodes }, Registry { behaviours, auth }))
+}
+
+/// Whether a topology serves raw HTTP (a program's own server) rather than JSON-RPC.
+fn is_http(topology: &Topology) -> bool {
+    match topology {
+        Topology::Server(_) | Topology::UrlShard { .. } => true,
+        Topology::Spread { inner, .. } => is_http(inner),
+        _ => false,
+    }
+}
+
+/// HTTP servers can be spread and URL-sharded; JSON-RPC handlers everything else. A tree that
+/// mixes them cannot be routed, so it is refused with a message saying where.
+fn check_protocols(topology: &Topology) -> Result<(), PlanError> {
+    match topology {
+        Topology::Handler(_) | Topology::Server(_) => Ok(()),
+        Topology::Spread { inner, .. } => check_protocols(inner),
+        Topology::Shard { inner, .. } if is_http(inner) => Err(PlanError::MixedProtocols(
+            "shard() routes JSON-RPC by a key function; shard an HTTP server by URL with containerize's shards".into(),
+        )),
+        Topology::Shard { inner, .. } => check_protocols(inner),
+        Topology::Scatter { leaf, .. } if is_http(leaf) => Err(PlanError::MixedProtocols(
+            "scatter() needs JSON-RPC leaves, not an HTTP server".into(),
+        )),
+        Topology::Scatter { leaf, .. } => check_protocols(leaf),
+        Topology::UrlShard { pattern, inner, .. } => {
+            super::url_pattern::UrlPattern::new(pattern).map_err(PlanError::BadPattern)?;
+            if !is_http(inner) {
+                return Err(PlanError::MixedProtocols("a URL shard needs an HTTP server inside".into()));
+            }
+            check_protocols(inner)
+        }
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), PlanError> {
+    let ok = (1..=40).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(PlanError::BadName(name.to_string()))
+    }
+}
+
+#[derive(Default)]
+struct Compiler {
+    nodes: Vec<Node>,
+    behaviours: BTreeMap<String, Behaviour>,
+    auth: BTreeMap<String, Arc<BasicAuth>>,
+    fronts: Vec<String>,
+}
+
+impl Compiler {
+    /// Compiles `topology` with its front node named `name`; returns the front's index.
+    fn node(&mut self, service: &str, name: &str, topology: &Topology) -> usize {
+        // The slot is taken before recursing so that the plan lists a node before what it calls.
+        let index = self.nodes.len();
+        self.nodes.push(Node {
+            name: name.to_string(),
+            service: service.to_string(),
+            role: Role::Leaf,
+            replicas: 1,
+            exposed: false,
+            settings: ServiceSettings::default(),
+            scatter: None,
+            stateful: false,
+        });
+        let (role, behaviour) = match topology {
+            Topology::Handler(h) => {
+                self.nodes[index].stateful = h.uses_state();
+                (Role::Leaf, Behaviour::Handler(h.clone()))
+            }
+            Topology::Spread { replicas, inner } => {
+                let upstream = format!("{name}.replica");
+                let front = self.node(service, &upstream, inner);
+                self.nodes[front].replicas *= replicas;
+                if is_http(inner) {
+                    (Role::HttpBalancer { upstream }, Behaviour::None)
+                } else {
+                    (Role::Balancer { upstream }, Behaviour::None)
+                }
+            }
+            Topology::Server(server) => (Role::Server, Behaviour::Server(server.clone())),
+            Topology::UrlShard { shards, pattern, inner } => {
+                let targets = if let Topology::Server(_) = **inner {
+                    let node = self.node(service, &format!("{name}.shard"), inner);
+                    self.nodes[node].replicas = *shards;
+                    (0..*shards).map(|i| Target { node: format!("{name}.shard"), replica: Some(i) }).collect()
+                } else {
+                    self.members(service, &format!("{name}.shard"), *shards, inner)
+                };
+                (Role::HttpRouter { shards: targets, url_pattern: pattern.clone() }, Behaviour::None)
+            }
+            Topology::Shard { shards, key, inner } => {
+                let targets = self.members(service, &format!("{name}.shard"), *shards, inner);
+                (Role::Router { shards: targets }, Behaviour::Key(key.clone()))
+            }
+            Topology::Scatter { leaves, leaf, merge, settings } => {
+                self.nodes[index].scatter = Some(*settings);
+                let targets = self.members(service, &format!("{name}.leaf"), *leaves, leaf);
+                (Role::Gather { leaves: targets }, Behaviour::Merge(merge.clone()))
+            }
+        };
+        self.behaviours.insert(name.to_string(), behaviour);
+        self.nodes[index].role = role;
+        index
+    }
+
+    /// Builds `count` distinct members (shards or leaves): one node with `count` indexed
+    /// replicas when each member is a plain handler, else one copy of the subtree per member.
+    fn members(&mut self, service: &str, name: &str, count: usize, inner: &Topology) -> Vec<Target> {
+        if let Topology::Handler(_) = inner {
+            let node = self.node(service, name, inner);
+            self.nodes[node].replicas = count;
+            return (0..count).map(|i| Target { node: name.to_string(), replica: Some(i) }).collect();
+        }
+        (0..count)
+            .map(|i| {
+                let member = format!("{name}-{i}");
+                self.node(service, &member, inner);
+                Target { node: member, replica: None }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{scatter, service, shard, spread};
+    use serde_json::Value;
+
+    fn summary(plan: &Plan) -> Vec<(String, &'static str, usize)> {
+        plan.nodes.iter().map(|n| (n.name.clone(), n.role.kind(), n.replicas)).collect()
+    }
+
+    fn s(name: &str, kind: &'static str, replicas: usize) -> (String, &'static str, usize) {
+        (name.to_string(), kind, replicas)
+    }
+
+    #[test]
+    fn a_bare_handler_is_one_leaf_node() {
+        let (plan, reg) = compile(&[service("simple-service", |r: Value| r).expose()]).unwrap();
+        assert_eq!(summary(&plan), vec![s("simple-service", "leaf", 1)]);
+        assert!(plan.nodes[0].exposed);
+        assert!(matches!(reg.get("simple-service"), Behaviour::Handler(_)));
+    }
+
+    #[test]
+    fn spread_is_a_balancer_in_front_of_n_replicas() {
+        let (plan, _) = compile(&[service("replicated-service", spread(3, |r: Value| r))]).unwrap();
+        assert_eq!(
+            summary(&plan),
+            vec![s("replicated-service", "balancer", 1), s("replicated-service.replica", "leaf", 3)]
+        );
+    }
+
+    #[test]
+    fn shard_of_a_handler_is_a_router_over_indexed_replicas() {
+        let (plan, reg) =
+            compile(&[service("sharded", shard(3, |r: &String| r.len(), |r: Value| r))]).unwrap();
+        assert_eq!(summary(&plan), vec![s("sharded", "router", 1), s("sharded.shard", "leaf", 3)]);
+        let shards = plan.nodes[0].role.targets();
+        assert_eq!(shards[2], Target { node: "sharded.shard".into(), replica: Some(2) });
+        assert!(matches!(reg.get("sharded"), Behaviour::Key(_)));
+    }
+
+    #[test]
+    fn scatter_of_a_handler_is_a_gather_root_over_n_leaves() {
+        let (plan, _) =
+            compile(&[service("histogram-service", scatter(10, |_: Value| 1, |p: Vec<i32>| p.len()))])
+                .unwrap();
+        assert_eq!(
+            summary(&plan),
+            vec![s("histogram-service", "gather", 1), s("histogram-service.leaf", "leaf", 10)]
+        );
+        assert_eq!(plan.process_count(), 11);
+    }
+
+    #[test]
+    fn spread_of_scatter_shares_the_leaves_between_gather_replicas() {
+        let tree = spread(2, scatter(4, |_: Value| 1, |p: Vec<i32>| p.len()));
+        let (plan, _) = compile(&[service("tree", tree)]).unwrap();
+        assert_eq!(
+            summary(&plan),
+            vec![s("tree", "balancer", 1), s("tree.replica", "gather", 2), s("tree.replica.leaf", "leaf", 4)]
+        );
+    }
+
+    #[test]
+    fn shard_of_spread_gives_every_shard_its_own_balanced_replicas() {
+        let tree = shard(3, |r: &String| r.len(), spread(2, |r: Value| r));
+        let (plan, _) = compile(&[service("users", tree)]).unwrap();
+        assert_eq!(plan.nodes.len(), 1 + 3 * 2);
+        assert_eq!(plan.process_count(), 1 + 3 * (1 + 2));
+        let shards = plan.nodes[0].role.targets();
+        assert_eq!(shards[1], Target { node: "users.shard-1".into(), replica: None });
+        assert_eq!(
+            plan.node("users.shard-1").unwrap().role,
+            Role::Balancer { upstream: "users.shard-1.replica".into() }
+        );
+    }
+
+    #[test]
+    fn several_services_compile_into_one_plan_service_by_service() {
+        let (plan, _) =
+            compile(&[service("a", spread(2, |r: Value| r)).expose(), service("b", |r: Value| r)]).unwrap();
+        let names: Vec<&str> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["a", "a.replica", "b"]);
+        assert_eq!(plan.exposed().count(), 1);
+    }
+
+    #[test]
+    fn duplicate_and_malformed_names_are_refused() {
+        let dup = compile(&[service("a", |r: Value| r), service("a", |r: Value| r)]);
+        assert_eq!(dup.unwrap_err(), PlanError::DuplicateService("a".into()));
+        let bad = compile(&[service("Bad Name", |r: Value| r)]);
+        assert_eq!(bad.unwrap_err(), PlanError::BadName("Bad Name".into()));
+        assert_eq!(compile(&[]).unwrap_err(), PlanError::Empty);
+    }
+
+    #[test]
+    fn service_settings_reach_every_node_and_scatter_settings_the_root() {
+        let tree = scatter(2, |_: Value| 1, |p: Vec<i32>| p.len())
+            .leaf_timeout(std::time::Duration::from_millis(250))
+            .merge_partial();
+        let svc = service("s", spread(2, tree)).timeout(std::time::Duration::from_secs(3)).idempotent();
+        let (plan, _) = compile(&[svc]).unwrap();
+        assert!(plan
+            .nodes
+            .iter()
+            .all(|n| n.settings.idempotent
+                && n.settings.call_timeout == Some(std::time::Duration::from_secs(3))));
+        let root = plan.node("s.replica").unwrap().scatter.unwrap();
+        assert_eq!(root.leaf_timeout, Some(std::time::Duration::from_millis(250)));
+        assert_eq!(root.policy, crate::model::topology::ScatterPolicy::Partial);
+        let json = serde_json::to_string(&plan).unwrap();
+        assert!(json.contains(r#""leaf_timeout":250"#) && json.contains(r#""call_timeout":3000"#), "{json}");
+        assert_eq!(serde_json::from_str::<Plan>(&json).unwrap(), plan);
+    }
+
+    fn server() -> Topology {
+        Topology::Server(Arc::new(|_l: tokio::net::TcpListener| async { Ok(()) }))
+    }
+
+    #[test]
+    fn an_http_server_is_spread_and_url_sharded_by_http_proxies() {
+        let tree = Topology::UrlShard {
+            shards: 3,
+            pattern: "^/u/([^/]+)".into(),
+            inner: Box::new(spread(2, server())),
+        };
+        let (plan, _) = compile(&[service("web", tree)]).unwrap();
+        assert_eq!(plan.nodes[0].role.kind(), "http-router");
+        assert_eq!(plan.node("web.shard-0").unwrap().role.kind(), "http-lb");
+        assert_eq!(plan.node("web.shard-0.replica").unwrap().role, Role::Server);
+        assert_eq!(plan.process_count(), 1 + 3 * 3);
+    }
+
+    #[test]
+    fn mixing_http_servers_and_json_rpc_patterns_is_refused() {
+        let err = compile(&[service("x", scatter(2, server(), |p: Vec<i32>| p.len()))]).unwrap_err();
+        assert!(matches!(err, PlanError::MixedProtocols(_)), "{err}");
+        let err = compile(&[service("x", shard(2, |r: &String| r.len(), server()))]).unwrap_err();
+        assert!(matches!(err, PlanError::MixedProtocols(_)), "{err}");
+        let bad = Topology::UrlShard { shards: 2, pattern: "(".into(), inner: Box::new(server()) };
+        assert!(matches!(compile(&[service("x", bad)]).unwrap_err(), PlanError::BadPattern(_)));
+    }
+
+    #[test]
+    fn indexed_members_print_as_a_range() {
+        let tree = scatter(10, |_: Value| 1, |p: Vec<i32>| p.len());
+        let (plan, _) = compile(&[service("h", tree)]).unwrap();
+        assert!(plan.to_string().lines().next().unwrap().ends_with("-> h.leaf[0..10]"), "{plan}");
+    }
+
+    #[test]
+    fn the_plan_prints_one_line_per_node() {
+        let (plan, _) = compile(&[service("replicated-service", spread(3, |r: Value| r)).expose()]).unwrap();
+        let text = plan.to_string();
+        assert!(text.contains("replicated-service.replica"), "{text}");
+        assert!(text.lines().next().unwrap().contains("exposed -> replicated-service.replica"), "{text}");
+    }
+}
