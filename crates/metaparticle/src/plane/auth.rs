@@ -1,0 +1,157 @@
+//! Who is calling: HTTP Basic authentication at an exposed node, and the authenticated user's
+//! name carried to the nodes behind it.
+//!
+//! Only an exposed node with [`BasicAuth`] checks credentials; a wrong or missing password gets
+//! HTTP 401 with a JSON-RPC error body before any role runs, so no state is touched. The user it
+//! authenticated travels to internal hops in the [`USER_HEADER`]. Internal nodes trust that
+//! header only because they already refuse every call without the app's secret (see
+//! [`super::server`]); an exposed node ignores it from outside.
+//!
+//! Passwords are compared in constant time ([`super::server::constant_time_eq`]): the comparison
+//! never stops at the first wrong byte, so timing reveals at most a password's length.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine;
+use hyper::header::HeaderValue;
+
+use super::server::constant_time_eq;
+use crate::error::{Error, Result};
+
+/// The header that carries the authenticated user on internal hops.
+pub const USER_HEADER: &str = "x-metaparticle-user";
+
+/// HTTP Basic credentials an exposed service accepts.
+///
+/// ```
+/// use metaparticle as mp;
+/// let auth = mp::BasicAuth::from_pairs([("alice", "wonderland"), ("bob", "builder")]);
+/// assert_eq!(auth.users().count(), 2);
+/// ```
+#[derive(Clone)]
+pub struct BasicAuth {
+    users: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for BasicAuth {
+    // Never print passwords.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicAuth").field("users", &self.users.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+impl BasicAuth {
+    /// Credentials from `(user, password)` pairs.
+    pub fn from_pairs<U: Into<String>, P: Into<String>>(pairs: impl IntoIterator<Item = (U, P)>) -> Self {
+        Self { users: pairs.into_iter().map(|(u, p)| (u.into(), p.into())).collect() }
+    }
+
+    /// Credentials from text: one `user:password` per line or separated by commas; blank lines
+    /// and lines starting with `#` are skipped. `source` names the text in errors.
+    pub fn parse(text: &str, source: &str) -> Result<Self> {
+        let mut users = HashMap::new();
+        for (n, entry) in text.lines().flat_map(|l| l.split(',')).map(str::trim).enumerate() {
+            if entry.is_empty() || entry.starts_with('#') {
+                continue;
+            }
+            match entry.split_once(':') {
+                Some((user, password)) if !user.is_empty() && !password.is_empty() => {
+                    users.insert(user.to_string(), password.to_string());
+                }
+                _ => {
+                    return Err(Error::Runner(format!(
+                        "{source}: entry {} is not 'user:password' (both non-empty)",
+                        n + 1
+                    )))
+                }
+            }
+        }
+        if users.is_empty() {
+            return Err(Error::Runner(format!("{source} holds no 'user:password' entries")));
+        }
+        Ok(Self { users })
+    }
+
+    /// Credentials from the environment variable `var` (`alice:pw1,bob:pw2`).
+    pub fn from_env(var: &str) -> Result<Self> {
+        let text = std::env::var(var).map_err(|_| {
+            Error::Runner(format!("{var} is not set; set it to 'user:password[,user:password...]'"))
+        })?;
+        Self::parse(&text, var)
+    }
+
+    /// Credentials from a file with one `user:password` per line.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The user names (never the passwords).
+    pub fn users(&self) -> impl Iterator<Item = &str> {
+        self.users.keys().map(String::as_str)
+    }
+
+    /// The user an `Authorization: Basic ...` header proves, or `None`.
+    pub fn verify(&self, header: Option<&HeaderValue>) -> Option<String> {
+        let encoded = header?.to_str().ok()?.strip_prefix("Basic ")?.trim();
+        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).ok()?;
+        let decoded = String::from_utf8(decoded).ok()?;
+        let (user, password) = decoded.split_once(':')?;
+        let expected = self.users.get(user)?;
+        constant_time_eq(password.as_bytes(), expected.as_bytes()).then(|| user.to_string())
+    }
+}
+
+/// `Authorization` header value for `user` and `password` (for clients and tests).
+pub fn basic_header(user: &str, password: &str) -> String {
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+}
+
+tokio::task_local! {
+    static USER: Arc<str>;
+}
+
+/// The authenticated user of the request being served, if its service is behind authentication.
+pub fn current_user() -> Option<Arc<str>> {
+    USER.try_with(Arc::clone).ok()
+}
+
+/// Runs `fut` on behalf of `user`: handlers see it, and calls to other nodes carry it.
+pub(crate) async fn as_user<F: std::future::Future>(user: Arc<str>, fut: F) -> F::Output {
+    USER.scope(user, fut).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(user: &str, password: &str) -> HeaderValue {
+        HeaderValue::from_str(&basic_header(user, password)).unwrap()
+    }
+
+    #[test]
+    fn only_the_right_password_authenticates_its_user() {
+        let auth = BasicAuth::from_pairs([("alice", "wonderland")]);
+        assert_eq!(auth.verify(Some(&header("alice", "wonderland"))).as_deref(), Some("alice"));
+        assert_eq!(auth.verify(Some(&header("alice", "wonderlan"))), None);
+        assert_eq!(auth.verify(Some(&header("bob", "wonderland"))), None);
+        assert_eq!(auth.verify(None), None);
+        assert_eq!(auth.verify(Some(&HeaderValue::from_static("Basic !!!"))), None);
+        assert_eq!(auth.verify(Some(&HeaderValue::from_static("Bearer abc"))), None);
+    }
+
+    #[test]
+    fn credentials_parse_from_lines_or_commas_and_bad_entries_are_named() {
+        let auth = BasicAuth::parse("# users\nalice:a\n\nbob:b,carol:c:with-colon", "f").unwrap();
+        assert_eq!(auth.verify(Some(&header("carol", "c:with-colon"))).as_deref(), Some("carol"));
+        assert_eq!(auth.users().count(), 3);
+        let e = BasicAuth::parse("alice", "USERS").unwrap_err().to_string();
+        assert!(e.contains("USERS") && e.contains("user:password"), "{e}");
+        assert!(BasicAuth::parse("", "USERS").is_err());
+        assert!(!format!("{auth:?}").contains("with-colon"), "Debug must not print passwords");
+    }
+}

@@ -1,0 +1,437 @@
+//! JSON-RPC 2.0: decoding requests, encoding responses, and the error codes of this project.
+//!
+//! The wire format matches the seeds byte for byte: a request
+//! `{"jsonrpc": "2.0", "params":[{}], "method": "simple-storage", "id": "example"}` is answered with
+//! `{"jsonrpc":"2.0","id":"example","result":{"requests":2}}`. Batches, notifications and every
+//! error the specification names are handled here once, for every node role.
+//!
+//! | code | meaning |
+//! |---|---|
+//! | -32700 | the body is not JSON |
+//! | -32600 | JSON, but not a JSON-RPC 2.0 request |
+//! | -32601 | no such method (service) on this endpoint |
+//! | -32602 | the params do not fit the handler's request type |
+//! | -32603 | the handler panicked or returned something that is not JSON |
+//! | -32000 | a node this one calls cannot be reached (the message names it) |
+//! | -32001 | a node this one calls did not answer in time |
+//! | -32002 | a state update kept conflicting (optimistic concurrency gave up) |
+//! | -32003 | the storage backend is unavailable |
+//! | -32004 | the request body is larger than the limit |
+//! | -32005 | missing or wrong credentials (HTTP 401), or an internal hop without the app's secret |
+//! | -32050 | the handler returned a [`crate::HandlerError`] (its own code if it set one) |
+
+use std::future::Future;
+
+use futures_util::future::join_all;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A JSON-RPC error object.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RpcError {
+    /// The code (see the module table).
+    pub code: i64,
+    /// A message a person can act on.
+    pub message: String,
+    /// Optional structured detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+impl RpcError {
+    /// The body is not JSON.
+    pub const PARSE_ERROR: i64 = -32700;
+    /// Not a JSON-RPC 2.0 request.
+    pub const INVALID_REQUEST: i64 = -32600;
+    /// Unknown method.
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    /// Params of the wrong shape or type.
+    pub const INVALID_PARAMS: i64 = -32602;
+    /// The handler failed unexpectedly.
+    pub const INTERNAL: i64 = -32603;
+    /// An upstream node cannot be reached.
+    pub const UPSTREAM_UNAVAILABLE: i64 = -32000;
+    /// An upstream node did not answer in time.
+    pub const TIMEOUT: i64 = -32001;
+    /// Optimistic concurrency gave up after repeated conflicts.
+    pub const CONFLICT: i64 = -32002;
+    /// Storage cannot be reached or holds something unreadable.
+    pub const STORAGE: i64 = -32003;
+    /// The request body is over the size limit.
+    pub const TOO_LARGE: i64 = -32004;
+    /// Missing or wrong credentials, or an internal hop without the app's secret.
+    pub const UNAUTHORIZED: i64 = -32005;
+
+    fn new(code: i64, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), data: None }
+    }
+
+    /// `-32700`.
+    pub fn parse_error(detail: impl std::fmt::Display) -> Self {
+        Self::new(Self::PARSE_ERROR, format!("parse error: the body is not valid JSON ({detail})"))
+    }
+
+    /// `-32600`.
+    pub fn invalid_request(detail: impl std::fmt::Display) -> Self {
+        Self::new(Self::INVALID_REQUEST, format!("invalid request: {detail}"))
+    }
+
+    /// `-32601`, naming what this endpoint does serve.
+    pub fn method_not_found(method: &str, served: &str) -> Self {
+        Self::new(
+            Self::METHOD_NOT_FOUND,
+            format!("method not found: '{method}' (this endpoint serves '{served}')"),
+        )
+    }
+
+    /// `-32602`.
+    pub fn invalid_params(detail: impl std::fmt::Display) -> Self {
+        Self::new(Self::INVALID_PARAMS, format!("invalid params: {detail}"))
+    }
+
+    /// `-32603`.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        Self::new(Self::INTERNAL, format!("internal error: {detail}"))
+    }
+
+    /// `-32000`, naming the node that could not be reached.
+    pub fn unavailable(node: &str, detail: impl std::fmt::Display) -> Self {
+        Self::new(Self::UPSTREAM_UNAVAILABLE, format!("node '{node}' cannot be reached: {detail}"))
+    }
+
+    /// `-32001`, naming the node that was too slow.
+    pub fn timeout(node: &str, after: std::time::Duration) -> Self {
+        Self::new(Self::TIMEOUT, format!("node '{node}' did not answer within {after:?}"))
+    }
+
+    /// `-32002`: optimistic concurrency gave up on `key` after `attempts` tries.
+    pub fn conflict(key: &str, attempts: u32) -> Self {
+        Self::new(
+            Self::CONFLICT,
+            format!(
+                "state conflict: the scope '{key}' was changed by other requests on each of {attempts} attempts; \
+                 nothing was written, retry the request"
+            ),
+        )
+    }
+
+    /// `-32003`: storage could not be reached or holds something unreadable; nothing was written.
+    pub fn storage(detail: impl std::fmt::Display) -> Self {
+        Self::new(Self::STORAGE, detail.to_string())
+    }
+
+    /// `-32004`.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(Self::TOO_LARGE, format!("request body is larger than the limit of {limit} bytes"))
+    }
+
+    /// `-32603` for a caught panic, with the panic's message when it has one.
+    pub fn handler_panicked(panic: &Box<dyn std::any::Any + Send>) -> Self {
+        let text = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_string());
+        tracing::error!(panic = %text, "handler panicked; the node keeps serving");
+        Self::internal(format!("the handler panicked: {text}"))
+    }
+}
+
+impl std::fmt::Display for RpcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (code {})", self.message, self.code)
+    }
+}
+
+impl std::error::Error for RpcError {}
+
+/// One decoded request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Call {
+    /// `None` for a notification (no response is sent).
+    pub id: Option<Value>,
+    /// The method, which is the service's name.
+    pub method: String,
+    /// The request handed to the handler: `params[0]`, the by-name params object, or `null`.
+    pub request: Value,
+}
+
+/// The field order matters: the seeds show `jsonrpc`, `id`, then `result` or `error`.
+#[derive(Serialize, Deserialize)]
+struct ResponseWire {
+    jsonrpc: String,
+    #[serde(default)]
+    id: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<RpcError>,
+}
+
+/// Encodes one response object.
+pub fn encode_response(id: &Value, outcome: Result<Value, RpcError>) -> Value {
+    let (result, error) = match outcome {
+        Ok(v) => (Some(v), None),
+        Err(e) => (None, Some(e)),
+    };
+    serde_json::to_value(ResponseWire { jsonrpc: "2.0".into(), id: id.clone(), result, error })
+        .expect("a response of JSON values always serializes")
+}
+
+/// Encodes a request for `method` with `request` as the single positional parameter.
+pub fn encode_call(method: &str, request: &Value, id: &Value) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct CallWire<'a> {
+        jsonrpc: &'static str,
+        method: &'a str,
+        params: [&'a Value; 1],
+        id: &'a Value,
+    }
+    serde_json::to_vec(&CallWire { jsonrpc: "2.0", method, params: [request], id })
+        .expect("a request of JSON values always serializes")
+}
+
+/// Decodes a single (non-batch) response into its result or error.
+pub fn decode_response(body: &[u8]) -> Result<Value, RpcError> {
+    let wire: ResponseWire = serde_json::from_slice(body).map_err(|e| {
+        RpcError::internal(format!(
+            "an upstream answered with something that is not a JSON-RPC response: {e}"
+        ))
+    })?;
+    match (wire.result, wire.error) {
+        (_, Some(e)) => Err(e),
+        (Some(v), None) => Ok(v),
+        (None, None) => Ok(Value::Null),
+    }
+}
+
+/// A request that cannot be served: the id to answer with (null if unreadable) and why.
+#[derive(Debug)]
+pub struct InvalidCall {
+    /// The id to answer with.
+    pub id: Value,
+    /// Why the call is invalid.
+    pub error: RpcError,
+}
+
+fn invalid(id: Value, error: RpcError) -> Box<InvalidCall> {
+    Box::new(InvalidCall { id, error })
+}
+
+/// Validates one element of a request (or a whole single request).
+pub fn decode_call(value: Value) -> Result<Call, Box<InvalidCall>> {
+    let Value::Object(mut obj) = value else {
+        return Err(invalid(Value::Null, RpcError::invalid_request("a request must be a JSON object")));
+    };
+    let id = match obj.remove("id") {
+        None => None,
+        Some(id @ (Value::String(_) | Value::Number(_) | Value::Null)) => Some(id),
+        Some(_) => {
+            return Err(invalid(
+                Value::Null,
+                RpcError::invalid_request("'id' must be a string, a number or null"),
+            ));
+        }
+    };
+    let reply_id = id.clone().unwrap_or(Value::Null);
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err(invalid(reply_id, RpcError::invalid_request("'jsonrpc' must be \"2.0\"")));
+    }
+    let method = match obj.remove("method") {
+        Some(Value::String(m)) => m,
+        _ => return Err(invalid(reply_id, RpcError::invalid_request("'method' must be a string"))),
+    };
+    let request = match obj.remove("params") {
+        None => Value::Null,
+        Some(Value::Array(mut params)) => match params.len() {
+            0 => Value::Null,
+            1 => params.pop().expect("one element"),
+            n => {
+                let detail = format!("expected one parameter (the request), got {n}");
+                return Err(invalid(reply_id, RpcError::invalid_params(detail)));
+            }
+        },
+        Some(obj @ Value::Object(_)) => obj,
+        Some(_) => {
+            return Err(invalid(
+                reply_id,
+                RpcError::invalid_request("'params' must be an array or an object"),
+            ));
+        }
+    };
+    Ok(Call { id, method, request })
+}
+
+/// What [`dispatch`] produced: a body to send, or nothing (only notifications were received).
+pub type Dispatched = Option<Vec<u8>>;
+
+/// Decodes a body (single or batch), checks each call's method against `service`, runs `handle` on
+/// each valid call (batch elements concurrently), and encodes the responses.
+pub async fn dispatch<F, Fut>(body: &[u8], service: &str, handle: F) -> Dispatched
+where
+    F: Fn(Call) -> Fut,
+    Fut: Future<Output = Result<Value, RpcError>>,
+{
+    let parsed: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return Some(to_bytes(&encode_response(&Value::Null, Err(RpcError::parse_error(e))))),
+    };
+    match parsed {
+        Value::Array(items) if items.is_empty() => {
+            Some(to_bytes(&encode_response(&Value::Null, Err(RpcError::invalid_request("an empty batch")))))
+        }
+        Value::Array(items) => {
+            let responses: Vec<Value> = join_all(items.into_iter().map(|item| one(item, service, &handle)))
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+            (!responses.is_empty()).then(|| to_bytes(&Value::Array(responses)))
+        }
+        single => one(single, service, &handle).await.map(|v| to_bytes(&v)),
+    }
+}
+
+async fn one<F, Fut>(item: Value, service: &str, handle: &F) -> Option<Value>
+where
+    F: Fn(Call) -> Fut,
+    Fut: Future<Output = Result<Value, RpcError>>,
+{
+    let call = match decode_call(item) {
+        Ok(call) => call,
+        Err(bad) => return Some(encode_response(&bad.id, Err(bad.error))),
+    };
+    let id = call.id.clone();
+    let outcome = if call.method == service {
+        handle(call).await
+    } else {
+        Err(RpcError::method_not_found(&call.method, service))
+    };
+    id.map(|id| encode_response(&id, outcome))
+}
+
+/// Serializes a response value.
+pub fn to_bytes(value: &Value) -> Vec<u8> {
+    serde_json::to_vec(value).expect("JSON values always serialize")
+}
+
+/// Reads the ids of a body that could not be served, to answer each with an error.
+///
+/// Used on the balancer's error path only, so the fast path never parses JSON.
+pub fn error_for_body(body: &[u8], error: RpcError) -> Vec<u8> {
+    let id_of = |v: &Value| v.as_object().and_then(|o: &Map<String, Value>| o.get("id")).cloned();
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(items)) if !items.is_empty() => {
+            let responses: Vec<Value> =
+                items.iter().filter_map(id_of).map(|id| encode_response(&id, Err(error.clone()))).collect();
+            to_bytes(&Value::Array(responses))
+        }
+        Ok(v) => to_bytes(&encode_response(&id_of(&v).unwrap_or(Value::Null), Err(error))),
+        Err(e) => to_bytes(&encode_response(&Value::Null, Err(RpcError::parse_error(e)))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    async fn echo(body: &str) -> Option<String> {
+        dispatch(body.as_bytes(), "svc", |call: Call| async move { Ok(call.request) })
+            .await
+            .map(|b| String::from_utf8(b).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_seeds_request_gets_the_seeds_response_byte_for_byte() {
+        let out = dispatch(
+            br#"{"jsonrpc": "2.0", "params":[{}], "method": "simple-storage", "id": "example"}"#,
+            "simple-storage",
+            |_| async { Ok(json!({"requests": 2})) },
+        )
+        .await;
+        assert_eq!(
+            String::from_utf8(out.unwrap()).unwrap(),
+            r#"{"jsonrpc":"2.0","id":"example","result":{"requests":2}}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn every_protocol_error_has_its_code() {
+        let code =
+            |s: Option<String>| serde_json::from_str::<Value>(&s.unwrap()).unwrap()["error"]["code"].as_i64();
+        assert_eq!(code(echo("{not json").await), Some(-32700));
+        assert_eq!(code(echo("42").await), Some(-32600));
+        assert_eq!(code(echo("[]").await), Some(-32600));
+        assert_eq!(code(echo(r#"{"jsonrpc":"1.0","method":"svc","id":1}"#).await), Some(-32600));
+        assert_eq!(code(echo(r#"{"jsonrpc":"2.0","id":1}"#).await), Some(-32600));
+        assert_eq!(code(echo(r#"{"jsonrpc":"2.0","method":"svc","params":5,"id":1}"#).await), Some(-32600));
+        assert_eq!(code(echo(r#"{"jsonrpc":"2.0","method":"other","id":1}"#).await), Some(-32601));
+        assert_eq!(
+            code(echo(r#"{"jsonrpc":"2.0","method":"svc","params":[1,2],"id":1}"#).await),
+            Some(-32602)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_error_keeps_the_request_id_when_it_could_be_read() {
+        let out = echo(r#"{"jsonrpc":"2.0","method":"other","id":"abc"}"#).await.unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["id"], "abc");
+        assert!(v["error"]["message"].as_str().unwrap().contains("serves 'svc'"));
+    }
+
+    #[tokio::test]
+    async fn a_batch_answers_every_call_in_order_and_skips_notifications() {
+        let out = echo(
+            r#"[{"jsonrpc":"2.0","method":"svc","params":[1],"id":1},
+                {"jsonrpc":"2.0","method":"svc","params":[2]},
+                {"jsonrpc":"2.0","method":"nope","id":3},
+                5]"#,
+        )
+        .await
+        .unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v[0], json!({"jsonrpc":"2.0","id":1,"result":1}));
+        assert_eq!(v[1]["id"], 3);
+        assert_eq!(v[1]["error"]["code"], -32601);
+        assert_eq!(v[2]["error"]["code"], -32600);
+        assert_eq!(v.as_array().unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn notifications_alone_get_no_body() {
+        assert_eq!(echo(r#"{"jsonrpc":"2.0","method":"svc","params":[1]}"#).await, None);
+        assert_eq!(echo(r#"[{"jsonrpc":"2.0","method":"svc"}]"#).await, None);
+    }
+
+    #[test]
+    fn by_name_params_are_the_request_and_missing_params_are_null() {
+        let c = decode_call(json!({"jsonrpc":"2.0","method":"m","params":{"a":1},"id":1})).unwrap();
+        assert_eq!(c.request, json!({"a":1}));
+        let c = decode_call(json!({"jsonrpc":"2.0","method":"m"})).unwrap();
+        assert_eq!((c.request, c.id), (Value::Null, None));
+    }
+
+    #[test]
+    fn an_encoded_call_round_trips_through_the_decoder() {
+        let bytes = encode_call("m", &json!({"user":"a"}), &json!(7));
+        let call = decode_call(serde_json::from_slice(&bytes).unwrap()).unwrap();
+        assert_eq!(call, Call { id: Some(json!(7)), method: "m".into(), request: json!({"user":"a"}) });
+        let resp = to_bytes(&encode_response(
+            &json!(7),
+            Err(RpcError::timeout("x", std::time::Duration::from_secs(1))),
+        ));
+        assert_eq!(decode_response(&resp).unwrap_err().code, RpcError::TIMEOUT);
+    }
+
+    #[test]
+    fn errors_for_an_undeliverable_batch_answer_each_id() {
+        let out = error_for_body(
+            br#"[{"jsonrpc":"2.0","method":"s","id":1},{"jsonrpc":"2.0","method":"s","id":2}]"#,
+            RpcError::unavailable("n", "refused"),
+        );
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!((v[0]["id"].clone(), v[1]["error"]["code"].clone()), (json!(1), json!(-32000)));
+    }
+}

@@ -1,0 +1,267 @@
+//! Starting one node: the contract between a runner and a process, and assembling the node's role.
+//!
+//! A runner starts the program's own binary with these environment variables; `serve` sees
+//! `MP_NODE` and becomes that node instead of deploying. This is the only interface between the
+//! control plane and the data plane.
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `MP_APP` | the app name |
+//! | `MP_NODE` | the node name from the plan |
+//! | `MP_REPLICA` | the replica index |
+//! | `MP_HOSTNAME` | the name `hostname()` returns (optional; else the OS hostname) |
+//! | `MP_LISTEN` | `host:port` to bind, or `fd:N` for a listening socket the runner passed in |
+//! | `MP_ADDRESS_BOOK` | JSON: node name → replica addresses |
+//! | `MP_SECRET` | the app's per-deployment secret for internal hops |
+//! | `MP_STORAGE` | where stateful handlers keep their scopes: `file:/abs/path.sqlite` or `redis://host:port` (optional; default: the app's file store) |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::address_book::AddressBook;
+use super::http_proxy::{Proxy, Routing};
+use super::identity::Identity;
+use super::metrics::Metrics;
+use super::roles::{Balancer, Gather, Leaf, Router};
+use super::server::{Limits, NodeServer, Role};
+use super::upstream::{HttpClient, Pool};
+use crate::model::state::StateContext;
+use crate::model::topology::ErasedServer;
+use crate::model::url_pattern::UrlPattern;
+use crate::model::{Behaviour, Node, Plan, Registry, Role as PlanRole, Target};
+use crate::storage::StorageConfig;
+
+/// Where a node listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// Bind this address.
+    Address(String),
+    /// Use this inherited, already listening socket (the local runner binds for its children,
+    /// so ports are never raced for and stay open across a replica's restart).
+    Fd(i32),
+}
+
+/// Everything a process needs to become one replica of one node.
+#[derive(Clone, Debug)]
+pub struct NodeLaunch {
+    /// The app name.
+    pub app: String,
+    /// The node name.
+    pub node: String,
+    /// The replica index.
+    pub replica: usize,
+    /// The name `hostname()` returns; `None` for the OS hostname (containers).
+    pub hostname: Option<String>,
+    /// Where to listen.
+    pub listen: Listen,
+    /// Where every other node listens.
+    pub book: AddressBook,
+    /// The app's secret for internal hops.
+    pub secret: String,
+    /// Where stateful handlers keep their scopes; `None` for the app's default file store.
+    pub storage: Option<StorageConfig>,
+}
+
+/// Default timeouts of the data plane, where a service sets none of its own.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// How long a call to another node may take (default 30 s).
+    pub call: Duration,
+    /// How long one scatter leaf may take (default 10 s).
+    pub leaf: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self { call: Duration::from_secs(30), leaf: Duration::from_secs(10) }
+    }
+}
+
+impl NodeLaunch {
+    /// The environment variables that carry this launch to a process.
+    pub fn to_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("MP_APP".to_string(), self.app.clone()),
+            ("MP_NODE".to_string(), self.node.clone()),
+            ("MP_REPLICA".to_string(), self.replica.to_string()),
+            (
+                "MP_LISTEN".to_string(),
+                match &self.listen {
+                    Listen::Address(a) => a.clone(),
+                    Listen::Fd(fd) => format!("fd:{fd}"),
+                },
+            ),
+            ("MP_ADDRESS_BOOK".to_string(), serde_json::to_string(&self.book).expect("serializable")),
+            ("MP_SECRET".to_string(), self.secret.clone()),
+        ];
+        if let Some(h) = &self.hostname {
+            env.push(("MP_HOSTNAME".to_string(), h.clone()));
+        }
+        if let Some(storage) = &self.storage {
+            env.push(("MP_STORAGE".to_string(), storage.to_env()));
+        }
+        env
+    }
+
+    /// Reads a launch from this process's environment; `None` when this process is not a node.
+    pub fn from_env() -> Option<Result<Self, String>> {
+        let node = std::env::var("MP_NODE").ok()?;
+        Some(Self::read_env(node))
+    }
+
+    fn read_env(node: String) -> Result<Self, String> {
+        let var = |k: &str| std::env::var(k).map_err(|_| format!("{k} is not set"));
+        let replica = var("MP_REPLICA")?.parse().map_err(|e| format!("MP_REPLICA: {e}"))?;
+        let listen = var("MP_LISTEN")?;
+        let listen = match listen.strip_prefix("fd:") {
+            Some(fd) => Listen::Fd(fd.parse().map_err(|e| format!("MP_LISTEN: {e}"))?),
+            None => Listen::Address(listen),
+        };
+        let book =
+            serde_json::from_str(&var("MP_ADDRESS_BOOK")?).map_err(|e| format!("MP_ADDRESS_BOOK: {e}"))?;
+        Ok(Self {
+            app: var("MP_APP")?,
+            node,
+            replica,
+            hostname: std::env::var("MP_HOSTNAME").ok(),
+            listen,
+            book,
+            secret: var("MP_SECRET")?,
+            storage: match std::env::var("MP_STORAGE") {
+                Ok(text) => Some(StorageConfig::parse(&text).map_err(|e| format!("MP_STORAGE: {e}"))?),
+                Err(_) => None,
+            },
+        })
+    }
+
+    /// The identity this launch gives the process.
+    pub fn identity(&self) -> Identity {
+        Identity {
+            app: self.app.clone(),
+            node: self.node.clone(),
+            replica: self.replica,
+            hostname: self.hostname.clone().unwrap_or_else(super::identity::os_hostname),
+        }
+    }
+}
+
+/// One replica, assembled and ready to serve on a listener.
+#[derive(Clone)]
+pub enum NodeProgram {
+    /// A JSON-RPC node: leaf, balancer, router or gather root.
+    Rpc(Arc<NodeServer>),
+    /// An HTTP balancer or URL shard router in front of a program's own server.
+    Proxy(Arc<Proxy>),
+    /// The program's own HTTP server.
+    Server(Arc<dyn ErasedServer>),
+}
+
+impl NodeProgram {
+    /// Serves on `listener` until the future is dropped (or the program's server returns).
+    pub async fn run(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        match self {
+            NodeProgram::Rpc(server) => super::server::serve(listener, server).await,
+            NodeProgram::Proxy(proxy) => super::http_proxy::serve(listener, proxy).await,
+            NodeProgram::Server(server) => server.run(listener).await,
+        }
+    }
+}
+
+/// The metrics of one replica of `node`: a node that runs a stateful handler also reports the
+/// state-update counters of its process.
+pub fn node_metrics(registry: &Registry, node: &str, identity: &Identity) -> Arc<Metrics> {
+    match registry.get(node) {
+        Behaviour::Handler(h) if h.uses_state() => Metrics::with_state(identity),
+        _ => Metrics::new(identity),
+    }
+}
+
+/// Assembles one replica of `launch.node`.
+pub fn build(
+    plan: &Plan,
+    registry: &Registry,
+    launch: &NodeLaunch,
+    client: &HttpClient,
+    timeouts: Timeouts,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+) -> Result<NodeProgram, String> {
+    let node =
+        plan.node(&launch.node).ok_or_else(|| format!("this program has no node '{}'", launch.node))?;
+    let identity = Arc::new(launch.identity());
+    let call_timeout = node.settings.call_timeout.unwrap_or(timeouts.call);
+    let pool = |target: &Target| -> Result<Arc<Pool>, String> {
+        let replicas = launch.book.resolve(target)?;
+        Ok(Pool::new(&target.to_string(), replicas, client.clone(), call_timeout, node.settings.idempotent))
+    };
+    let role: Arc<dyn Role> = match (&node.role, registry.get(&node.name)) {
+        (PlanRole::Server, Behaviour::Server(server)) => return Ok(NodeProgram::Server(server)),
+        (PlanRole::HttpBalancer { upstream }, _) => {
+            let routing = Routing::Balance(pool(&Target { node: upstream.clone(), replica: None })?);
+            return Ok(NodeProgram::Proxy(Arc::new(Proxy::new(routing, limits))));
+        }
+        (PlanRole::HttpRouter { shards, url_pattern }, _) => {
+            let routing = Routing::Shard {
+                pattern: UrlPattern::new(url_pattern)?,
+                shards: shards.iter().map(pool).collect::<Result<_, _>>()?,
+            };
+            return Ok(NodeProgram::Proxy(Arc::new(Proxy::new(routing, limits))));
+        }
+        (PlanRole::Leaf, Behaviour::Handler(handler)) => {
+            // Only a stateful handler opens storage; every other leaf carries nothing extra.
+            let state = if handler.uses_state() {
+                let config = launch.storage.clone().unwrap_or_else(|| StorageConfig::file_for(&launch.app));
+                let store = config.open().map_err(|e| e.to_string())?;
+                Some(StateContext::new(store, &launch.app, &node.service))
+            } else {
+                None
+            };
+            Arc::new(Leaf { service: node.service.clone(), handler, state })
+        }
+        (PlanRole::Balancer { upstream }, _) => {
+            Arc::new(Balancer { pool: pool(&Target { node: upstream.clone(), replica: None })? })
+        }
+        (PlanRole::Router { shards }, Behaviour::Key(key)) => Arc::new(Router {
+            service: node.service.clone(),
+            key,
+            shards: shards.iter().map(pool).collect::<Result<_, _>>()?,
+        }),
+        (PlanRole::Gather { leaves }, Behaviour::Merge(merge)) => Arc::new(Gather {
+            service: node.service.clone(),
+            merge,
+            leaves: leaves.iter().map(pool).collect::<Result<_, _>>()?,
+            policy: node.scatter.unwrap_or_default().policy,
+            leaf_timeout: node.scatter.and_then(|s| s.leaf_timeout).unwrap_or(timeouts.leaf),
+            metrics: metrics.clone(),
+        }),
+        (role, _) => return Err(format!("node '{}' ({}) has no code registered", node.name, role.kind())),
+    };
+    Ok(NodeProgram::Rpc(Arc::new(NodeServer {
+        role,
+        metrics,
+        identity,
+        limits,
+        required_secret: internal_secret(node, &launch.secret),
+        auth: registry.auth(&node.name).filter(|_| node.exposed),
+    })))
+}
+
+/// Exposed fronts accept anyone; every other node only callers that know the app's secret.
+fn internal_secret(node: &Node, secret: &str) -> Option<String> {
+    (!node.exposed).then(|| secret.to_string())
+}
+
+/// Opens the socket a launch names.
+pub fn listener(listen: &Listen) -> std::io::Result<std::net::TcpListener> {
+    let listener = match listen {
+        Listen::Address(a) => std::net::TcpListener::bind(a)?,
+        Listen::Fd(fd) => {
+            use std::os::fd::FromRawFd;
+            // SAFETY: the runner passed this descriptor to us as a listening socket and nothing
+            // else in this process owns it.
+            unsafe { std::net::TcpListener::from_raw_fd(*fd) }
+        }
+    };
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}

@@ -1,0 +1,250 @@
+//! The HTTP side of every node: `POST /` (JSON-RPC), `GET /healthz`, `GET /metrics`.
+//!
+//! Written directly on hyper rather than a router framework: a node has three fixed routes, and
+//! the balancer's hot path should carry nothing it does not need.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use super::auth::{as_user, BasicAuth, USER_HEADER};
+use super::identity::Identity;
+use super::jsonrpc::{encode_response, to_bytes, RpcError};
+use super::metrics::Metrics;
+use super::upstream::SECRET_HEADER;
+use crate::model::handler::BoxFuture;
+
+/// What a role answers to a JSON-RPC body.
+pub struct Reply {
+    /// HTTP status (200 for every JSON-RPC answer, errors included, as the specification's HTTP
+    /// binding does; 204 when only notifications were received).
+    pub status: StatusCode,
+    /// The body, JSON.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// A 200 with a JSON body, or a 204 for nothing to say.
+    pub fn json(body: Option<Vec<u8>>) -> Self {
+        match body {
+            Some(b) => Reply { status: StatusCode::OK, body: b.into() },
+            None => Reply { status: StatusCode::NO_CONTENT, body: Bytes::new() },
+        }
+    }
+}
+
+/// A node role: what to do with one JSON-RPC body.
+pub trait Role: Send + Sync + 'static {
+    /// Serves one request body.
+    fn handle(&self, body: Bytes) -> BoxFuture<Reply>;
+}
+
+/// Limits that protect a node from oversized or slow clients.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest request body accepted, in bytes (default 1 MiB); larger gets HTTP 413 and `-32004`.
+    pub max_body: usize,
+    /// Time a client gets to send its request headers (default 10 s); then the connection closes.
+    pub header_timeout: Duration,
+    /// Largest request head (request line and headers) accepted, in bytes (default 64 KiB).
+    pub max_head: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_body: 1024 * 1024, header_timeout: Duration::from_secs(10), max_head: 64 * 1024 }
+    }
+}
+
+/// Everything a node's HTTP server needs.
+#[derive(Clone)]
+pub struct NodeServer {
+    /// What the node does.
+    pub role: Arc<dyn Role>,
+    /// Who it is.
+    pub identity: Arc<Identity>,
+    /// Its counters.
+    pub metrics: Arc<Metrics>,
+    /// Its limits.
+    pub limits: Limits,
+    /// `Some(secret)` for internal nodes: calls without it are refused.
+    pub required_secret: Option<String>,
+    /// Credentials an exposed node requires of its callers (see [`super::auth`]).
+    pub auth: Option<Arc<BasicAuth>>,
+}
+
+/// Serves a JSON-RPC node on `listener` until the future is dropped.
+pub async fn serve(listener: TcpListener, server: Arc<NodeServer>) -> std::io::Result<()> {
+    let limits = server.limits.clone();
+    serve_connections(listener, limits, move |req, _peer| handle(server.clone(), req)).await
+}
+
+/// Accepts connections until dropped, serving each on its own task with `handle`; dropping this
+/// future stops them all. The limits close slow-loris connections (the header timeout also covers
+/// idle keep-alive connections) and bound the request head.
+pub async fn serve_connections<F, Fut, B>(
+    listener: TcpListener,
+    limits: Limits,
+    handle: F,
+) -> std::io::Result<()>
+where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut connections = JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let _ = stream.set_nodelay(true);
+        let (handle, limits) = (handle.clone(), limits.clone());
+        connections.spawn(async move {
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(limits.max_head.max(8192));
+            let service = service_fn(move |req| handle(req, peer));
+            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+async fn handle(
+    server: Arc<NodeServer>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let in_flight = server.metrics.start();
+    let response = route(&server, req).await;
+    in_flight.finish(response.status().as_u16());
+    Ok(response)
+}
+
+async fn route(server: &NodeServer, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::POST, "/") => rpc(server, req).await,
+        (&Method::GET, "/healthz") => {
+            let id = &server.identity;
+            let body = serde_json::json!({"status": "ok", "node": id.node, "replica": id.replica, "hostname": id.hostname});
+            respond(StatusCode::OK, "application/json", to_bytes(&body).into())
+        }
+        (&Method::GET, "/metrics") => {
+            respond(StatusCode::OK, "text/plain; version=0.0.4", server.metrics.render().into())
+        }
+        (_, "/") => {
+            let mut r = rpc_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                RpcError::invalid_request("use POST with a JSON-RPC body"),
+            );
+            r.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
+            r
+        }
+        (_, path) => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            format!("no route {path}; JSON-RPC is served at POST /\n").into(),
+        ),
+    }
+}
+
+async fn rpc(server: &NodeServer, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(secret) = &server.required_secret {
+        let given = req.headers().get(SECRET_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
+        if !constant_time_eq(given, secret.as_bytes()) {
+            let e = RpcError {
+                code: RpcError::UNAUTHORIZED,
+                message: format!(
+                    "node '{}' is internal to its app and accepts calls only from it",
+                    server.identity.node
+                ),
+                data: None,
+            };
+            return rpc_error(StatusCode::FORBIDDEN, e);
+        }
+    }
+    let user: Option<Arc<str>> = if let Some(auth) = &server.auth {
+        match auth.verify(req.headers().get(AUTHORIZATION)) {
+            Some(user) => Some(user.into()),
+            None => return unauthenticated(server),
+        }
+    } else if server.required_secret.is_some() {
+        // Trusted only because the caller proved above that it knows the app's secret.
+        req.headers().get(USER_HEADER).and_then(|v| v.to_str().ok()).map(Arc::from)
+    } else {
+        None
+    };
+    let limit = server.limits.max_body;
+    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return rpc_error(StatusCode::PAYLOAD_TOO_LARGE, RpcError::too_large(limit));
+    }
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return rpc_error(StatusCode::PAYLOAD_TOO_LARGE, RpcError::too_large(limit))
+        }
+        Err(e) => {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                RpcError::invalid_request(format!("unreadable body: {e}")),
+            )
+        }
+    };
+    let serve = super::identity::scope(server.identity.clone(), server.role.handle(body));
+    let reply = match user {
+        Some(user) => as_user(user, serve).await,
+        None => serve.await,
+    };
+    respond(reply.status, "application/json", reply.body)
+}
+
+/// HTTP 401 with a JSON-RPC error body, before anything runs.
+fn unauthenticated(server: &NodeServer) -> Response<Full<Bytes>> {
+    let e = RpcError {
+        code: RpcError::UNAUTHORIZED,
+        message: format!(
+            "authentication required: '{}' needs HTTP Basic credentials of one of its users",
+            server.identity.node
+        ),
+        data: None,
+    };
+    let mut r = rpc_error(StatusCode::UNAUTHORIZED, e);
+    r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"metaparticle\""));
+    r
+}
+
+fn rpc_error(status: StatusCode, e: RpcError) -> Response<Full<Bytes>> {
+    respond(status, "application/json", to_bytes(&encode_response(&serde_json::Value::Null, Err(e))).into())
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// Compares secrets without leaking, through timing, how many leading bytes matched.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
