@@ -1,0 +1,261 @@
+//! The embedded default: one SQLite database file per app, shared by every process of a local
+//! deployment.
+//!
+//! SQLite gives what a hand-written file store cannot easily get right: atomic writes that
+//! survive a process being killed mid-write, and locking between processes. The database runs in
+//! WAL mode (readers never block the writer) with a busy timeout (a writer that finds the lock
+//! taken waits for it instead of failing), and `synchronous=NORMAL`: a killed process never loses
+//! a committed write; a power cut may lose the last few, as Redis's default `everysec` would.
+//!
+//! Compare-and-swap is a single conditional statement (`UPDATE ... WHERE version = ?`), which
+//! SQLite runs atomically across processes; no explicit transaction or lock is held between the
+//! read and the write, so a slow handler never blocks other processes.
+//!
+//! SQLite calls block, so they run on tokio's blocking pool; the one connection of a process sits
+//! behind a mutex (SQLite serializes writers anyway, and reads of one key are microseconds).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::types::ValueRef;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{StorageError, Store, Versioned};
+use crate::model::handler::BoxFuture;
+
+/// How long a write waits for another process's write lock before reporting the store busy.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A [`Store`] in one SQLite database file.
+#[derive(Clone)]
+pub struct FileStore {
+    path: PathBuf,
+    connection: Arc<Mutex<Connection>>,
+}
+
+impl FileStore {
+    /// Opens (creating if needed, with a private parent folder) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StorageError> {
+        let unavailable = |detail: String| StorageError::Unavailable {
+            backend: "file",
+            address: path.display().to_string(),
+            detail,
+        };
+        if let Some(dir) = path.parent() {
+            crate::deployments::create_private_dir(dir).map_err(|e| unavailable(e.to_string()))?;
+        }
+        let connection = Connection::open(path).map_err(|e| unavailable(e.to_string()))?;
+        connection.busy_timeout(BUSY_TIMEOUT).map_err(|e| unavailable(e.to_string()))?;
+        // `journal_mode` answers with a row, so it is a query, not an execute.
+        connection
+            .query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+            .and_then(|_| {
+                connection.execute_batch(
+                    "PRAGMA synchronous=NORMAL;
+                     CREATE TABLE IF NOT EXISTS scopes (
+                         key TEXT PRIMARY KEY,
+                         version INTEGER NOT NULL,
+                         value BLOB NOT NULL
+                     ) WITHOUT ROWID;",
+                )
+            })
+            .map_err(|e| unavailable(e.to_string()))?;
+        Ok(Self { path: path.to_path_buf(), connection: Arc::new(Mutex::new(connection)) })
+    }
+
+    /// Runs `op` on the connection on the blocking pool.
+    fn run<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Connection, &Path) -> Result<T, StorageError> + Send + 'static,
+    ) -> BoxFuture<Result<T, StorageError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let address = this.path.display().to_string();
+            tokio::task::spawn_blocking(move || {
+                // A panic while holding the lock cannot leave SQLite inconsistent (it rolls back
+                // an unfinished statement), so a poisoned lock is safe to keep using.
+                let connection = this.connection.lock().unwrap_or_else(|p| p.into_inner());
+                op(&connection, &this.path)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(StorageError::Unavailable { backend: "file", address, detail: e.to_string() })
+            })
+        })
+    }
+}
+
+fn sql_error(path: &Path, e: rusqlite::Error) -> StorageError {
+    StorageError::Unavailable { backend: "file", address: path.display().to_string(), detail: e.to_string() }
+}
+
+impl Store for FileStore {
+    fn load(&self, key: &str) -> BoxFuture<Result<Option<Versioned>, StorageError>> {
+        let key = key.to_string();
+        self.run(move |db, path| {
+            let row = db
+                .query_row("SELECT version, value FROM scopes WHERE key = ?1", params![key], |row| {
+                    let version: Result<u64, String> = match row.get_ref(0)? {
+                        ValueRef::Integer(v) if v >= 1 => Ok(v as u64),
+                        other => Err(format!("version is {other:?}, not a positive integer")),
+                    };
+                    // Accept text as well as blobs: someone editing the file by hand writes text.
+                    let value = match row.get_ref(1)? {
+                        ValueRef::Blob(b) | ValueRef::Text(b) => Ok(b.to_vec()),
+                        other => Err(format!("value is {other:?}, not bytes")),
+                    };
+                    Ok((version, value))
+                })
+                .optional()
+                .map_err(|e| sql_error(path, e))?;
+            let Some((version, value)) = row else { return Ok(None) };
+            let corrupt = |detail: String| StorageError::Corrupt {
+                backend: "file",
+                address: path.display().to_string(),
+                key: key.clone(),
+                detail,
+            };
+            Ok(Some(Versioned { version: version.map_err(corrupt)?, value: value.map_err(corrupt)? }))
+        })
+    }
+
+    fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: u64,
+        value: Vec<u8>,
+    ) -> BoxFuture<Result<bool, StorageError>> {
+        let key = key.to_string();
+        self.run(move |db, path| {
+            let next = i64::try_from(expected + 1).map_err(|_| StorageError::Corrupt {
+                backend: "file",
+                address: path.display().to_string(),
+                key: key.clone(),
+                detail: "the version counter overflowed".into(),
+            })?;
+            let changed = if expected == 0 {
+                db.execute(
+                    "INSERT INTO scopes (key, version, value) VALUES (?1, 1, ?2) ON CONFLICT (key) DO NOTHING",
+                    params![key, value],
+                )
+            } else {
+                db.execute(
+                    "UPDATE scopes SET version = ?3, value = ?2 WHERE key = ?1 AND version = ?4",
+                    params![key, value, next, next - 1],
+                )
+            }
+            .map_err(|e| sql_error(path, e))?;
+            Ok(changed == 1)
+        })
+    }
+
+    fn check(&self) -> BoxFuture<Result<(), StorageError>> {
+        self.run(|db, path| {
+            db.query_row("SELECT count(*) FROM scopes", [], |_| Ok(())).map_err(|e| sql_error(path, e))
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("file {}", self.path.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &tempfile::TempDir) -> FileStore {
+        FileStore::open(&dir.path().join("storage/app.sqlite")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_absent_key_loads_as_none_and_the_first_write_is_version_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        assert_eq!(s.load("k").await.unwrap(), None);
+        assert!(s.compare_and_swap("k", 0, b"{}".to_vec()).await.unwrap());
+        assert_eq!(s.load("k").await.unwrap(), Some(Versioned { value: b"{}".to_vec(), version: 1 }));
+    }
+
+    #[tokio::test]
+    async fn a_stale_version_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        assert!(s.compare_and_swap("k", 0, b"1".to_vec()).await.unwrap());
+        assert!(
+            !s.compare_and_swap("k", 0, b"lost".to_vec()).await.unwrap(),
+            "a second first-writer must lose"
+        );
+        assert!(s.compare_and_swap("k", 1, b"2".to_vec()).await.unwrap());
+        assert!(!s.compare_and_swap("k", 1, b"lost".to_vec()).await.unwrap(), "a stale version must lose");
+        assert_eq!(s.load("k").await.unwrap().unwrap(), Versioned { value: b"2".to_vec(), version: 2 });
+    }
+
+    /// Separate connections behave like separate processes: SQLite locks the file, not the handle.
+    #[test]
+    fn concurrent_increments_from_separate_connections_are_never_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("storage/app.sqlite");
+        let (threads, increments) = (8, 50);
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        let wins: u64 = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    let (path, runtime) = (&path, &runtime);
+                    scope.spawn(move || {
+                        let s = FileStore::open(path).unwrap();
+                        runtime.block_on(async {
+                            let mut done = 0;
+                            while done < increments {
+                                let current = s.load("n").await.unwrap();
+                                let (n, version) = current
+                                    .map(|v| {
+                                        (
+                                            String::from_utf8(v.value).unwrap().parse::<u64>().unwrap(),
+                                            v.version,
+                                        )
+                                    })
+                                    .unwrap_or((0, 0));
+                                if s.compare_and_swap("n", version, (n + 1).to_string().into_bytes())
+                                    .await
+                                    .unwrap()
+                                {
+                                    done += 1;
+                                }
+                            }
+                            done
+                        })
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        let stored = runtime.block_on(store(&dir).load("n")).unwrap().unwrap();
+        assert_eq!(wins, threads * increments);
+        assert_eq!(stored.version, threads * increments);
+        assert_eq!(String::from_utf8(stored.value).unwrap(), (threads * increments).to_string());
+    }
+
+    #[tokio::test]
+    async fn a_foreign_row_is_a_clear_corrupt_error_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        {
+            let db = Connection::open(dir.path().join("storage/app.sqlite")).unwrap();
+            db.execute("INSERT INTO scopes (key, version, value) VALUES ('k', 'banana', x'00')", []).unwrap();
+        }
+        let e = s.load("k").await.unwrap_err();
+        assert!(matches!(e, StorageError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("'k'") && e.to_string().contains("app.sqlite"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_database_is_a_clear_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("junk.sqlite");
+        std::fs::write(&path, vec![b'x'; 4096]).unwrap();
+        let e = FileStore::open(&path).err().expect("opening junk must fail");
+        assert!(e.to_string().contains("junk.sqlite"), "{e}");
+    }
+}

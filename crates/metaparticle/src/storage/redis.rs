@@ -1,0 +1,319 @@
+//! Redis: a store shared by replicas on several machines.
+//!
+//! Compare-and-swap is one Lua script that checks the version and writes in a single atomic step
+//! on the server. The usual alternative, `WATCH`/`MULTI`/`EXEC`, is unsafe here: `WATCH` belongs
+//! to a connection, and a process multiplexes all its requests over one connection, so one
+//! request's `WATCH` could be cleared or satisfied by another's. The script needs no connection
+//! state, so every request of a process shares one multiplexed [`ConnectionManager`], created
+//! once per process and reconnecting by itself; no request ever opens a connection.
+//!
+//! Each scope is a hash with two fields, `v` (the version, decimal) and `d` (the JSON), under
+//! `metaparticle:<app>/<service>/<scope>`. A key holding anything else is reported, never
+//! overwritten.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::{StorageError, Store, Swapped, Versioned};
+use crate::model::handler::BoxFuture;
+
+/// Every key this store touches starts with this, so `redis-cli --scan --pattern 'metaparticle:*'` finds them.
+pub const KEY_PREFIX: &str = "metaparticle:";
+
+/// Compare-and-swap: `KEYS[1]` is the key, `ARGV` the expected version, the new version and the
+/// value. Returns `{1, '', ''}` if written; if the version moved on, `{0, version, value}` of what
+/// is stored now (`{0, '0', ''}` if nothing is), so a retry needs no separate load. A foreign value
+/// is an error reply.
+const CAS_SCRIPT: &str = r#"
+local kind = redis.call('TYPE', KEYS[1])['ok']
+local current
+if kind == 'none' then
+  current = '0'
+elseif kind == 'hash' then
+  current = redis.call('HGET', KEYS[1], 'v')
+  if not current then
+    return redis.error_reply('MPFOREIGN a hash without a version field')
+  end
+else
+  return redis.error_reply('MPFOREIGN a ' .. kind .. ', not a hash')
+end
+if current ~= ARGV[1] then
+  if current == '0' then
+    return {0, '0', ''}
+  end
+  return {0, current, redis.call('HGET', KEYS[1], 'd') or ''}
+end
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3])
+return {1, '', ''}
+"#;
+
+/// Load: `KEYS[1]` is the key. Returns nil when absent, `[version, value]` for a scope, and an
+/// error reply for anything else (so that a foreign key is never mistaken for an empty scope).
+const LOAD_SCRIPT: &str = r#"
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'none' then
+  return false
+end
+if kind ~= 'hash' then
+  return redis.error_reply('MPFOREIGN a ' .. kind .. ', not a hash')
+end
+local fields = redis.call('HMGET', KEYS[1], 'v', 'd')
+if not fields[1] or not fields[2] then
+  return redis.error_reply('MPFOREIGN a hash without the fields v and d')
+end
+return fields
+"#;
+
+/// How long one command may take before the request fails with `-32003` (a hung server must not
+/// hang requests), and how long a (re)connect may take.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A [`Store`] on a Redis server.
+#[derive(Clone)]
+pub struct RedisStore {
+    address: String,
+    connection: ConnectionManager,
+    cas: redis::Script,
+    load: redis::Script,
+}
+
+impl RedisStore {
+    /// A store on the server at `url` (`redis://[:password@]host:port[/db]`). It connects on
+    /// first use, so this never waits and never fails for a server that is down.
+    ///
+    /// Must be called inside a tokio runtime: the connection manager lives on it.
+    pub fn open(url: &str) -> Result<Self, StorageError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StorageError::Config(format!("'{}' is not a Redis URL: {e}", super::redact(url))))?;
+        let address = client.get_connection_info().addr().to_string();
+        // Few quick reconnect attempts: while the server is down, requests should fail fast with a
+        // clear error rather than queue; the next request starts a new attempt.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(100));
+        let connection = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
+            StorageError::Unavailable { backend: "redis", address: address.clone(), detail: e.to_string() }
+        })?;
+        Ok(Self {
+            address,
+            connection,
+            cas: redis::Script::new(CAS_SCRIPT),
+            load: redis::Script::new(LOAD_SCRIPT),
+        })
+    }
+
+    fn key(key: &str) -> String {
+        format!("{KEY_PREFIX}{key}")
+    }
+
+    fn error(&self, key: &str, e: redis::RedisError) -> StorageError {
+        let foreign = e.code() == Some("WRONGTYPE") || e.to_string().contains("MPFOREIGN");
+        if foreign {
+            let detail = e.to_string().replace("MPFOREIGN", "it holds");
+            return StorageError::Corrupt {
+                backend: "redis",
+                address: self.address.clone(),
+                key: Self::key(key),
+                detail,
+            };
+        }
+        StorageError::Unavailable { backend: "redis", address: self.address.clone(), detail: e.to_string() }
+    }
+
+    fn corrupt(&self, key: &str, detail: impl Into<String>) -> StorageError {
+        StorageError::Corrupt {
+            backend: "redis",
+            address: self.address.clone(),
+            key: Self::key(key),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl Store for RedisStore {
+    fn load(&self, key: &str) -> BoxFuture<Result<Option<Versioned>, StorageError>> {
+        let (this, key) = (self.clone(), key.to_string());
+        Box::pin(async move {
+            let mut connection = this.connection.clone();
+            let found: Option<(String, Vec<u8>)> = this
+                .load
+                .key(Self::key(&key))
+                .invoke_async(&mut connection)
+                .await
+                .map_err(|e| this.error(&key, e))?;
+            let Some((version, value)) = found else { return Ok(None) };
+            match version.parse::<u64>() {
+                Ok(version) if version >= 1 => Ok(Some(Versioned { value, version })),
+                _ => Err(this.corrupt(&key, format!("its version field is '{version}'"))),
+            }
+        })
+    }
+
+    fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: u64,
+        value: Vec<u8>,
+    ) -> BoxFuture<Result<bool, StorageError>> {
+        let swap = self.swap_or_load(key, expected, value);
+        Box::pin(async move { Ok(swap.await? == Swapped::Written) })
+    }
+
+    fn swap_or_load(
+        &self,
+        key: &str,
+        expected: u64,
+        value: Vec<u8>,
+    ) -> BoxFuture<Result<Swapped, StorageError>> {
+        let (this, key) = (self.clone(), key.to_string());
+        Box::pin(async move {
+            let mut connection = this.connection.clone();
+            // EVALSHA first; the script is loaded only when the server does not know it yet.
+            let (written, version, current): (i64, String, Vec<u8>) = this
+                .cas
+                .key(Self::key(&key))
+                .arg(expected.to_string())
+                .arg((expected + 1).to_string())
+                .arg(value)
+                .invoke_async(&mut connection)
+                .await
+                .map_err(|e| this.error(&key, e))?;
+            if written == 1 {
+                return Ok(Swapped::Written);
+            }
+            match version.parse::<u64>() {
+                Ok(0) => Ok(Swapped::Lost(None)),
+                Ok(version) => Ok(Swapped::Lost(Some(Versioned { value: current, version }))),
+                Err(_) => Err(this.corrupt(&key, format!("its version field is '{version}'"))),
+            }
+        })
+    }
+
+    fn check(&self) -> BoxFuture<Result<(), StorageError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut connection = this.connection.clone();
+            let pong: String =
+                redis::cmd("PING").query_async(&mut connection).await.map_err(|e| this.error("", e))?;
+            if pong == "PONG" {
+                Ok(())
+            } else {
+                Err(StorageError::Unavailable {
+                    backend: "redis",
+                    address: this.address.clone(),
+                    detail: format!("PING answered '{pong}'"),
+                })
+            }
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("redis {}", self.address)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::RedisServer;
+
+    #[tokio::test]
+    async fn compare_and_swap_on_a_real_redis_server() {
+        let Some(server) = RedisServer::start_or_skip("compare_and_swap_on_a_real_redis_server") else {
+            return;
+        };
+        let s = RedisStore::open(&server.url()).unwrap();
+        s.check().await.unwrap();
+        assert_eq!(s.load("k").await.unwrap(), None);
+        assert!(s.compare_and_swap("k", 0, b"1".to_vec()).await.unwrap());
+        assert!(!s.compare_and_swap("k", 0, b"lost".to_vec()).await.unwrap());
+        assert!(s.compare_and_swap("k", 1, b"2".to_vec()).await.unwrap());
+        assert!(!s.compare_and_swap("k", 1, b"lost".to_vec()).await.unwrap());
+        assert_eq!(s.load("k").await.unwrap(), Some(Versioned { value: b"2".to_vec(), version: 2 }));
+        // A lost swap returns what beat it, in the same round trip.
+        let lost = s.swap_or_load("k", 1, b"lost".to_vec()).await.unwrap();
+        assert_eq!(lost, Swapped::Lost(Some(Versioned { value: b"2".to_vec(), version: 2 })));
+        assert_eq!(s.swap_or_load("absent", 3, b"x".to_vec()).await.unwrap(), Swapped::Lost(None));
+        assert_eq!(s.swap_or_load("k", 2, b"3".to_vec()).await.unwrap(), Swapped::Written);
+    }
+
+    #[tokio::test]
+    async fn concurrent_increments_over_one_multiplexed_connection_are_never_lost() {
+        let Some(server) = RedisServer::start_or_skip("concurrent_increments_over_one_connection") else {
+            return;
+        };
+        let s = RedisStore::open(&server.url()).unwrap();
+        let (tasks, increments) = (32u64, 20u64);
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..tasks {
+            let s = s.clone();
+            set.spawn(async move {
+                let mut done = 0;
+                while done < increments {
+                    let (n, version) = match s.load("n").await.unwrap() {
+                        Some(v) => (String::from_utf8(v.value).unwrap().parse::<u64>().unwrap(), v.version),
+                        None => (0, 0),
+                    };
+                    if s.compare_and_swap("n", version, (n + 1).to_string().into_bytes()).await.unwrap() {
+                        done += 1;
+                    }
+                }
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            r.unwrap();
+        }
+        let v = s.load("n").await.unwrap().unwrap();
+        assert_eq!(
+            (String::from_utf8(v.value).unwrap(), v.version),
+            ((tasks * increments).to_string(), tasks * increments)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_foreign_value_under_our_key_is_reported_and_left_untouched() {
+        let Some(server) = RedisServer::start_or_skip("a_foreign_value_under_our_key") else { return };
+        let s = RedisStore::open(&server.url()).unwrap();
+        server.command(&["SET", "metaparticle:k", "hello"]);
+        server.command(&["HSET", "metaparticle:h", "name", "bob"]);
+        for key in ["k", "h"] {
+            let load = s.load(key).await;
+            let cas = s.compare_and_swap(key, 0, b"{}".to_vec()).await;
+            for e in [load.map(|_| ()).unwrap_err(), cas.map(|_| ()).unwrap_err()] {
+                assert!(matches!(e, StorageError::Corrupt { .. }), "{key}: {e}");
+                assert!(e.to_string().contains(&format!("metaparticle:{key}")), "{e}");
+            }
+        }
+        assert_eq!(server.command(&["GET", "metaparticle:k"]), "hello");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_is_down_is_unavailable_naming_the_address_and_recovers() {
+        let Some(mut server) = RedisServer::start_or_skip("a_server_that_is_down_is_unavailable") else {
+            return;
+        };
+        let s = RedisStore::open(&server.url()).unwrap();
+        assert!(s.compare_and_swap("k", 0, b"1".to_vec()).await.unwrap());
+        server.stop();
+        let e = s.load("k").await.unwrap_err();
+        assert!(matches!(e, StorageError::Unavailable { .. }), "{e}");
+        assert!(e.to_string().contains(&server.address()), "{e}");
+        server.restart();
+        // The connection manager reconnects by itself; a request or two may still see the old error.
+        let mut recovered = None;
+        for _ in 0..50 {
+            if let Ok(v) = s.load("k").await {
+                recovered = Some(v);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The test server keeps no data across a restart, so the key is gone: what matters is service.
+        assert!(recovered.is_some(), "the store did not recover after the server came back");
+    }
+}
