@@ -1,0 +1,376 @@
+//! The app's network and containers: create one container per node replica, wait until each
+//! answers `/healthz`, and remove everything by label.
+//!
+//! Health is probed from this machine over HTTP, not by a Docker `HEALTHCHECK`: the image is
+//! `FROM scratch` (no shell, no curl), so a `HEALTHCHECK` would have to start the whole program
+//! as its probe in every container every few seconds, which costs CPU and memory forever to learn
+//! something only `up` and `status` need. The exposed node is probed through its published port
+//! (which also proves the publication works); internal nodes at their address on the app network,
+//! which a local Linux engine routes from the host. The node's own `/healthz` is the same probe the
+//! local runner uses.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bollard::models::{
+    ContainerCreateBody, ContainerSummary, EndpointSettings, HostConfig, NetworkCreateRequest,
+    NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
+    ListVolumesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+
+use super::engine::{self, failed};
+use super::labels::{self, CONTAINER_PORT};
+use super::progress::Progress;
+use crate::error::{Error, Result};
+use crate::model::{Node, Plan};
+use crate::plane::upstream::HttpClient;
+use crate::plane::{AddressBook, Listen, NodeLaunch};
+use crate::runner::Deploy;
+use crate::storage::StorageConfig;
+
+/// How long every replica together may take to become healthy.
+const HEALTH_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A replica crashing this many times during `up` fails the deploy at once instead of at the deadline.
+const RESTARTS_BEFORE_GIVING_UP: i64 = 3;
+
+/// One container to run.
+pub struct Replica {
+    /// The node it serves as.
+    pub node: Node,
+    /// Its index.
+    pub replica: usize,
+    /// Its container name (also hostname and DNS name).
+    pub name: String,
+    /// Where it is published on the host, for an exposed node.
+    pub published: Option<SocketAddr>,
+}
+
+/// Every replica of `plan`, named, with the host addresses of exposed ones.
+pub fn replicas(app: &str, plan: &Plan, published: &[(String, usize, SocketAddr)]) -> Result<Vec<Replica>> {
+    let mut out = Vec::new();
+    for node in &plan.nodes {
+        for replica in 0..node.replicas {
+            let name = labels::container_name(app, &node.name, replica);
+            if name.len() > labels::MAX_DNS_LABEL {
+                return Err(Error::Runner(format!(
+                    "container name '{name}' is longer than {} characters, so peers could not resolve it; deploy with a shorter --app",
+                    labels::MAX_DNS_LABEL
+                )));
+            }
+            let published =
+                published.iter().find(|(n, r, _)| *n == node.name && *r == replica).map(|(_, _, a)| *a);
+            out.push(Replica { node: node.clone(), replica, name, published });
+        }
+    }
+    Ok(out)
+}
+
+/// The address book as seen inside the app network: each replica by its container name.
+pub fn address_book(replicas: &[Replica]) -> AddressBook {
+    let mut book = AddressBook::default();
+    let mut by_node: Vec<(String, Vec<String>)> = Vec::new();
+    for r in replicas {
+        let address = format!("{}:{CONTAINER_PORT}", r.name);
+        match by_node.iter_mut().find(|(n, _)| *n == r.node.name) {
+            Some((_, list)) => list.push(address),
+            None => by_node.push((r.node.name.clone(), vec![address])),
+        }
+    }
+    for (node, addresses) in by_node {
+        book.insert(node, addresses);
+    }
+    book
+}
+
+/// Creates the app's network.
+pub async fn create_network(docker: &Docker, app: &str) -> Result<String> {
+    let name = labels::network_name(app);
+    docker
+        .create_network(NetworkCreateRequest {
+            name: name.clone(),
+            driver: Some("bridge".into()),
+            labels: Some(labels::app_labels(app)),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| failed(format!("creating network {name}"), e))?;
+    Ok(name)
+}
+
+/// Where the app's file store folder is mounted inside its containers.
+const CONTAINER_STATE_DIR: &str = "/metaparticle-state";
+
+/// Creates and starts one replica's container.
+pub async fn start(
+    docker: &Docker,
+    deploy: &Deploy,
+    image: &str,
+    network: &str,
+    replica: &Replica,
+    book: &AddressBook,
+    secret: &str,
+) -> Result<()> {
+    let app = deploy.app.as_str();
+    // The file store's folder on the host is mounted into every container of the app, so they all
+    // share one database (SQLite locks work across containers of one kernel). Redis is reached by
+    // its URL, which must name an address containers can reach (see docs/docker.md).
+    let (storage, binds) = match &deploy.storage {
+        StorageConfig::File(path) => {
+            let (Some(dir), Some(file)) = (path.parent(), path.file_name()) else {
+                return Err(Error::Runner(format!("the file store path {} has no folder", path.display())));
+            };
+            crate::deployments::create_private_dir(dir)?;
+            let inside = Path::new(CONTAINER_STATE_DIR).join(file);
+            (StorageConfig::File(inside), Some(vec![format!("{}:{CONTAINER_STATE_DIR}", dir.display())]))
+        }
+        redis => (redis.clone(), None),
+    };
+    let launch = NodeLaunch {
+        app: app.to_string(),
+        node: replica.node.name.clone(),
+        replica: replica.replica,
+        // The container's hostname is its name: `hostname()` shows which replica answered.
+        hostname: None,
+        listen: Listen::Address(format!("0.0.0.0:{CONTAINER_PORT}")),
+        book: book.clone(),
+        secret: secret.to_string(),
+        storage: Some(storage),
+    };
+    // Every variable of the launch contract flows through unchanged, whatever it grows to hold.
+    let mut env: Vec<String> = launch.to_env().into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if let Ok(filter) = std::env::var("MP_LOG") {
+        env.push(format!("MP_LOG={filter}"));
+    }
+    let port_key = format!("{CONTAINER_PORT}/tcp");
+    let port_bindings = replica.published.map(|address| {
+        HashMap::from([(
+            port_key.clone(),
+            Some(vec![PortBinding {
+                host_ip: Some(address.ip().to_string()),
+                host_port: Some(address.port().to_string()),
+            }]),
+        )])
+    });
+    let host_config = HostConfig {
+        port_bindings,
+        // Restart a node that exits for any reason, until `delete` removes it.
+        restart_policy: Some(RestartPolicy {
+            name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+            maximum_retry_count: None,
+        }),
+        binds,
+        ..Default::default()
+    };
+    let config = ContainerCreateBody {
+        image: Some(image.to_string()),
+        hostname: Some(replica.name.clone()),
+        env: Some(env),
+        labels: Some(labels::replica_labels(app, &replica.node, replica.replica)),
+        exposed_ports: Some(vec![port_key]),
+        host_config: Some(host_config),
+        networking_config: Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(network.to_string(), EndpointSettings::default())])),
+        }),
+        ..Default::default()
+    };
+    docker
+        .create_container(Some(CreateContainerOptionsBuilder::default().name(&replica.name).build()), config)
+        .await
+        .map_err(|e| failed(format!("creating container {}", replica.name), e))?;
+    docker
+        .start_container(&replica.name, None::<bollard::query_parameters::StartContainerOptions>)
+        .await
+        .map_err(|e| match (engine::is_port_taken(&e), replica.published) {
+            (true, Some(address)) => crate::runner::port_taken(&replica.node.service, address),
+            _ => failed(format!("starting container {}", replica.name), e),
+        })
+}
+
+/// Waits until every replica answers `/healthz`; on failure names the replica and shows its last log lines.
+pub async fn wait_healthy(
+    docker: &Docker,
+    network: &str,
+    replicas: &[Replica],
+    progress: &Progress,
+) -> Result<()> {
+    let client = HttpClient::new("");
+    let deadline = Instant::now() + HEALTH_DEADLINE;
+    progress.counted("waiting until every container answers /healthz", replicas.len());
+    for replica in replicas {
+        loop {
+            let state = inspect(docker, &replica.name, network).await?;
+            let healthy = match (&state.address, replica.published) {
+                (Some(internal), Some(published)) => {
+                    client.is_healthy(internal).await
+                        && client.is_healthy(&crate::runner::connect_address(published).to_string()).await
+                }
+                (Some(internal), None) => client.is_healthy(internal).await,
+                (None, _) => false,
+            };
+            if healthy {
+                progress.step();
+                break;
+            }
+            let gave_up = if state.restarts >= RESTARTS_BEFORE_GIVING_UP {
+                Some(format!("it restarted {} times", state.restarts))
+            } else if state.status == "exited" || state.status == "dead" {
+                Some(format!("it {} (exit code {})", state.status, state.exit_code))
+            } else if Instant::now() > deadline {
+                Some(format!(
+                    "it did not answer /healthz within {}s (state: {})",
+                    HEALTH_DEADLINE.as_secs(),
+                    state.status
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = gave_up {
+                let tail = last_log_lines(docker, &replica.name, 15).await;
+                return Err(Error::Runner(format!(
+                    "container {} (node '{}', replica {}) never became healthy: {why}; its last log lines:\n{}",
+                    replica.name,
+                    replica.node.name,
+                    replica.replica,
+                    if tail.is_empty() { "(none)".to_string() } else { tail }
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+/// What `status` and the health wait need to know about a container.
+pub struct State {
+    /// `running`, `restarting`, `exited`, ...
+    pub status: String,
+    /// How many times the engine restarted it.
+    pub restarts: i64,
+    /// Its exit code, if it stopped.
+    pub exit_code: i64,
+    /// `ip:3000` on the app network, while it has one.
+    pub address: Option<String>,
+}
+
+/// Reads a container's state and its address on `network`.
+pub async fn inspect(docker: &Docker, name: &str, network: &str) -> Result<State> {
+    let info = docker
+        .inspect_container(name, None::<bollard::query_parameters::InspectContainerOptions>)
+        .await
+        .map_err(|e| failed(format!("inspecting container {name}"), e))?;
+    let state = info.state.unwrap_or_default();
+    let address = info
+        .network_settings
+        .and_then(|n| n.networks)
+        .and_then(|mut nets| nets.remove(network))
+        .and_then(|endpoint| endpoint.ip_address)
+        .filter(|ip| !ip.is_empty())
+        .map(|ip| format!("{ip}:{CONTAINER_PORT}"));
+    Ok(State {
+        status: state.status.map(|s| s.to_string()).unwrap_or_else(|| "unknown".into()),
+        restarts: info.restart_count.unwrap_or(0),
+        exit_code: state.exit_code.unwrap_or(0),
+        address,
+    })
+}
+
+/// The last `n` lines a container wrote (stdout and stderr), for error messages.
+pub async fn last_log_lines(docker: &Docker, name: &str, n: usize) -> String {
+    let options = LogsOptionsBuilder::default().stdout(true).stderr(true).tail(&n.to_string()).build();
+    let mut stream = docker.logs(name, Some(options));
+    let mut text = String::new();
+    while let Some(Ok(chunk)) = stream.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+    }
+    text.trim_end().to_string()
+}
+
+/// Every container of `app`, running or not, sorted by name.
+pub async fn list(docker: &Docker, app: &str) -> Result<Vec<ContainerSummary>> {
+    let options = ListContainersOptionsBuilder::default().all(true).filters(&labels::app_filter(app)).build();
+    let mut containers = docker
+        .list_containers(Some(options))
+        .await
+        .map_err(|e| failed(format!("listing the containers of app '{app}'"), e))?;
+    containers.sort_by_key(container_name);
+    Ok(containers)
+}
+
+/// A container's name without the engine's leading slash.
+pub fn container_name(container: &ContainerSummary) -> String {
+    container
+        .names
+        .as_ref()
+        .and_then(|n| n.first())
+        .map(|n| n.trim_start_matches('/').to_string())
+        .or_else(|| container.id.clone())
+        .unwrap_or_default()
+}
+
+/// What `remove_all` removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Removed {
+    /// Containers.
+    pub containers: usize,
+    /// Networks.
+    pub networks: usize,
+    /// Volumes.
+    pub volumes: usize,
+}
+
+/// Removes every container, network and volume that carries the app's label (images stay, so
+/// the next `up` of the same binary starts without a build).
+pub async fn remove_all(docker: &Docker, app: &str) -> Result<Removed> {
+    let mut removed = Removed::default();
+    let force = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+    // Remove concurrently: each removal waits for its container to be killed.
+    let containers = list(docker, app).await?;
+    let removals = containers.iter().map(|c| {
+        let id = c.id.clone().unwrap_or_default();
+        let name = container_name(c);
+        let force = force.clone();
+        async move {
+            match docker.remove_container(&id, Some(force)).await {
+                Ok(()) => Ok(true),
+                Err(e) if engine::is_not_found(&e) => Ok(false),
+                Err(e) => Err(failed(format!("removing container {name}"), e)),
+            }
+        }
+    });
+    for outcome in futures_util::future::join_all(removals).await {
+        removed.containers += usize::from(outcome?);
+    }
+    let networks = docker
+        .list_networks(Some(ListNetworksOptionsBuilder::default().filters(&labels::app_filter(app)).build()))
+        .await
+        .map_err(|e| failed(format!("listing the networks of app '{app}'"), e))?;
+    for network in networks {
+        let id = network.id.or(network.name).unwrap_or_default();
+        match docker.remove_network(&id).await {
+            Ok(()) => removed.networks += 1,
+            Err(e) if engine::is_not_found(&e) => {}
+            Err(e) => return Err(failed(format!("removing network {id}"), e)),
+        }
+    }
+    let volumes = docker
+        .list_volumes(Some(ListVolumesOptionsBuilder::default().filters(&labels::app_filter(app)).build()))
+        .await
+        .map_err(|e| failed(format!("listing the volumes of app '{app}'"), e))?;
+    for volume in volumes.volumes.unwrap_or_default() {
+        match docker.remove_volume(&volume.name, None::<bollard::query_parameters::RemoveVolumeOptions>).await
+        {
+            Ok(()) => removed.volumes += 1,
+            Err(e) if engine::is_not_found(&e) => {}
+            Err(e) => return Err(failed(format!("removing volume {}", volume.name), e)),
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,330 @@
+//! The Docker runner: the program builds itself into an image and runs its topology as containers.
+//!
+//! `up` builds (or reuses) an image holding exactly this binary and what it needs to start
+//! ([`image`]), creates a bridge network for the app, starts one container per node replica named
+//! after app, node and replica ([`containers`]), publishes each exposed service on `--bind:--port`,
+//! and returns once every container answers `/healthz`. Nodes find each other by container name
+//! through the network's DNS; the address book and every other `MP_*` variable of
+//! [`NodeLaunch`](crate::plane::NodeLaunch) reach each container unchanged, so the data plane does
+//! not know it runs in Docker.
+//!
+//! Everything the runner creates carries the label `io.metaparticle.app=<app>` ([`labels`]):
+//! `delete` removes by label, so it works after a crash of the deploying process, and a failed
+//! `up` leaves nothing of the app running. The record in `$METAPARTICLE_HOME/apps/<app>/` is
+//! written before any container starts, so plain `delete` finds a half-deployed app too.
+//!
+//! Requires a local Linux engine for the health probes of internal nodes (see [`containers`]).
+
+pub mod containers;
+pub mod engine;
+pub mod image;
+pub mod labels;
+pub mod progress;
+
+use std::time::Instant;
+
+use bollard::Docker;
+use futures_util::StreamExt;
+
+use crate::deployments::{self, now_unix, Deployment, Endpoint};
+use crate::error::{Error, Result};
+use crate::model::Plan;
+use crate::runner::{connect_address, random_secret, Deploy};
+use containers::Replica;
+use progress::Progress;
+
+/// Deploys `plan` as containers; replaces the app's containers if it is already running.
+pub async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
+    if deploy.attach {
+        return Err(Error::Runner(
+            "--attach is not supported by the docker runner; deploy, then follow the logs with `logs --follow`".into(),
+        ));
+    }
+    let started = Instant::now();
+    let docker = engine::connect().await?;
+    let progress = Progress::new();
+    let old = containers::list(&docker, &deploy.app).await?;
+    let running = !old.is_empty() || Deployment::load(&deploy.app)?.is_some();
+    if !running {
+        // Fail before a build that may take a while; a running app's own ports are checked
+        // once its containers are gone.
+        deploy.check_exposed_ports(plan)?;
+    }
+    let (image, _pushed) = ensure_image(&docker, &deploy.app, &progress).await?;
+    let built_in = started.elapsed();
+
+    if running {
+        progress.stage(format!(
+            "app '{}' is already running: replacing its {} containers",
+            deploy.app,
+            old.len()
+        ));
+        remove_app(&docker, &deploy.app).await?;
+    }
+    let published: Vec<_> =
+        deploy.exposed_addresses(plan).into_iter().map(|(n, r, a)| (n.name.clone(), r, a)).collect();
+    deploy.check_exposed_ports(plan)?;
+    let replicas = containers::replicas(&deploy.app, plan, &published)?;
+
+    // Ctrl-C while containers start counts as a failure: it cleans up like one.
+    let outcome = tokio::select! {
+        outcome = run_containers(&docker, deploy, plan, &image, &replicas, &progress) => outcome,
+        _ = tokio::signal::ctrl_c() => Err(Error::Runner("interrupted; removed what was started".into())),
+    };
+    match outcome {
+        Ok(record) => {
+            let pruned = image::prune_older(&docker, &deploy.app, &image).await;
+            progress.finish();
+            if pruned > 0 {
+                println!("removed {pruned} older image(s) of app '{}'", deploy.app);
+            }
+            println!(
+                "deployed app '{}' (docker runner): {} containers from image {}, healthy in {:.2}s (image ready after {:.2}s)",
+                deploy.app,
+                replicas.len(),
+                image,
+                started.elapsed().as_secs_f64(),
+                built_in.as_secs_f64()
+            );
+            for endpoint in &record.endpoints {
+                println!("  {} listens on http://{}/", endpoint.service, endpoint.address);
+            }
+            if let Some(first) = record.endpoints.first() {
+                println!("call it:    metaparticle call {}", first.service);
+            }
+            println!("containers: docker ps --filter label={}={}", labels::APP, deploy.app);
+            println!("status:     {} status\ntear down:  {} delete", deploy.invocation, deploy.invocation);
+            Ok(())
+        }
+        Err(e) => {
+            progress.finish();
+            // Nothing half-deployed may remain: not a container, not the network, not the record.
+            if let Err(cleanup) = remove_app(&docker, &deploy.app).await {
+                return Err(Error::Runner(format!(
+                    "{e}\n(and cleaning up failed too: {cleanup}; run `{} delete`)",
+                    deploy.invocation
+                )));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Builds this program's image and pushes it to `DOCKER_REGISTRY`, for runners whose nodes run
+/// elsewhere (Kubernetes); returns the reference pushed.
+pub async fn publish_image(app: &str) -> Result<String> {
+    let docker = engine::connect().await?;
+    let progress = Progress::new();
+    let (_, pushed) = ensure_image(&docker, app, &progress).await?;
+    progress.finish();
+    pushed.ok_or_else(|| Error::Runner(format!("publishing '{app}' needs {} set", image::REGISTRY_ENV)))
+}
+
+/// Builds this program's image unless the engine already has it; pushes it when a registry is set.
+/// Returns the local tag, and the pushed reference if it was pushed.
+async fn ensure_image(docker: &Docker, app: &str, progress: &Progress) -> Result<(String, Option<String>)> {
+    let binary = std::env::current_exe().map_err(|e| Error::io("finding this program's binary", e))?;
+    progress.stage(format!("hashing {} and its shared libraries", binary.display()));
+    let context = image::context(app, &binary)?;
+    let tag = context.tag.clone();
+    if image::exists(docker, &tag).await? {
+        progress.stage(format!("image {tag} is up to date (the binary did not change): not rebuilding"));
+    } else {
+        let size: u64 = context.files.iter().map(|(_, s)| s).sum();
+        progress.stage(format!(
+            "building image {tag} FROM scratch: {} files, {:.1} MB",
+            context.files.len(),
+            size as f64 / 1e6
+        ));
+        image::build(docker, app, context, progress).await?;
+    }
+    let mut pushed = None;
+    if let Some(registry) = image::registry() {
+        let reference = image::push(docker, &tag, &registry, progress).await?;
+        progress.stage(format!("pushed {reference}"));
+        pushed = Some(reference);
+    }
+    Ok((tag, pushed))
+}
+
+/// Creates the network, writes the record, starts every container and waits until all are healthy.
+async fn run_containers(
+    docker: &Docker,
+    deploy: &Deploy,
+    plan: &Plan,
+    image: &str,
+    replicas: &[Replica],
+    progress: &Progress,
+) -> Result<Deployment> {
+    let network = containers::create_network(docker, &deploy.app).await?;
+    let book = containers::address_book(replicas);
+    let record = Deployment {
+        app: deploy.app.clone(),
+        runner: "docker".into(),
+        deployed_at: now_unix(),
+        endpoints: replicas
+            .iter()
+            .filter(|r| r.replica == 0)
+            .filter_map(|r| {
+                r.published.map(|a| Endpoint {
+                    service: r.node.service.clone(),
+                    address: connect_address(a).to_string(),
+                })
+            })
+            .collect(),
+        plan: plan.clone(),
+        book: book.clone(),
+        supervisor_pid: None,
+    };
+    // Before any container starts, so that `delete` finds the app whatever happens next.
+    record.save()?;
+    let secret = random_secret();
+    progress.counted(format!("starting {} containers on network {network}", replicas.len()), replicas.len());
+    // Concurrently: the engine takes about half a second per container start, mostly waiting.
+    let starts = replicas.iter().map(|replica| async {
+        let started = containers::start(docker, deploy, image, &network, replica, &book, &secret).await;
+        progress.step();
+        started
+    });
+    for started in futures_util::future::join_all(starts).await {
+        started?;
+    }
+    containers::wait_healthy(docker, &network, replicas, progress).await?;
+    Ok(record)
+}
+
+/// Removes every labelled object of the app and its record.
+async fn remove_app(docker: &Docker, app: &str) -> Result<containers::Removed> {
+    let removed = containers::remove_all(docker, app).await?;
+    let dir = deployments::app_dir(app);
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::io(format!("removing {}", dir.display()), e))
+        }
+        _ => Ok(removed),
+    }
+}
+
+/// Removes every container, network and volume of the app (found by label) and its record.
+pub async fn delete(app: &str) -> Result<()> {
+    let started = Instant::now();
+    let docker = engine::connect().await?;
+    let removed = remove_app(&docker, app).await?;
+    if removed == containers::Removed::default() {
+        println!("app '{app}' has nothing on the Docker engine; nothing to delete");
+        return Ok(());
+    }
+    println!(
+        "deleted app '{app}' in {:.2}s: removed {} containers, {} networks, {} volumes (label {}={app}); kept its image for the next deploy",
+        started.elapsed().as_secs_f64(),
+        removed.containers,
+        removed.networks,
+        removed.volumes,
+        labels::APP
+    );
+    Ok(())
+}
+
+/// Prints every container of the app: node, replica, state, restarts, address and health.
+pub async fn status(app: &str) -> Result<()> {
+    let docker = engine::connect().await?;
+    let found = containers::list(&docker, app).await?;
+    if found.is_empty() {
+        return Err(Error::NotRunning(app.to_string()));
+    }
+    let record = Deployment::load(app)?;
+    let network = labels::network_name(app);
+    match &record {
+        Some(r) => println!(
+            "app '{app}' (docker runner): {} containers on network {network}, deployed {}s ago",
+            found.len(),
+            now_unix().saturating_sub(r.deployed_at)
+        ),
+        None => println!(
+            "app '{app}' (docker runner): {} containers, NO RECORD (a crashed deploy?); run delete",
+            found.len()
+        ),
+    }
+    let client = crate::plane::upstream::HttpClient::new("");
+    println!(
+        "{:<40} {:<30} {:<8} {:<7} {:<11} {:<8} {:<20} HEALTH",
+        "CONTAINER", "NODE", "ROLE", "REPLICA", "STATE", "RESTARTS", "ADDRESS"
+    );
+    for container in &found {
+        let name = containers::container_name(container);
+        let label =
+            |key: &str| container.labels.as_ref().and_then(|l| l.get(key)).cloned().unwrap_or_default();
+        let state = containers::inspect(&docker, &name, &network).await?;
+        let healthy = match &state.address {
+            Some(a) => client.is_healthy(a).await,
+            None => false,
+        };
+        println!(
+            "{:<40} {:<30} {:<8} {:<7} {:<11} {:<8} {:<20} {}",
+            name,
+            label(labels::NODE),
+            label(labels::ROLE),
+            label(labels::REPLICA),
+            state.status,
+            state.restarts,
+            state.address.unwrap_or_else(|| "-".into()),
+            if healthy { "healthy" } else { "UNHEALTHY" }
+        );
+    }
+    if let Some(r) = record {
+        for e in &r.endpoints {
+            println!("{} listens on http://{}/", e.service, e.address);
+        }
+    }
+    Ok(())
+}
+
+/// Prints every container's log, each line prefixed by its container name; with `follow`, keeps
+/// printing new lines (interleaved as they come) until interrupted.
+pub async fn logs(app: &str, follow: bool) -> Result<()> {
+    let docker = engine::connect().await?;
+    let found = containers::list(&docker, app).await?;
+    if found.is_empty() {
+        return Err(Error::NotRunning(app.to_string()));
+    }
+    let names: Vec<String> = found.iter().map(containers::container_name).collect();
+    let width = names.iter().map(String::len).max().unwrap_or(0);
+    let streams = names.iter().map(|name| {
+        let options = bollard::query_parameters::LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .follow(follow)
+            .build();
+        let prefix = format!("{name:<width$} | ");
+        docker.logs(name, Some(options)).map(move |chunk| (prefix.clone(), chunk))
+    });
+    if follow {
+        let mut merged = futures_util::stream::select_all(streams.map(Box::pin));
+        loop {
+            tokio::select! {
+                next = merged.next() => match next {
+                    Some((prefix, Ok(chunk))) => print_chunk(&prefix, &chunk.into_bytes()),
+                    Some((_, Err(_))) => {}
+                    None => return Ok(()),
+                },
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+        }
+    }
+    for stream in streams {
+        let mut stream = Box::pin(stream);
+        while let Some((prefix, chunk)) = stream.next().await {
+            match chunk {
+                Ok(chunk) => print_chunk(&prefix, &chunk.into_bytes()),
+                Err(e) => return Err(engine::failed(format!("reading the logs of app '{app}'"), e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_chunk(prefix: &str, bytes: &[u8]) {
+    for line in String::from_utf8_lossy(bytes).lines() {
+        println!("{prefix}{line}");
+    }
+}

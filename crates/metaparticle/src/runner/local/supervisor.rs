@@ -1,0 +1,490 @@
+//! The supervisor: the one long-lived process of a local deployment.
+//!
+//! It binds every replica's socket itself and hands each replica its socket at start, so
+//! addresses are fixed before anything runs (no port races) and a restarting replica's
+//! clients queue in the kernel's backlog instead of being refused. It restarts a replica that
+//! exits, with exponential backoff (100 ms doubling to 5 s, reset after 10 s of good running),
+//! and reports a crash loop (5 exits within a minute) in `status`. It writes every replica's
+//! output, prefixed by the replica's name, to the app's log (and the terminal with `--attach`).
+//!
+//! Protocol with the deploying command: the supervisor prints `READY` or `FAILED: <why>` on
+//! stdout once every replica answers `/healthz` (or one never does), then stops writing there.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, watch};
+
+use super::process::{spawn_replica, stop_group};
+use crate::deployments::{self, now_unix, Deployment, Endpoint};
+use crate::error::{Error, Result};
+use crate::model::{Node, Plan};
+use crate::plane::upstream::HttpClient;
+use crate::plane::{AddressBook, Listen, NodeLaunch};
+use crate::runner::{connect_address, random_secret};
+use crate::storage::StorageConfig;
+
+/// Environment variable carrying the [`Order`] to a supervisor process.
+pub const ORDER_ENV: &str = "MP_SUPERVISE";
+
+/// What the deploying command asks the supervisor to run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Order {
+    /// The app name.
+    pub app: String,
+    /// The first exposed port.
+    pub port: u16,
+    /// The address exposed services bind.
+    pub bind: IpAddr,
+    /// The program snapshot every replica runs.
+    pub binary: PathBuf,
+    /// Foreground mode: print logs to the terminal, tear down on Ctrl-C.
+    pub attach: bool,
+    /// Where stateful handlers keep their scopes (`MP_STORAGE` of every replica).
+    #[serde(with = "storage_text")]
+    pub storage: StorageConfig,
+}
+
+/// The order carries storage in its environment form, the one every node reads.
+mod storage_text {
+    use crate::storage::StorageConfig;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(config: &StorageConfig, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&config.to_env())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<StorageConfig, D::Error> {
+        let text = String::deserialize(d)?;
+        StorageConfig::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Order {
+    /// The order in this process's environment, if it is a supervisor.
+    pub fn from_env() -> Option<Result<Order>> {
+        let text = std::env::var(ORDER_ENV).ok()?;
+        Some(serde_json::from_str(&text).map_err(|e| Error::Runner(format!("{ORDER_ENV} is malformed: {e}"))))
+    }
+}
+
+/// A replica's state as `status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ReplicaStatus {
+    /// The node.
+    pub node: String,
+    /// The replica index.
+    pub replica: usize,
+    /// Where it listens.
+    pub address: String,
+    /// Its current process.
+    pub pid: Option<u32>,
+    /// `starting`, `running`, `restarting`, `crash-loop` or `stopped`.
+    pub state: String,
+    /// How many times it was restarted.
+    pub restarts: u32,
+    /// How its last process ended.
+    pub last_exit: Option<String>,
+}
+
+/// Path of the status file of an app.
+pub fn status_path(app: &str) -> PathBuf {
+    deployments::app_dir(app).join("status.json")
+}
+
+/// Path of the log of an app.
+pub fn log_path(app: &str) -> PathBuf {
+    deployments::app_dir(app).join("app.log")
+}
+
+struct Slot {
+    node: Node,
+    replica: usize,
+    listener: std::net::TcpListener,
+    address: String,
+}
+
+impl Slot {
+    fn name(&self) -> String {
+        self.node.replica_name(self.replica)
+    }
+}
+
+struct Shared {
+    order: Order,
+    book: AddressBook,
+    secret: String,
+    statuses: Mutex<Vec<ReplicaStatus>>,
+    logs: mpsc::UnboundedSender<String>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Shared {
+    fn update(&self, index: usize, change: impl FnOnce(&mut ReplicaStatus)) {
+        let mut statuses = self.statuses.lock().expect("status lock");
+        change(&mut statuses[index]);
+        let text = serde_json::to_vec_pretty(&*statuses).expect("statuses serialize");
+        let path = status_path(&self.order.app);
+        let tmp = path.with_extension("tmp");
+        if std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)).is_err() {
+            tracing::warn!("cannot write {}", path.display());
+        }
+    }
+
+    fn log(&self, line: String) {
+        let _ = self.logs.send(line);
+    }
+}
+
+/// Runs a whole app until SIGTERM or Ctrl-C, then stops every replica and removes its state.
+pub async fn run(order: Order, plan: Plan) -> Result<()> {
+    let app = order.app.clone();
+    let outcome = supervise(order.clone(), plan).await;
+    if let Err(e) = &outcome {
+        report(&order, &format!("FAILED: {e}"));
+    }
+    // Whether it ended by request or by failure, nothing of the app may remain.
+    let _ = std::fs::remove_dir_all(deployments::app_dir(&app));
+    outcome
+}
+
+async fn supervise(order: Order, plan: Plan) -> Result<()> {
+    let slots = bind_all(&order, &plan)?;
+    let mut book = AddressBook::default();
+    for node in &plan.nodes {
+        let addresses =
+            slots.iter().filter(|s| s.node.name == node.name).map(|s| s.address.clone()).collect();
+        book.insert(node.name.clone(), addresses);
+    }
+    let endpoints = plan
+        .exposed()
+        .map(|n| Endpoint {
+            service: n.service.clone(),
+            address: book.addresses(&n.name).unwrap()[0].clone(),
+        })
+        .collect();
+    Deployment {
+        app: order.app.clone(),
+        runner: "local".into(),
+        deployed_at: now_unix(),
+        endpoints,
+        plan: plan.clone(),
+        book: book.clone(),
+        supervisor_pid: Some(std::process::id()),
+    }
+    .save()?;
+
+    let (log_tx, log_rx) = mpsc::unbounded_channel();
+    let width = slots.iter().map(|s| s.name().len()).max().unwrap_or(0);
+    let log_writer = tokio::spawn(write_logs(order.clone(), log_rx));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        statuses: Mutex::new(
+            slots
+                .iter()
+                .map(|s| ReplicaStatus {
+                    node: s.node.name.clone(),
+                    replica: s.replica,
+                    address: s.address.clone(),
+                    pid: None,
+                    state: "starting".into(),
+                    restarts: 0,
+                    last_exit: None,
+                })
+                .collect(),
+        ),
+        order,
+        book,
+        secret: random_secret(),
+        logs: log_tx,
+        stop: stop_rx,
+    });
+    let mut replicas = tokio::task::JoinSet::new();
+    for (index, slot) in slots.into_iter().enumerate() {
+        replicas.spawn(keep_running(index, slot, shared.clone(), width));
+    }
+
+    let health = HttpClient::new("");
+    let ready = wait_healthy(&health, &shared).await;
+    let signals = shutdown_signal();
+    tokio::pin!(signals);
+    let result = match ready {
+        Ok(()) => {
+            report(&shared.order, "READY");
+            silence_stdout(&shared.order);
+            signals.await;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
+    stop_tx.send_replace(true);
+    while replicas.join_next().await.is_some() {}
+    drop(shared);
+    let _ = log_writer.await;
+    result
+}
+
+fn bind_all(order: &Order, plan: &Plan) -> Result<Vec<Slot>> {
+    let mut slots = Vec::new();
+    let mut next_port = order.port;
+    for node in &plan.nodes {
+        for replica in 0..node.replicas {
+            let (bind, shown) = if node.exposed {
+                let port = next_port;
+                next_port += 1;
+                let addr = SocketAddr::new(order.bind, port);
+                (addr, connect_address(addr))
+            } else {
+                let addr: SocketAddr = "127.0.0.1:0".parse().expect("valid");
+                (addr, addr)
+            };
+            let listener = std::net::TcpListener::bind(bind).map_err(|e| match e.kind() {
+                std::io::ErrorKind::AddrInUse => Error::Runner(format!(
+                    "port {} on {} is already in use; stop what uses it or deploy with --port <another>",
+                    bind.port(),
+                    bind.ip()
+                )),
+                _ => Error::io(format!("binding {bind} for node '{}'", node.name), e),
+            })?;
+            let address = if node.exposed {
+                shown.to_string()
+            } else {
+                listener.local_addr().map_err(|e| Error::io("reading a bound address", e))?.to_string()
+            };
+            slots.push(Slot { node: node.clone(), replica, listener, address });
+        }
+    }
+    Ok(slots)
+}
+
+/// Keeps one replica running until the app stops.
+async fn keep_running(index: usize, slot: Slot, shared: Arc<Shared>, width: usize) {
+    let name = slot.name();
+    let launch = NodeLaunch {
+        app: shared.order.app.clone(),
+        node: slot.node.name.clone(),
+        replica: slot.replica,
+        hostname: Some(name.clone()),
+        listen: Listen::Fd(super::process::LISTEN_FD),
+        book: shared.book.clone(),
+        secret: shared.secret.clone(),
+        storage: Some(shared.order.storage.clone()),
+    };
+    let env = launch.to_env();
+    let mut stop = shared.stop.clone();
+    let mut backoff = Duration::from_millis(100);
+    let mut recent_exits: VecDeque<Instant> = VecDeque::new();
+    loop {
+        let started = Instant::now();
+        let mut child = match spawn_replica(&shared.order.binary, &env, &slot.listener) {
+            Ok(child) => child,
+            Err(e) => {
+                shared.log(format!("{name:<width$} | cannot start: {e}"));
+                shared.update(index, |s| {
+                    s.state = "restarting".into();
+                    s.last_exit = Some(format!("cannot start: {e}"));
+                });
+                if wait_or_stop(&mut stop, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let pid = child.id();
+        shared.update(index, |s| {
+            s.pid = pid;
+            s.state = "running".into();
+        });
+        let pumps = [
+            child
+                .stdout
+                .take()
+                .map(|out| tokio::spawn(pump(BufReader::new(out), name.clone(), width, shared.clone()))),
+            child
+                .stderr
+                .take()
+                .map(|err| tokio::spawn(pump(BufReader::new(err), name.clone(), width, shared.clone()))),
+        ];
+        let exit = tokio::select! {
+            status = child.wait() => status,
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                terminate(&mut child).await;
+                shared.update(index, |s| { s.state = "stopped".into(); s.pid = None; });
+                for p in pumps.into_iter().flatten() { let _ = p.await; }
+                return;
+            }
+        };
+        for p in pumps.into_iter().flatten() {
+            let _ = p.await;
+        }
+        let how = match exit {
+            Ok(status) => describe_exit(status),
+            Err(e) => format!("lost track of it: {e}"),
+        };
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(100);
+        }
+        let now = Instant::now();
+        recent_exits.push_back(now);
+        while recent_exits.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
+            recent_exits.pop_front();
+        }
+        let crash_loop = recent_exits.len() >= 5;
+        shared.log(format!("{name:<width$} | exited ({how}); restarting in {backoff:?}"));
+        shared.update(index, |s| {
+            s.pid = None;
+            s.restarts += 1;
+            s.last_exit = Some(how.clone());
+            s.state = if crash_loop { "crash-loop".into() } else { "restarting".into() };
+        });
+        if wait_or_stop(&mut stop, backoff).await {
+            shared.update(index, |s| s.state = "stopped".into());
+            return;
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Sleeps for `delay`; true if the app is stopping instead.
+async fn wait_or_stop(stop: &mut watch::Receiver<bool>, delay: Duration) -> bool {
+    let stopped = tokio::select! {
+        _ = tokio::time::sleep(delay) => false,
+        _ = stop.wait_for(|s| *s) => true,
+    };
+    stopped || *stop.borrow()
+}
+
+async fn terminate(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        super::process::signal(pid, libc::SIGTERM);
+    }
+    if tokio::time::timeout(Duration::from_secs(3), child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "unknown".into(),
+    }
+}
+
+async fn pump<R: tokio::io::AsyncRead + Unpin>(
+    reader: BufReader<R>,
+    name: String,
+    width: usize,
+    shared: Arc<Shared>,
+) {
+    let mut lines = reader.lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        shared.log(format!("{name:<width$} | {line}"));
+    }
+}
+
+async fn write_logs(order: Order, mut lines: mpsc::UnboundedReceiver<String>) {
+    let path = log_path(&order.app);
+    let file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await;
+    let mut file = match file {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!("cannot open {}: {e}", path.display());
+            None
+        }
+    };
+    let mut stdout = tokio::io::stdout();
+    while let Some(line) = lines.recv().await {
+        let line = format!("{line}\n");
+        if let Some(f) = file.as_mut() {
+            let _ = f.write_all(line.as_bytes()).await;
+        }
+        if order.attach {
+            let _ = stdout.write_all(line.as_bytes()).await;
+            let _ = stdout.flush().await;
+        }
+    }
+}
+
+async fn wait_healthy(client: &HttpClient, shared: &Shared) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let addresses: Vec<(usize, String)> = shared
+        .statuses
+        .lock()
+        .expect("status lock")
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (i, s.address.clone()))
+        .collect();
+    for (index, address) in addresses {
+        while !client.is_healthy(&address).await {
+            if Instant::now() > deadline {
+                let status = shared.statuses.lock().expect("status lock")[index].clone();
+                let tail = tail_lines(
+                    &log_path(&shared.order.app),
+                    &format!("{}-{}", status.node, status.replica),
+                    10,
+                );
+                return Err(Error::Runner(format!(
+                    "replica '{}-{}' did not become healthy within 60s (state: {}, last exit: {}); its last log lines:\n{}",
+                    status.node,
+                    status.replica,
+                    status.state,
+                    status.last_exit.unwrap_or_else(|| "none".into()),
+                    tail
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}
+
+/// The last `n` lines of the log that belong to `replica`.
+pub fn tail_lines(path: &std::path::Path, replica: &str, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mine: Vec<&str> = text.lines().filter(|l| l.starts_with(replica)).collect();
+    mine[mine.len().saturating_sub(n)..].join("\n")
+}
+
+fn report(order: &Order, line: &str) {
+    if !order.attach {
+        println!("{line}");
+    }
+}
+
+/// After READY the deploying command stops reading; later writes to its pipe would fail.
+fn silence_stdout(order: &Order) {
+    if order.attach {
+        return;
+    }
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: both descriptors are valid; dup2 atomically replaces stdout.
+        unsafe { libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO) };
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    let mut hup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        _ = hup.recv() => {}
+    }
+}
+
+/// Stops whatever is left of a supervisor's process group (used by `delete`).
+pub async fn stop_supervisor(pid: u32) -> usize {
+    stop_group(pid, Duration::from_secs(10)).await
+}

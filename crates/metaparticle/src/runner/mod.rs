@@ -1,0 +1,90 @@
+//! Runners: the control plane. Each turns a [`Plan`] into running nodes and an
+//! address book, and back into nothing on `delete`. Adding a runner never touches the data plane.
+//!
+//! | runner | nodes are | state of a deployment |
+//! |---|---|---|
+//! | [`local`] | processes on 127.0.0.1 under a supervisor | `$METAPARTICLE_HOME/apps/<app>/` |
+//! | `docker` | containers on one app network, found by label | the engine, plus the same record folder |
+//! | `kubernetes` | pods of Deployments and StatefulSets | the cluster (objects labelled `metaparticle.io/app`) |
+
+#[cfg(feature = "docker")]
+pub mod docker;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
+pub mod local;
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::error::{Error, Result};
+use crate::model::Plan;
+
+/// What `up` was asked to deploy, beyond the plan.
+#[derive(Clone, Debug)]
+pub struct Deploy {
+    /// The app name (default: the program's file name).
+    pub app: String,
+    /// The first exposed port (default 3000).
+    pub port: u16,
+    /// The address exposed services bind (default 127.0.0.1; anything else is an explicit choice).
+    pub bind: IpAddr,
+    /// Stay in the foreground with every node's logs, tear down on Ctrl-C.
+    pub attach: bool,
+    /// How the user runs this program, for the hints printed after `up`.
+    pub invocation: String,
+    /// Where stateful handlers keep their scopes.
+    pub storage: crate::storage::StorageConfig,
+}
+
+impl Deploy {
+    /// Where each exposed node's replicas are published, in plan order: the first gets `port`,
+    /// the next the port after it. Every runner publishes the same way, so `--port` means one thing.
+    pub fn exposed_addresses<'p>(&self, plan: &'p Plan) -> Vec<(&'p crate::model::Node, usize, SocketAddr)> {
+        let mut next = self.port;
+        let mut out = Vec::new();
+        for node in plan.exposed() {
+            for replica in 0..node.replicas {
+                out.push((node, replica, SocketAddr::new(self.bind, next)));
+                next = next.wrapping_add(1);
+            }
+        }
+        out
+    }
+
+    /// Fails with a clear message if a port an exposed service needs is already taken on this machine.
+    pub fn check_exposed_ports(&self, plan: &Plan) -> Result<()> {
+        for (node, _, address) in self.exposed_addresses(plan) {
+            if !port_free(&address.to_string()) {
+                return Err(port_taken(&node.service, address));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The error for an exposed port something else holds.
+pub fn port_taken(service: &str, address: SocketAddr) -> Error {
+    Error::Runner(format!(
+        "cannot expose '{service}': port {} on {} is already in use; stop what uses it or deploy with --port <another>",
+        address.port(),
+        address.ip()
+    ))
+}
+
+/// Whether a TCP address can be bound now (std sets SO_REUSEADDR, so TIME_WAIT does not count).
+pub fn port_free(address: &str) -> bool {
+    std::net::TcpListener::bind(address).is_ok()
+}
+
+/// The address a client on this machine uses for a bound address (0.0.0.0 → 127.0.0.1).
+pub fn connect_address(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    }
+}
+
+/// A fresh per-deployment secret that internal hops must present (256 random bits, hex).
+pub fn random_secret() -> String {
+    (0..4).map(|_| format!("{:016x}", rand::random::<u64>())).collect()
+}
