@@ -1,0 +1,310 @@
+//! The command line every metaparticle program gets: `up` (default), `delete`, `status`, `logs`,
+//! `plan`, and with the Kubernetes runner `manifests`.
+
+use std::net::IpAddr;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::deployments::Deployment;
+use crate::error::{Error, Result};
+use crate::model::Plan;
+#[cfg(feature = "kubernetes")]
+use crate::runner::kubernetes as k8s;
+use crate::runner::{local, Deploy};
+use crate::storage::StorageConfig;
+
+/// Deploys, inspects and tears down the topology this program defines.
+#[derive(Parser, Debug)]
+#[command(version, about = "A metaparticle program: it defines a distributed service and deploys itself.")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Where to run the nodes (default: local; for delete, status and logs: the runner the app's record names).
+    #[arg(long, global = true, value_enum)]
+    runner: Option<RunnerKind>,
+    /// The first port exposed services listen on (the next exposed service gets the next port).
+    #[arg(long, global = true, default_value_t = 3000)]
+    port: u16,
+    /// The address exposed services bind; anything but loopback makes them reachable from other machines.
+    #[arg(long, global = true, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// The app's name (default: the program's file name).
+    #[arg(long, global = true)]
+    app: Option<String>,
+    #[cfg(feature = "kubernetes")]
+    #[command(flatten)]
+    kubernetes: KubernetesArgs,
+    /// Where stateful handlers keep their scopes: `file` (embedded, kept across `delete` until
+    /// `delete --purge`) or `redis` (`REDIS_URL`, or `REDIS_HOST` and `REDIS_PORT`).
+    #[arg(long, global = true, value_enum, default_value_t = StorageKind::File)]
+    storage: StorageKind,
+}
+
+/// Where stateful handlers keep their scopes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StorageKind {
+    /// An SQLite file per app under `$METAPARTICLE_HOME/storage/` (nothing to install).
+    File,
+    /// A Redis server.
+    Redis,
+}
+
+/// The Kubernetes runner's flags (the registry comes from `DOCKER_REGISTRY`, as in the seeds).
+#[cfg(feature = "kubernetes")]
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Kubernetes runner")]
+struct KubernetesArgs {
+    /// The namespace (default: the kubeconfig's current context's).
+    #[arg(long, short = 'n', global = true)]
+    namespace: Option<String>,
+    /// The image to run, already pushed or loaded into the cluster (default: this program's image,
+    /// built and pushed to DOCKER_REGISTRY).
+    #[arg(long, global = true)]
+    image: Option<String>,
+    /// How exposed services are published.
+    #[arg(long, global = true, value_enum, default_value_t = k8s::ExposeAs::LoadBalancer)]
+    service_type: k8s::ExposeAs,
+    /// CPU each pod requests.
+    #[arg(long, global = true, default_value = "50m")]
+    cpu_request: String,
+    /// Memory each pod requests.
+    #[arg(long, global = true, default_value = "32Mi")]
+    memory_request: String,
+    /// CPU limit of each pod, or `none`.
+    #[arg(long, global = true, default_value = "none")]
+    cpu_limit: String,
+    /// Memory limit of each pod, or `none`.
+    #[arg(long, global = true, default_value = "256Mi")]
+    memory_limit: String,
+    /// The cluster's DNS domain, used in the nodes' address book.
+    #[arg(long, global = true, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// How long `up` waits for every pod to be ready, in seconds.
+    #[arg(long, global = true, default_value_t = 300)]
+    rollout_timeout: u64,
+}
+
+#[cfg(feature = "kubernetes")]
+impl KubernetesArgs {
+    fn options(&self) -> k8s::Options {
+        let limit = |v: &str| (!v.eq_ignore_ascii_case("none")).then(|| v.to_string());
+        k8s::Options {
+            namespace: self.namespace.clone(),
+            image: self.image.clone(),
+            registry: std::env::var("DOCKER_REGISTRY").ok().filter(|r| !r.is_empty()),
+            expose_as: self.service_type,
+            resources: k8s::Resources {
+                cpu_request: self.cpu_request.clone(),
+                memory_request: self.memory_request.clone(),
+                cpu_limit: limit(&self.cpu_limit),
+                memory_limit: limit(&self.memory_limit),
+            },
+            cluster_domain: self.cluster_domain.clone(),
+            rollout_timeout: std::time::Duration::from_secs(self.rollout_timeout),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Deploy (or replace) the app and return once every node is healthy. The default.
+    Up {
+        /// Stay in the foreground with every node's log lines; Ctrl-C tears everything down.
+        #[arg(long)]
+        attach: bool,
+    },
+    /// Tear the app down: every process, port and runtime file. Its stored state is kept.
+    Delete {
+        /// Also remove the app's stored state (its file store).
+        #[arg(long)]
+        purge: bool,
+    },
+    /// List every node, replica, address, process and its health.
+    Status,
+    /// Print the app's log, each line prefixed by its replica.
+    Logs {
+        /// Keep printing new lines.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Print the compiled plan (the nodes a runner would deploy) and change nothing.
+    Plan,
+    /// Print the Kubernetes objects of the app as YAML (for review, GitOps or `kubectl apply -f -`)
+    /// and change nothing. Needs no cluster.
+    #[cfg(feature = "kubernetes")]
+    Manifests,
+}
+
+/// Where nodes run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RunnerKind {
+    /// Processes on this machine (nothing to install).
+    Local,
+    /// Containers on the Docker engine `DOCKER_HOST` names (default: the local socket).
+    Docker,
+    /// Pods on the cluster of the current kubeconfig context.
+    #[cfg(feature = "kubernetes")]
+    Kubernetes,
+}
+
+impl RunnerKind {
+    /// The runner a deployment record names.
+    fn from_record(runner: &str) -> Option<Self> {
+        match runner {
+            "local" => Some(RunnerKind::Local),
+            "docker" => Some(RunnerKind::Docker),
+            _ => None,
+        }
+    }
+}
+
+impl Cli {
+    /// Carries out the command against `plan`.
+    pub async fn run(self, plan: Plan) -> Result<()> {
+        let (app, invocation) = program_names();
+        let app = self.app.unwrap_or(app);
+        validate_app_name(&app)?;
+        let command = self.command.unwrap_or(Command::Up { attach: false });
+        if let Command::Plan = command {
+            print!("{plan}");
+            return Ok(());
+        }
+        // The app's record says which runner deployed it; `--runner` decides when there is none
+        // (a first deploy, Kubernetes, or `delete --runner docker` after a deploy crashed early).
+        let recorded = Deployment::load(&app)?.and_then(|d| RunnerKind::from_record(&d.runner));
+        if let (Command::Up { .. }, Some(old)) = (&command, recorded) {
+            // Replacing an app in place is each runner's job; moving it between runners would
+            // orphan what the other runner started, so ask for a delete first.
+            if self.runner.is_some_and(|r| r != old) {
+                return Err(Error::Runner(format!(
+                    "app '{app}' is running on the {old:?} runner; delete it first (`{invocation} delete`), then deploy it here"
+                )));
+            }
+        }
+        let storage = match self.storage {
+            StorageKind::File => StorageConfig::file_for(&app),
+            StorageKind::Redis => StorageConfig::redis_from_env()?,
+        };
+        let runner = match command {
+            Command::Up { .. } => self.runner.or(recorded),
+            _ => recorded.or(self.runner),
+        }
+        .unwrap_or(RunnerKind::Local);
+        let deploy = |attach| Deploy {
+            app: app.clone(),
+            port: self.port,
+            bind: self.bind,
+            attach,
+            invocation: invocation.clone(),
+            storage: storage.clone(),
+        };
+        let purge = matches!(command, Command::Delete { purge: true });
+        let deleting = matches!(command, Command::Delete { .. });
+        match (runner, command) {
+            (_, Command::Plan) => unreachable!("handled above"),
+            (RunnerKind::Local, Command::Up { attach }) => local::up(&deploy(attach), &plan).await,
+            (RunnerKind::Local, Command::Delete { .. }) => local::delete(&app).await,
+            (RunnerKind::Local, Command::Status) => local::status(&app).await,
+            (RunnerKind::Local, Command::Logs { follow }) => local::logs(&app, follow).await,
+            (RunnerKind::Docker, Command::Up { attach }) => docker::up(&deploy(attach), &plan).await,
+            (RunnerKind::Docker, Command::Delete { .. }) => docker::delete(&app).await,
+            (RunnerKind::Docker, Command::Status) => docker::status(&app).await,
+            (RunnerKind::Docker, Command::Logs { follow }) => docker::logs(&app, follow).await,
+            #[cfg(feature = "kubernetes")]
+            (RunnerKind::Local | RunnerKind::Docker, Command::Manifests) => Err(Error::Runner(
+                "manifests describe a Kubernetes deployment: add --runner kubernetes".into(),
+            )),
+            #[cfg(feature = "kubernetes")]
+            (RunnerKind::Kubernetes, command) => {
+                let options = self.kubernetes.options();
+                let storage_kind = if self.storage == StorageKind::File { "file" } else { "redis" };
+                match command {
+                    Command::Manifests => {
+                        k8s::check_storage(storage_kind, &plan)?;
+                        k8s::print_manifests(&deploy(false), &plan, &options)
+                    }
+                    Command::Up { attach: true } => Err(Error::Runner(
+                        "--attach is for the local runner; on Kubernetes follow logs with \
+                         `kubectl logs -f -l metaparticle.io/app=<app>`"
+                            .into(),
+                    )),
+                    Command::Up { attach: false } => {
+                        k8s::check_storage(storage_kind, &plan)?;
+                        k8s::up(&deploy(false), &plan, &options).await
+                    }
+                    Command::Delete { .. } => k8s::delete(&app, &options).await,
+                    Command::Status => k8s::status(&app, &options).await,
+                    Command::Logs { .. } => Err(Error::Runner(format!(
+                        "on Kubernetes, read the logs with `kubectl logs --prefix -l {} --all-containers`",
+                        k8s::names::app_selector(&app)
+                    ))),
+                    Command::Plan => unreachable!("handled above"),
+                }
+            }
+        }?;
+        // The app's state outlives the app until asked otherwise, whichever runner ran it.
+        let store = crate::storage::file_path(&app);
+        if purge {
+            local::purge(&app)?;
+        } else if deleting && store.exists() {
+            println!("kept the app's state in {} (delete --purge removes it)", store.display());
+        }
+        Ok(())
+    }
+}
+
+/// The Docker runner, or a clear error where this build left it out.
+#[cfg(feature = "docker")]
+use crate::runner::docker;
+
+#[cfg(not(feature = "docker"))]
+mod docker {
+    use crate::error::{Error, Result};
+    use crate::model::Plan;
+    use crate::runner::Deploy;
+
+    fn missing<T>() -> Result<T> {
+        Err(Error::Runner(
+            "this program was built without the `docker` feature of metaparticle; enable it to use --runner docker".into(),
+        ))
+    }
+    pub async fn up(_: &Deploy, _: &Plan) -> Result<()> {
+        missing()
+    }
+    pub async fn delete(_: &str) -> Result<()> {
+        missing()
+    }
+    pub async fn status(_: &str) -> Result<()> {
+        missing()
+    }
+    pub async fn logs(_: &str, _: bool) -> Result<()> {
+        missing()
+    }
+}
+
+fn validate_app_name(app: &str) -> Result<()> {
+    let ok = !app.is_empty()
+        && app.len() <= 40
+        && app.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Runner(format!(
+            "app name '{app}' must be 1-40 characters of letters, digits, '-' and '_'; choose one with --app"
+        )))
+    }
+}
+
+/// The default app name (the program's file name) and how the user runs the program.
+fn program_names() -> (String, String) {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let name = exe.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "app".into());
+    let under_cargo = std::env::var_os("CARGO").is_some();
+    let in_examples = exe.parent().and_then(|p| p.file_name()).is_some_and(|d| d == "examples");
+    let invocation = match (under_cargo, in_examples) {
+        (true, true) => format!("cargo run --example {name} --"),
+        (true, false) => "cargo run --".to_string(),
+        _ => std::env::args().next().unwrap_or(name.clone()),
+    };
+    (name, invocation)
+}

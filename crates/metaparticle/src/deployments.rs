@@ -1,0 +1,121 @@
+//! The record of every app deployed from this machine, shared by runners and the client.
+//!
+//! Each deployed app has a folder `$METAPARTICLE_HOME/apps/<app>/` holding `deployment.json`: which
+//! runner runs it, its plan, where its exposed services listen. `metaparticle call <service>` reads
+//! these records to find a service from any directory; `delete` removes the folder.
+//!
+//! `METAPARTICLE_HOME` defaults to `$XDG_STATE_HOME/metaparticle`, else `~/.local/state/metaparticle`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::Plan;
+use crate::plane::AddressBook;
+
+/// Where a service can be called from outside the app.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// The service (JSON-RPC method).
+    pub service: String,
+    /// `host:port` a client connects to.
+    pub address: String,
+}
+
+/// What a runner records about a deployed app.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Deployment {
+    /// The app name.
+    pub app: String,
+    /// `local`, `docker` or `kubernetes`.
+    pub runner: String,
+    /// Seconds since the Unix epoch when it was deployed.
+    pub deployed_at: u64,
+    /// The exposed services.
+    pub endpoints: Vec<Endpoint>,
+    /// The plan deployed.
+    pub plan: Plan,
+    /// Where every replica listens (as seen from this machine).
+    pub book: AddressBook,
+    /// The local runner's supervisor process (also its process group), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor_pid: Option<u32>,
+}
+
+/// The root of all metaparticle state on this machine.
+pub fn home() -> PathBuf {
+    if let Some(h) = std::env::var_os("METAPARTICLE_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h);
+    }
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(x).join("metaparticle");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    home.join(".local/state/metaparticle")
+}
+
+/// The folder of one app's runtime state (removed by `delete`).
+pub fn app_dir(app: &str) -> PathBuf {
+    home().join("apps").join(app)
+}
+
+fn record_path(app: &str) -> PathBuf {
+    app_dir(app).join("deployment.json")
+}
+
+impl Deployment {
+    /// Writes the record atomically (write then rename), readable only by this user.
+    pub fn save(&self) -> Result<()> {
+        let dir = app_dir(&self.app);
+        create_private_dir(&dir)?;
+        let tmp = dir.join("deployment.json.tmp");
+        let text = serde_json::to_vec_pretty(self).expect("a deployment record serializes");
+        std::fs::write(&tmp, text).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+        std::fs::rename(&tmp, record_path(&self.app))
+            .map_err(|e| Error::io(format!("writing the record of app '{}'", self.app), e))
+    }
+
+    /// The record of `app`, if it is deployed.
+    pub fn load(app: &str) -> Result<Option<Deployment>> {
+        let path = record_path(app);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                Error::Runner(format!("{} is damaged ({e}); remove it by hand", path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+        }
+    }
+
+    /// Every deployed app's record, by app name; unreadable records are skipped.
+    pub fn all() -> Vec<Deployment> {
+        let Ok(entries) = std::fs::read_dir(home().join("apps")) else { return Vec::new() };
+        let mut records: Vec<Deployment> = entries
+            .flatten()
+            .filter_map(|e| Deployment::load(&e.file_name().to_string_lossy()).ok().flatten())
+            .collect();
+        records.sort_by(|a, b| a.app.cmp(&b.app));
+        records
+    }
+
+    /// Where an exposed service of this app listens.
+    pub fn endpoint(&self, service: &str) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.service == service)
+    }
+}
+
+/// Creates a folder (and parents) that only this user can read: it holds secrets and logs.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

@@ -1,0 +1,158 @@
+//! `serve`: the one entry point of every metaparticle program.
+//!
+//! The same binary plays three parts, chosen by its environment:
+//! a node (a runner started it with `MP_NODE`), a local supervisor (`MP_SUPERVISE`), or, when
+//! started by a person, the deployer that acts on the command line.
+
+use clap::Parser;
+
+use crate::cli::Cli;
+use crate::error::{Error, Result};
+use crate::model::topology::Service;
+use crate::model::{compile, Plan, Registry};
+use crate::plane::identity::set_process_identity;
+use crate::plane::metrics::Metrics;
+use crate::plane::node::{build, listener, node_metrics, NodeLaunch, Timeouts};
+use crate::plane::server::Limits;
+use crate::plane::upstream::HttpClient;
+use crate::runner::local::supervisor::Order;
+
+/// Serves, deploys or tears down `services`, depending on how the program was started.
+///
+/// ```no_run
+/// use metaparticle as mp;
+/// fn main() -> mp::Result<()> {
+///     mp::serve([mp::service("simple-service", |req: serde_json::Value| req).expose()])
+/// }
+/// ```
+///
+/// Everything `main` does before calling `serve` runs in every process of the app, so keep it to
+/// describing services.
+pub fn serve(services: impl IntoIterator<Item = Service>) -> Result<()> {
+    let services: Vec<Service> = services.into_iter().collect();
+    let (plan, registry) = compile(&services)?;
+    if let Some(launch) = NodeLaunch::from_env() {
+        let launch = launch
+            .map_err(|e| Error::Runner(format!("this node was started with a bad environment: {e}")))?;
+        return run_node(plan, registry, launch);
+    }
+    if let Some(order) = Order::from_env() {
+        init_logging();
+        // Single-threaded on purpose: replicas' death signal is tied to the thread that forked them.
+        return runtime(true)?.block_on(crate::runner::local::supervisor::run(order?, plan));
+    }
+    let cli = Cli::parse();
+    exit_quietly_on_closed_pipe();
+    init_logging();
+    runtime(true)?.block_on(cli.run(plan))
+}
+
+fn run_node(plan: Plan, registry: Registry, launch: NodeLaunch) -> Result<()> {
+    init_logging();
+    set_process_identity(launch.identity());
+    let listener =
+        listener(&launch.listen).map_err(|e| Error::io(format!("opening {:?}", launch.listen), e))?;
+    let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let own_server = plan.node(&launch.node).is_some_and(|n| n.role == crate::model::Role::Server);
+    let workers = if own_server { 1 } else { node_threads() };
+    tracing::info!(node = %launch.node, replica = launch.replica, %address, workers, "serving");
+    let metrics = node_metrics(&registry, &launch.node, &launch.identity());
+    // Share-nothing workers, as nginx runs them: each thread has its own single-threaded runtime,
+    // its own connections to upstreams, and accepts from the same socket. On a small machine
+    // shared with its replicas this beats one work-stealing runtime, whose cross-thread wake-ups
+    // cost more than the work of forwarding a request.
+    for worker in 1..workers {
+        let (plan, registry, launch, metrics) =
+            (plan.clone(), registry.clone(), launch.clone(), metrics.clone());
+        let listener =
+            listener.try_clone().map_err(|e| Error::io("sharing the listener with a worker", e))?;
+        std::thread::Builder::new()
+            .name(format!("worker-{worker}"))
+            .spawn(move || {
+                let outcome = runtime(true)
+                    .and_then(|rt| rt.block_on(serve_worker(&plan, &registry, &launch, listener, metrics)));
+                if let Err(e) = outcome {
+                    tracing::error!("worker {worker} stopped: {e}");
+                    std::process::exit(1);
+                }
+            })
+            .map_err(|e| Error::io("starting a worker thread", e))?;
+    }
+    // The program's own server gets a multi-threaded runtime: it may spawn work of its own.
+    runtime(!own_server)?.block_on(async move {
+        tokio::select! {
+            served = serve_worker(&plan, &registry, &launch, listener, metrics) => served,
+            _ = terminated() => {
+                tracing::info!("stopping");
+                Ok(())
+            }
+        }
+    })
+}
+
+/// One worker: builds the node (with its own upstream connections) and serves on `listener`.
+async fn serve_worker(
+    plan: &Plan,
+    registry: &Registry,
+    launch: &NodeLaunch,
+    listener: std::net::TcpListener,
+    metrics: std::sync::Arc<Metrics>,
+) -> Result<()> {
+    let client = HttpClient::new(&launch.secret);
+    let node = build(plan, registry, launch, &client, Timeouts::default(), Limits::default(), metrics)
+        .map_err(Error::Runner)?;
+    let listener =
+        tokio::net::TcpListener::from_std(listener).map_err(|e| Error::io("registering the listener", e))?;
+    node.run(listener).await.map_err(|e| Error::io("serving", e))
+}
+
+async fn terminated() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Worker threads of a node: `MP_NODE_THREADS`, else one per core up to four.
+fn node_threads() -> usize {
+    std::env::var("MP_NODE_THREADS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get().min(4)).unwrap_or(2))
+}
+
+fn runtime(single_threaded: bool) -> Result<tokio::runtime::Runtime> {
+    let mut builder = if single_threaded {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(node_threads());
+        b
+    };
+    builder.enable_all().build().map_err(|e| Error::io("starting the async runtime", e))
+}
+
+/// Rust ignores SIGPIPE, which makes `program status | head -1` panic on the next print. A
+/// command-line tool should end quietly instead, as Unix tools do; nodes keep ignoring it.
+pub fn exit_quietly_on_closed_pipe() {
+    // SAFETY: restoring a signal's default disposition has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MP_LOG")
+        // kube logs every failed request at ERROR; the runner's own error already says it, with context.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_client=off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .try_init();
+}
