@@ -1,0 +1,133 @@
+//! `metaparticle`: call a deployed metaparticle service from any directory, like the seeds' client.js.
+//!
+//! ```console
+//! $ metaparticle call replicated-service
+//! {"request":{"foo":"bar"},"server":"replicated-service.replica-2"}
+//! $ metaparticle call sharded-service '{"user":"alice"}'
+//! $ metaparticle list
+//! ```
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use metaparticle::client::{CallError, RpcClient};
+use metaparticle::deployments::{self, Deployment};
+use serde_json::Value;
+
+/// Calls metaparticle services deployed from this machine.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Call a service and print its result as one JSON line.
+    Call {
+        /// The service (JSON-RPC method) to call.
+        service: String,
+        /// The request, as JSON.
+        #[arg(default_value = r#"{"foo":"bar"}"#)]
+        request: String,
+        /// Call this address (host:port) instead of looking the service up.
+        #[arg(long)]
+        address: Option<String>,
+        /// HTTP Basic credentials `user:password`, for services behind authentication.
+        #[arg(long, short)]
+        user: Option<String>,
+    },
+    /// List the deployed apps and their exposed services.
+    List,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    metaparticle::exit_quietly_on_closed_pipe();
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime starts");
+    let outcome = match args.command {
+        Command::Call { service, request, address, user } => {
+            runtime.block_on(call(&service, &request, address, user.as_deref()))
+        }
+        Command::List => list(),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("metaparticle: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn call(
+    service: &str,
+    request: &str,
+    address: Option<String>,
+    user: Option<&str>,
+) -> Result<(), String> {
+    let request: Value = serde_json::from_str(request)
+        .map_err(|e| format!("the request is not valid JSON ({e}): {request}"))?;
+    let (address, app) = match address {
+        Some(a) => (a, None),
+        None => locate(service)?,
+    };
+    let client = match user {
+        Some(credentials) => {
+            let (user, password) = credentials
+                .split_once(':')
+                .ok_or_else(|| format!("--user takes 'user:password', not '{credentials}'"))?;
+            RpcClient::new().with_basic_auth(user, password)
+        }
+        None => RpcClient::new(),
+    };
+    match client.call(&address, service, &request).await {
+        Ok(result) => {
+            println!("{result}");
+            Ok(())
+        }
+        Err(CallError::Unreachable { detail, .. }) if app.is_some() => Err(format!(
+            "app '{}' is not running: nothing answers at {address} ({detail}); its record in {} is stale, deploy it again",
+            app.unwrap_or_default(),
+            deployments::home().display()
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Finds the address of an exposed service among the deployed apps.
+fn locate(service: &str) -> Result<(String, Option<String>), String> {
+    let apps = Deployment::all();
+    if apps.is_empty() {
+        return Err(format!(
+            "no metaparticle app is running (none recorded in {}); start one, e.g. `cargo run --example server2`",
+            deployments::home().display()
+        ));
+    }
+    for app in &apps {
+        if let Some(endpoint) = app.endpoint(service) {
+            return Ok((endpoint.address.clone(), Some(app.app.clone())));
+        }
+    }
+    let known: Vec<String> = apps
+        .iter()
+        .flat_map(|a| a.endpoints.iter().map(move |e| format!("{} (app '{}')", e.service, a.app)))
+        .collect();
+    Err(format!("unknown service '{service}'; the running apps expose: {}", known.join(", ")))
+}
+
+fn list() -> Result<(), String> {
+    let apps = Deployment::all();
+    if apps.is_empty() {
+        println!("no metaparticle app is running");
+    }
+    for app in apps {
+        println!("{} ({} runner, {} processes)", app.app, app.runner, app.plan.process_count());
+        for e in &app.endpoints {
+            println!("  {:<30} {}", e.service, e.address);
+        }
+    }
+    Ok(())
+}
