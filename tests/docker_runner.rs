@@ -1,0 +1,320 @@
+//! The Docker runner, end to end, as a user runs it: build the examples, deploy them with
+//! `--runner docker`, call them through the `metaparticle` client, delete them, and check with the
+//! engine that nothing carrying the app's label remains.
+//!
+//! Where no Docker engine answers, each test prints "skipped: no Docker engine" and passes, unless
+//! `MP_REQUIRE_DOCKER=1` is set (CI), where that is a failure. Every test removes what carries its
+//! app's label when it ends, even by a panic. Apps get unique names and free loopback ports, so the
+//! tests touch nothing but the containers they create.
+
+mod support;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Longest any one command may take: a cold deploy builds an image from a ~100 MB binary.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(240);
+
+const APP_LABEL: &str = "io.metaparticle.app";
+
+#[test]
+fn server2_spreads_calls_over_three_container_hostnames_and_deletes_everything() {
+    let Some(bins) = binaries_or_skip() else { return };
+    let app = Deployed::new(bins, "server2");
+    app.up();
+    // A second `up` replaces the running app's containers instead of adding to them, and reuses
+    // the image because the binary did not change.
+    let again = app.up();
+    assert!(again.contains("up to date"), "the unchanged binary was rebuilt:\n{again}");
+    assert_eq!(app.labelled("ps"), 4, "a balancer and three replicas after two deploys");
+
+    let mut servers = HashSet::new();
+    for _ in 0..30 {
+        let answer = app.call("replicated-service");
+        assert_eq!(answer["request"], serde_json::json!({"foo": "bar"}));
+        servers.insert(answer["server"].as_str().expect("a server name").to_string());
+    }
+    assert_eq!(servers.len(), 3, "servers seen: {servers:?}");
+    for server in &servers {
+        assert!(server.starts_with(&format!("{}-replicated-service-replica-", app.name)), "{server}");
+    }
+    let status = app.run(&["status"]);
+    assert!(String::from_utf8_lossy(&status.stdout).matches("healthy").count() >= 4);
+
+    app.delete_and_check_nothing_remains();
+}
+
+#[test]
+fn histogram_gathers_1000_samples_from_ten_leaf_containers_and_deletes_everything() {
+    let Some(bins) = binaries_or_skip() else { return };
+    let app = Deployed::new(bins, "histogram");
+    app.up();
+    assert_eq!(app.labelled("ps"), 11, "a gather root and ten leaves");
+
+    let histogram: Vec<u64> = serde_json::from_value(app.call("histogram-service")).expect("a histogram");
+    assert_eq!(histogram.len(), 10, "{histogram:?}");
+    assert_eq!(histogram.iter().sum::<u64>(), 1000, "{histogram:?}");
+
+    app.delete_and_check_nothing_remains();
+}
+
+#[test]
+fn the_sharding_tutorial_keeps_each_user_on_one_shard_container() {
+    let Some(bins) = binaries_or_skip() else { return };
+    let app = Deployed::new(bins, "sharded_http");
+    app.up();
+    assert_eq!(app.labelled("ps"), 4, "a router and three shards");
+    let mut shards = HashSet::new();
+    for user in ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"] {
+        let answers: HashSet<String> =
+            (0..3).map(|_| http_get(app.port, &format!("/users/{user}"))).collect();
+        assert_eq!(answers.len(), 1, "{user} reached several shards: {answers:?}");
+        let answer = answers.into_iter().next().unwrap();
+        let prefix = format!("Hello World: hostname: {}-sharded-http-shard-", app.name);
+        assert!(answer.starts_with(&prefix), "{answer}");
+        shards.insert(answer);
+    }
+    assert!(shards.len() >= 2, "eight users all on one shard: {shards:?}");
+    app.delete_and_check_nothing_remains();
+}
+
+/// The body of a GET over a fresh loopback connection.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the published port");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
+
+#[test]
+fn a_taken_port_fails_clearly_and_leaves_nothing_running() {
+    let Some(bins) = binaries_or_skip() else { return };
+    let app = Deployed::new(bins, "server2");
+    let _holder = std::net::TcpListener::bind(("127.0.0.1", app.port)).expect("holding the app's port");
+    let output = app.run_unchecked(&["up"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "up succeeded on a taken port");
+    assert!(stderr.contains(&format!("port {} on 127.0.0.1 is already in use", app.port)), "{stderr}");
+    for kind in ["ps", "network", "volume"] {
+        assert_eq!(app.labelled(kind), 0, "{kind}: a failed up left objects of the app");
+    }
+}
+
+/// Paths of the binaries a user would run.
+struct Binaries {
+    dir: PathBuf,
+    client: PathBuf,
+}
+
+/// Builds the examples and the client once, or returns `None` (after saying so) without an engine.
+fn binaries_or_skip() -> Option<&'static Binaries> {
+    if !engine_answers() {
+        if std::env::var("MP_REQUIRE_DOCKER").is_ok_and(|v| v == "1") {
+            panic!("no Docker engine answers, and MP_REQUIRE_DOCKER=1 requires the Docker tests to run");
+        }
+        // Straight to stderr, past the test harness's capture: a skip must be visible in `cargo test`.
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: no Docker engine (set MP_REQUIRE_DOCKER=1 to make this a failure)"
+        );
+        return None;
+    }
+    static BINARIES: OnceLock<Binaries> = OnceLock::new();
+    Some(BINARIES.get_or_init(build_binaries))
+}
+
+fn engine_answers() -> bool {
+    Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The programs a user runs: every example and the client, built once for all tests (see
+/// `support::binary`: `cargo test` alone builds examples only in test mode).
+fn build_binaries() -> Binaries {
+    let client = support::binary("metaparticle");
+    Binaries { dir: support::target_dir(), client }
+}
+
+/// One app deployed by a test, removed by label when the test ends, however it ends.
+struct Deployed {
+    bins: &'static Binaries,
+    example: &'static str,
+    name: String,
+    port: u16,
+    home: tempfile::TempDir,
+}
+
+impl Deployed {
+    fn new(bins: &'static Binaries, example: &'static str) -> Self {
+        // Unique per test, even for two tests of one example running at once.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("mptest-{example}-{}-{n}", std::process::id());
+        let port = free_port();
+        let home = tempfile::tempdir().expect("a temporary METAPARTICLE_HOME");
+        Deployed { bins, example, name, port, home }
+    }
+
+    /// Runs the example with `args` and the test's app name, port and home.
+    fn run_unchecked(&self, args: &[&str]) -> Output {
+        let program = self.bins.dir.join("examples").join(self.example);
+        let mut command = Command::new(&program);
+        command
+            .args(args)
+            .args(["--runner", "docker", "--app", &self.name, "--port", &self.port.to_string()])
+            .env("METAPARTICLE_HOME", self.home.path());
+        run_bounded(&mut command)
+    }
+
+    /// [`Deployed::run_unchecked`], failing the test if the command fails.
+    fn run(&self, args: &[&str]) -> Output {
+        let program = self.bins.dir.join("examples").join(self.example);
+        let output = self.run_unchecked(args);
+        assert!(
+            output.status.success(),
+            "{} {args:?} failed:\n{}\n{}",
+            program.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    /// Deploys the app; returns what `up` printed.
+    fn up(&self) -> String {
+        let started = Instant::now();
+        let output = self.run(&["up"]);
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(stdout.contains(&format!("listens on http://127.0.0.1:{}/", self.port)), "{stdout}");
+        eprintln!("deployed {} in {:.2}s", self.name, started.elapsed().as_secs_f64());
+        stdout
+    }
+
+    /// Calls `service` through the `metaparticle` client, as a user would.
+    fn call(&self, service: &str) -> Value {
+        let mut command = Command::new(&self.bins.client);
+        command.args(["call", service]).env("METAPARTICLE_HOME", self.home.path());
+        let output = run_bounded(&mut command);
+        assert!(
+            output.status.success(),
+            "calling {service} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("the client prints one JSON line")
+    }
+
+    /// How many objects of `kind` (`ps -a`, `network ls`, `volume ls`) carry the app's label.
+    fn labelled(&self, kind: &str) -> usize {
+        let filter = format!("label={APP_LABEL}={}", self.name);
+        let mut args: Vec<&str> = match kind {
+            "ps" => vec!["ps", "-a"],
+            "network" => vec!["network", "ls"],
+            "volume" => vec!["volume", "ls"],
+            other => panic!("unknown kind {other}"),
+        };
+        args.extend(["-q", "--filter", &filter]);
+        let output = run_bounded(Command::new("docker").args(&args));
+        assert!(output.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).lines().filter(|l| !l.trim().is_empty()).count()
+    }
+
+    fn delete_and_check_nothing_remains(&self) {
+        let started = Instant::now();
+        self.run(&["delete"]);
+        eprintln!("deleted {} in {:.2}s", self.name, started.elapsed().as_secs_f64());
+        for kind in ["ps", "network", "volume"] {
+            assert_eq!(self.labelled(kind), 0, "{kind}: objects labelled {APP_LABEL}={} remain", self.name);
+        }
+        assert!(!self.home.path().join("apps").join(&self.name).exists(), "the deployment record remains");
+    }
+}
+
+impl Drop for Deployed {
+    /// Removes whatever carries the app's label, with the CLI, so a failed test leaves nothing behind.
+    fn drop(&mut self) {
+        let filter = format!("label={APP_LABEL}={}", self.name);
+        for (list, remove) in [
+            (vec!["ps", "-aq"], vec!["rm", "-f"]),
+            (vec!["network", "ls", "-q"], vec!["network", "rm"]),
+            (vec!["volume", "ls", "-q"], vec!["volume", "rm", "-f"]),
+        ] {
+            let Ok(listed) = Command::new("docker").args(&list).args(["--filter", &filter]).output() else {
+                return;
+            };
+            let ids: Vec<String> =
+                String::from_utf8_lossy(&listed.stdout).split_whitespace().map(String::from).collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker").args(&remove).args(&ids).stdout(Stdio::null()).status();
+            }
+        }
+        // The image is the app's too; tests build fresh names each run, so do not let them pile up.
+        let _ = Command::new("docker")
+            .args(["image", "ls", "-q", "--filter", &format!("reference=metaparticle/{}", self.name)])
+            .output()
+            .map(|listed| {
+                let ids: Vec<String> =
+                    String::from_utf8_lossy(&listed.stdout).split_whitespace().map(String::from).collect();
+                if !ids.is_empty() {
+                    let _ = Command::new("docker")
+                        .args(["image", "rm", "-f"])
+                        .args(&ids)
+                        .stdout(Stdio::null())
+                        .status();
+                }
+            });
+    }
+}
+
+/// A loopback port nothing listens on now.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
+    listener.local_addr().expect("its address").port()
+}
+
+/// Runs a command to completion, killing it if it outlives `COMMAND_TIMEOUT`.
+fn run_bounded(command: &mut Command) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
+    // Drain the pipes on threads so a chatty child never blocks on a full pipe.
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut out, &mut buf);
+        buf
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut err, &mut buf);
+        buf
+    });
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for a child") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{command:?} took longer than {}s", COMMAND_TIMEOUT.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Output { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() }
+}

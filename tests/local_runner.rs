@@ -1,0 +1,330 @@
+//! The local runner as a user drives it: deploy, call through the `metaparticle` client, inspect,
+//! re-deploy, tear down, and what is left afterwards (nothing).
+
+mod support;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::{free_port, Sandbox};
+
+/// The pids and addresses `status` reports, one per replica.
+fn replicas(sandbox: &Sandbox) -> Vec<(String, u32, String)> {
+    let run = sandbox.program(&["status"]);
+    assert!(run.ok, "status failed: {}", run.stderr);
+    run.stdout
+        .lines()
+        .skip(2)
+        .map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(f[7], "healthy", "{line}");
+            (format!("{}-{}", f[0], f[2]), f[4].parse().unwrap(), f[3].to_string())
+        })
+        .collect()
+}
+
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+fn port_free(address: &str) -> bool {
+    std::net::TcpListener::bind(address).is_ok()
+}
+
+fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn server2_deploys_spreads_calls_over_three_replicas_and_deletes_without_leftovers() {
+    let sandbox = Sandbox::new("server2");
+    let up = sandbox.up();
+    assert!(
+        up.stdout.contains(&format!("replicated-service listens on http://127.0.0.1:{}/", sandbox.port)),
+        "{}",
+        up.stdout
+    );
+
+    let mut servers = HashSet::new();
+    for _ in 0..10 {
+        let answer = sandbox.call("replicated-service", None);
+        assert_eq!(answer["request"], json!({"foo": "bar"}));
+        servers.insert(answer["server"].as_str().unwrap().to_string());
+    }
+    assert_eq!(servers.len(), 3, "ten calls reach all three replicas: {servers:?}");
+
+    let replicas = replicas(&sandbox);
+    assert_eq!(replicas.len(), 4, "a balancer and three replicas");
+    let delete = sandbox.program(&["delete"]);
+    assert!(delete.ok && delete.stdout.contains("deleted app 'server2'"), "{}", delete.stdout);
+    for (name, pid, address) in &replicas {
+        assert!(!process_alive(*pid), "{name} (pid {pid}) survived delete");
+        assert!(port_free(address), "{name}'s port {address} is still taken");
+    }
+    assert!(!sandbox.app_dir().exists(), "the app's state folder is removed");
+    let again = sandbox.program(&["delete"]);
+    assert!(again.ok && again.stdout.contains("not running; nothing to delete"), "{}", again.stdout);
+}
+
+#[test]
+fn the_seeds_curl_line_works_against_a_deployed_app() {
+    let sandbox = Sandbox::new("server1");
+    sandbox.up();
+    let body = r#"{"jsonrpc": "2.0", "params":[{}], "method": "simple-service", "id": "example"}"#;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", sandbox.port)).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        stream,
+        "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with(r#"{"jsonrpc":"2.0","id":"example","result":{"A":{}}}"#), "{response}");
+    assert_eq!(sandbox.call("simple-service", None), json!({"A": {"foo": "bar"}}));
+}
+
+#[test]
+fn up_on_a_running_app_replaces_it_without_leftovers() {
+    let sandbox = Sandbox::new("server2");
+    sandbox.up();
+    let first = replicas(&sandbox);
+    let second_up = sandbox.up();
+    assert!(second_up.stdout.contains("replacing it"), "{}", second_up.stdout);
+    let second = replicas(&sandbox);
+    assert_eq!(second.len(), 4);
+    for (name, pid, _) in &first {
+        assert!(!process_alive(*pid), "old {name} (pid {pid}) still runs after re-deploy");
+    }
+    assert_eq!(sandbox.call("replicated-service", Some(r#"{"n":1}"#))["request"], json!({"n": 1}));
+}
+
+#[test]
+fn a_taken_port_is_a_clear_error_and_nothing_is_deployed() {
+    let sandbox = Sandbox::new("server2");
+    let _squatter = std::net::TcpListener::bind(("127.0.0.1", sandbox.port)).unwrap();
+    let run = sandbox.program(&["up"]);
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains(&format!("port {} on 127.0.0.1 is already in use", sandbox.port)),
+        "{}",
+        run.stderr
+    );
+    assert!(!sandbox.app_dir().exists(), "nothing half-deployed");
+}
+
+#[test]
+fn a_killed_replica_is_restarted_and_status_counts_it() {
+    let sandbox = Sandbox::new("server2");
+    sandbox.up();
+    let before = replicas(&sandbox);
+    let (name, pid, _) = before.iter().find(|(n, _, _)| n.ends_with("replica-1")).unwrap().clone();
+    send_signal(pid, "-KILL");
+    wait_until("the replica to be restarted", Duration::from_secs(10), || {
+        let run = sandbox.program(&["status"]);
+        run.stdout.lines().any(|l| {
+            l.starts_with("replicated-service.replica ")
+                && l.contains(" 1 ")
+                && l.contains("running")
+                && l.contains("healthy")
+                && !l.contains(&pid.to_string())
+        })
+    });
+    let mut servers = HashSet::new();
+    for _ in 0..30 {
+        servers.insert(sandbox.call("replicated-service", None)["server"].as_str().unwrap().to_string());
+    }
+    assert!(servers.contains(&name), "traffic returns to {name}: {servers:?}");
+}
+
+fn send_signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill").args([signal, &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn attach_streams_prefixed_logs_and_ctrl_c_tears_everything_down() {
+    let sandbox = Sandbox::new("server2");
+    let mut child = sandbox
+        .program_command(&["up", "--attach"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut prefixes = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while prefixes.len() < 4 {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("log lines from every replica");
+        if let Some((prefix, _)) = line.split_once(" | ") {
+            prefixes.insert(prefix.trim().to_string());
+        }
+    }
+    assert!(prefixes.contains("replicated-service.replica-2"), "{prefixes:?}");
+    assert_eq!(sandbox.call("replicated-service", None)["request"], json!({"foo": "bar"}));
+    let pids: Vec<u32> = replicas(&sandbox).into_iter().map(|(_, pid, _)| pid).collect();
+
+    send_signal(child.id(), "-INT");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "attach did not stop on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    for pid in pids {
+        assert!(!process_alive(pid), "pid {pid} survived Ctrl-C");
+    }
+    assert!(port_free(&format!("127.0.0.1:{}", sandbox.port)));
+    assert!(!sandbox.app_dir().exists());
+}
+
+#[test]
+fn sharded_service_keeps_each_user_on_one_shard_end_to_end() {
+    let sandbox = Sandbox::new("server3");
+    sandbox.up();
+    for user in ["alice", "bob", "charlotte"] {
+        let request = format!(r#"{{"user":"{user}"}}"#);
+        let shards: HashSet<Value> =
+            (0..5).map(|_| sandbox.call("sharded-service", Some(&request))["shard"].clone()).collect();
+        assert_eq!(shards, HashSet::from([json!(user.len() % 3)]), "{user}");
+    }
+    let run = sandbox.client(&["call", "sharded-service"]);
+    assert!(
+        !run.ok && run.stderr.contains("missing field `user`") && run.stderr.contains("-32602"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn histogram_deploys_eleven_processes_and_counts_a_thousand_samples() {
+    let sandbox = Sandbox::new("histogram");
+    let up = sandbox.up();
+    assert!(up.stdout.contains("11 processes"), "{}", up.stdout);
+    let histogram: Vec<u64> = serde_json::from_value(sandbox.call("histogram-service", None)).unwrap();
+    assert_eq!(histogram.len(), 10);
+    assert_eq!(histogram.iter().sum::<u64>(), 1000);
+}
+
+#[test]
+fn the_client_explains_unknown_services_and_apps_that_are_not_running() {
+    let sandbox = Sandbox::new("server1");
+    let none = sandbox.client(&["call", "simple-service"]);
+    assert!(!none.ok && none.stderr.contains("no metaparticle app is running"), "{}", none.stderr);
+    sandbox.up();
+    let unknown = sandbox.client(&["call", "nope"]);
+    assert!(
+        !unknown.ok
+            && unknown.stderr.contains("unknown service 'nope'")
+            && unknown.stderr.contains("simple-service (app 'server1')"),
+        "{}",
+        unknown.stderr
+    );
+    let bad_json = sandbox.client(&["call", "simple-service", "{oops"]);
+    assert!(!bad_json.ok && bad_json.stderr.contains("not valid JSON"), "{}", bad_json.stderr);
+
+    // A record whose processes are gone (e.g. after a reboot) is reported as such.
+    let record = sandbox.app_dir().join("deployment.json");
+    let text = std::fs::read_to_string(&record).unwrap();
+    let stale_port = free_port();
+    std::fs::write(
+        &record,
+        text.replace(&format!("127.0.0.1:{}", sandbox.port), &format!("127.0.0.1:{stale_port}")),
+    )
+    .unwrap();
+    let stale = sandbox.client(&["call", "simple-service"]);
+    assert!(!stale.ok && stale.stderr.contains("app 'server1' is not running"), "{}", stale.stderr);
+}
+
+#[test]
+fn status_piped_into_a_reader_that_stops_early_ends_quietly() {
+    let sandbox = Sandbox::new("histogram");
+    sandbox.up();
+    let mut child =
+        sandbox.program_command(&["status"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // Read one line and close the pipe, as `status | head -1` does.
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(first.starts_with("app 'histogram'"), "{first}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn status_and_logs_of_an_app_that_is_not_running_fail_clearly() {
+    let sandbox = Sandbox::new("server1");
+    for command in ["status", "logs"] {
+        let run = sandbox.program(&[command]);
+        assert!(!run.ok && run.stderr.contains("app 'server1' is not running"), "{command}: {}", run.stderr);
+    }
+}
+
+#[test]
+fn binding_beyond_loopback_is_an_explicit_flag() {
+    let mut sandbox = Sandbox::new("server1");
+    sandbox.extra = vec!["--bind".into(), "0.0.0.0".into()];
+    sandbox.up();
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(sandbox.app_dir().join("deployment.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["endpoints"][0]["address"], json!(format!("127.0.0.1:{}", sandbox.port)));
+    assert!(!port_free(&format!("0.0.0.0:{}", sandbox.port)), "bound on all interfaces");
+    assert_eq!(sandbox.call("simple-service", None), json!({"A": {"foo": "bar"}}));
+}
+
+/// GET over a fresh connection; the status and body.
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn the_sharding_tutorial_keeps_each_user_on_one_shard_end_to_end() {
+    let sandbox = Sandbox::new("sharded_http");
+    let up = sandbox.up();
+    assert!(up.stdout.contains("4 processes"), "a router and three shards: {}", up.stdout);
+    let mut shards = HashSet::new();
+    for user in ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"] {
+        let answers: HashSet<String> =
+            (0..4).map(|_| http_get(sandbox.port, &format!("/users/{user}")).1).collect();
+        assert_eq!(answers.len(), 1, "{user} reached several shards: {answers:?}");
+        let answer = answers.into_iter().next().unwrap();
+        assert!(answer.starts_with("Hello World: hostname: sharded-http.shard-"), "{answer}");
+        shards.insert(answer);
+    }
+    assert!(shards.len() >= 2, "eight users all on one shard: {shards:?}");
+    let (status, body) = http_get(sandbox.port, "/about");
+    assert_eq!(status, 404, "{body}");
+    let logs = sandbox.program(&["logs"]).stdout;
+    assert!(
+        logs.lines().any(|l| l.contains("sharded-http.shard-") && l.ends_with("| /users/alice")),
+        "{logs}"
+    );
+}

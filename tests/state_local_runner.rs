@@ -1,0 +1,154 @@
+//! State through real local-runner processes: the `server6` example deployed as a user would,
+//! a balancer and three replica processes sharing one store.
+//!
+//! The file backend shared by separate processes is the point: each replica has its own SQLite
+//! connection, and only the database's locking and the compare-and-swap keep increments apart.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use metaparticle::client::{CallError, RpcClient};
+use metaparticle::storage::StorageConfig;
+use metaparticle::testing::RedisServer;
+use metaparticle::RpcError;
+use serde_json::{json, Value};
+
+const SERVICE: &str = "replicated-storage-service";
+const KEY: &str = "server6/replicated-storage-service/global";
+
+/// The `server6` example binary, built on first use.
+fn server6() -> PathBuf {
+    support::binary("examples/server6")
+}
+
+/// One deployment of server6 in a private `METAPARTICLE_HOME`, deleted when dropped.
+struct Deployed {
+    home: tempfile::TempDir,
+    port: u16,
+    env: Vec<(String, String)>,
+}
+
+impl Deployed {
+    fn new(env: &[(&str, &str)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self { home: tempfile::tempdir().unwrap(), port, env }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(server6());
+        command
+            .args(args)
+            .arg("--port")
+            .arg(self.port.to_string())
+            .env("METAPARTICLE_HOME", self.home.path());
+        for var in ["REDIS_URL", "REDIS_HOST", "REDIS_PORT", "MP_NODE", "MP_SUPERVISE"] {
+            command.env_remove(var);
+        }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        command.output().expect("running server6")
+    }
+
+    fn up(&self, args: &[&str]) {
+        let out = self.run(args);
+        assert!(out.status.success(), "up failed: {}{}", text(&out.stdout), text(&out.stderr));
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn file_store(&self) -> PathBuf {
+        self.home.path().join("storage/server6.sqlite")
+    }
+}
+
+impl Drop for Deployed {
+    fn drop(&mut self) {
+        let _ = self.run(&["delete"]);
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `clients` concurrent clients send `increments` requests each; returns the successes.
+async fn hammer(address: &str, clients: usize, increments: usize) -> u64 {
+    let client = Arc::new(RpcClient::new());
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (client, address) = (client.clone(), address.to_string());
+        tasks.spawn(async move {
+            let mut ok = 0u64;
+            for _ in 0..increments {
+                match client.call(&address, SERVICE, &json!({})).await {
+                    Ok(_) => ok += 1,
+                    Err(CallError::Rpc(e)) if e.code == RpcError::CONFLICT => {}
+                    Err(e) => panic!("unexpected failure: {e}"),
+                }
+            }
+            ok
+        });
+    }
+    let mut ok = 0;
+    while let Some(n) = tasks.join_next().await {
+        ok += n.unwrap();
+    }
+    ok
+}
+
+async fn stored_count(storage: &StorageConfig) -> u64 {
+    let stored = storage.open().unwrap().load(KEY).await.unwrap().expect("a count was stored");
+    let value: Value = serde_json::from_slice(&stored.value).unwrap();
+    value["requests"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replica_processes_share_one_file_store_and_it_survives_delete_until_purge() {
+    let app = Deployed::new(&[]);
+    app.up(&[]);
+    let ok = hammer(&app.address(), 8, 25).await;
+    let storage = StorageConfig::File(app.file_store());
+    assert_eq!(stored_count(&storage).await, ok, "8 clients x 25 through 3 replica processes");
+
+    // The count survives delete and re-deploy...
+    let out = app.run(&["delete"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    app.up(&[]);
+    let answer = RpcClient::new().call(&app.address(), SERVICE, &json!({})).await.unwrap();
+    assert_eq!(answer["requests"], json!(ok + 1));
+
+    // ...until delete --purge.
+    let out = app.run(&["delete", "--purge"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("purged"), "{}", text(&out.stdout));
+    assert!(!app.file_store().exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replica_processes_share_one_redis() {
+    let Some(redis) = RedisServer::start_or_skip("three_replica_processes_share_one_redis") else { return };
+    let app = Deployed::new(&[("REDIS_URL", &redis.url())]);
+    app.up(&["--storage", "redis"]);
+    let ok = hammer(&app.address(), 8, 25).await;
+    assert_eq!(stored_count(&StorageConfig::Redis(redis.url())).await, ok);
+}
+
+#[test]
+fn an_unreachable_redis_fails_up_naming_the_address_and_deploys_nothing() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = closed.to_string();
+    let app = Deployed::new(&[("REDIS_HOST", "127.0.0.1"), ("REDIS_PORT", &port)]);
+    let out = app.run(&["--storage", "redis"]);
+    assert!(!out.status.success());
+    let message = text(&out.stderr);
+    assert!(
+        message.contains(&format!("127.0.0.1:{closed}")) && message.contains("nothing was deployed"),
+        "{message}"
+    );
+    assert!(!app.home.path().join("apps/server6").exists(), "nothing may stay deployed");
+}
