@@ -6,6 +6,7 @@
 pub mod address_book;
 pub mod auth;
 pub mod balance;
+pub mod http1;
 pub mod http_proxy;
 pub mod identity;
 pub mod jsonrpc;

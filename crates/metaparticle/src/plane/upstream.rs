@@ -14,9 +14,9 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::header::HeaderValue;
-use hyper::{Method, Request, StatusCode, Uri};
+use hyper::{Request, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -24,6 +24,7 @@ use serde_json::Value;
 
 use super::address_book::ResolvedReplica;
 use super::balance::{choose, Load};
+use super::http1::{Http1Pool, SendError};
 use super::jsonrpc::{decode_response, encode_call, RpcError};
 
 /// The header that carries the app's per-deployment secret on internal hops.
@@ -33,47 +34,37 @@ pub const SECRET_HEADER: &str = "x-metaparticle-secret";
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
 
-/// The one HTTP client of a process: keep-alive pooled connections to every upstream.
+/// The HTTP client of one worker: kept-alive connections to every upstream.
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<HttpConnector, Full<Bytes>>,
+    /// Health probes, which may also go to a program's own server (any HTTP it speaks).
+    probes: Client<HttpConnector, Full<Bytes>>,
+    /// JSON-RPC calls, which always go to our own nodes.
+    calls: Arc<Http1Pool>,
     secret: Arc<str>,
 }
 
 impl HttpClient {
-    /// A client that sends `secret` on every request.
+    /// A client that sends `secret` on every call.
     pub fn new(secret: &str) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let inner = Client::builder(TokioExecutor::new())
+        let probes = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(256)
+            .pool_max_idle_per_host(4)
             .build(connector);
-        Self { inner, secret: secret.into() }
+        Self { probes, calls: Arc::default(), secret: secret.into() }
     }
 
-    async fn post(
-        &self,
-        uri: &Uri,
-        body: Bytes,
-    ) -> Result<(StatusCode, Bytes), hyper_util::client::legacy::Error> {
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(uri.clone())
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header(SECRET_HEADER, &*self.secret)
-            .body(Full::new(body))
-            .expect("a request from a valid URI always builds");
+    async fn post(&self, address: &Arc<str>, body: &[u8]) -> Result<(StatusCode, Bytes), SendError> {
         // The authenticated user of the request being served travels with it to internal hops.
-        if let Some(user) = super::auth::current_user().and_then(|u| HeaderValue::from_str(&u).ok()) {
-            request.headers_mut().insert(super::auth::USER_HEADER, user);
+        let user = super::auth::current_user().filter(|u| HeaderValue::from_str(u).is_ok());
+        let mut headers = vec![(SECRET_HEADER, &*self.secret)];
+        if let Some(user) = &user {
+            headers.push((super::auth::USER_HEADER, user));
         }
-        let response = self.inner.request(request).await?;
-        let status = response.status();
-        // A body that breaks off mid-way is reported like a dropped connection.
-        let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        Ok((status, body))
+        self.calls.post(address, &headers, body).await
     }
 
     /// Whether the node at `address` (`host:port`) answers `GET /healthz`, quickly, with a status
@@ -92,7 +83,7 @@ impl HttpClient {
             .body(Full::new(Bytes::new()))
             .expect("a request from a valid URI always builds");
         matches!(
-            tokio::time::timeout(PROBE_TIMEOUT, self.inner.request(request)).await,
+            tokio::time::timeout(PROBE_TIMEOUT, self.probes.request(request)).await,
             Ok(Ok(r)) if r.status().as_u16() < 500
         )
     }
@@ -101,7 +92,7 @@ impl HttpClient {
 /// One replica as seen by a caller.
 struct Replica {
     name: String,
-    uri: Uri,
+    address: Arc<str>,
     health_uri: Uri,
     pending: AtomicUsize,
     healthy: AtomicBool,
@@ -114,6 +105,8 @@ pub struct Pool {
     client: HttpClient,
     timeout: Duration,
     idempotent: bool,
+    /// Choices made so far; see [`super::balance`].
+    turn: AtomicUsize,
 }
 
 impl Pool {
@@ -130,16 +123,17 @@ impl Pool {
         let replicas = replicas
             .into_iter()
             .map(|r| Replica {
-                uri: format!("http://{}/", r.address)
-                    .parse()
-                    .expect("addresses from the address book are valid"),
+                address: r.address.as_str().into(),
                 health_uri: format!("http://{}/healthz", r.address).parse().expect("valid"),
                 name: r.name,
                 pending: AtomicUsize::new(0),
                 healthy: AtomicBool::new(true),
             })
             .collect();
-        let pool = Arc::new(Self { label: label.to_string(), replicas, client, timeout, idempotent });
+        // Each worker of a balancer has its own pool; starting at different replicas keeps them
+        // from all sending their first requests to the same one.
+        let turn = AtomicUsize::new(rand::random::<u16>() as usize);
+        let pool = Arc::new(Self { label: label.to_string(), replicas, client, timeout, idempotent, turn });
         if pool.replicas.len() > 1 {
             tokio::spawn(probe_forever(Arc::downgrade(&pool)));
         }
@@ -153,7 +147,7 @@ impl Pool {
 
     /// `host:port` of replica `i`.
     pub(crate) fn address(&self, i: usize) -> &str {
-        self.replicas[i].uri.authority().map(|a| a.as_str()).unwrap_or_default()
+        &self.replicas[i].address
     }
 
     /// The name of replica `i` (`node-i`).
@@ -182,7 +176,8 @@ impl Pool {
                 pending: r.pending.load(Ordering::Relaxed),
             })
             .collect();
-        choose(&loads, tried, &mut rand::rng())
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        choose(&loads, tried, turn, &mut rand::rng())
     }
 
     /// Sends a body to one replica and returns its answer, retrying elsewhere if nothing was sent
@@ -194,21 +189,20 @@ impl Pool {
             tried.push(i);
             let replica = &self.replicas[i];
             replica.pending.fetch_add(1, Ordering::Relaxed);
-            let outcome =
-                tokio::time::timeout(self.timeout, self.client.post(&replica.uri, body.clone())).await;
+            let outcome = tokio::time::timeout(self.timeout, self.client.post(&replica.address, &body)).await;
             replica.pending.fetch_sub(1, Ordering::Relaxed);
             match outcome {
                 Ok(Ok(answer)) => return Ok(answer),
-                Ok(Err(e)) if e.is_connect() => {
+                Ok(Err(e)) if e.is_not_sent() => {
                     replica.healthy.store(false, Ordering::Relaxed);
-                    tracing::warn!(replica = %replica.name, error = %e, "cannot connect; trying another replica");
-                    last_error = Some(RpcError::unavailable(&replica.name, connect_detail(&e)));
+                    tracing::warn!(replica = %replica.name, error = %e, "not sent; trying another replica");
+                    last_error = Some(RpcError::unavailable(&replica.name, e.to_string()));
                 }
                 Ok(Err(e)) if self.idempotent => {
                     tracing::warn!(replica = %replica.name, error = %e, "failed mid-flight; retrying (idempotent)");
-                    last_error = Some(RpcError::unavailable(&replica.name, connect_detail(&e)));
+                    last_error = Some(RpcError::unavailable(&replica.name, e.to_string()));
                 }
-                Ok(Err(e)) => return Err(RpcError::unavailable(&replica.name, connect_detail(&e))),
+                Ok(Err(e)) => return Err(RpcError::unavailable(&replica.name, e.to_string())),
                 Err(_) => return Err(RpcError::timeout(&replica.name, self.timeout)),
             }
         }
@@ -232,16 +226,6 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.pending.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-fn connect_detail(e: &hyper_util::client::legacy::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
 }
 
 async fn probe_forever(pool: Weak<Pool>) {
