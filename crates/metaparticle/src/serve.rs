@@ -10,6 +10,7 @@ use crate::cli::Cli;
 use crate::error::{Error, Result};
 use crate::model::topology::Service;
 use crate::model::{compile, Plan, Registry};
+use crate::plane::accept::deal;
 use crate::plane::identity::set_process_identity;
 use crate::plane::metrics::Metrics;
 use crate::plane::node::{build, listener, node_metrics, NodeLaunch, Timeouts};
@@ -57,20 +58,34 @@ fn run_node(plan: Plan, registry: Registry, launch: NodeLaunch) -> Result<()> {
     let workers = if own_server { 1 } else { node_threads() };
     tracing::info!(node = %launch.node, replica = launch.replica, %address, workers, "serving");
     let metrics = node_metrics(&registry, &launch.node, &launch.identity());
-    // Share-nothing workers, as nginx runs them: each thread has its own single-threaded runtime,
-    // its own connections to upstreams, and accepts from the same socket. On a small machine
-    // shared with its replicas this beats one work-stealing runtime, whose cross-thread wake-ups
-    // cost more than the work of forwarding a request.
-    for worker in 1..workers {
+    if own_server {
+        // The program's own server accepts for itself, on a multi-threaded runtime: it may spawn
+        // work of its own.
+        return runtime(false)?.block_on(until_terminated(async move {
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .map_err(|e| Error::io("registering the listener", e))?;
+            let node = build_worker(&plan, &registry, &launch, metrics)?;
+            node.run(listener).await.map_err(|e| Error::io("serving", e))
+        }));
+    }
+    // Share-nothing workers, as nginx runs them: each thread has its own single-threaded runtime
+    // and its own connections to upstreams, and serves the connections dealt to it by the accept
+    // loop (see `plane::accept`). On a small machine shared with its replicas this beats one
+    // work-stealing runtime, whose cross-thread wake-ups cost more than forwarding a request.
+    let (accept_loop, mut shares) = deal(listener, workers);
+    let first = shares.remove(0);
+    for (worker, connections) in (1..).zip(shares) {
         let (plan, registry, launch, metrics) =
             (plan.clone(), registry.clone(), launch.clone(), metrics.clone());
-        let listener =
-            listener.try_clone().map_err(|e| Error::io("sharing the listener with a worker", e))?;
         std::thread::Builder::new()
             .name(format!("worker-{worker}"))
             .spawn(move || {
-                let outcome = runtime(true)
-                    .and_then(|rt| rt.block_on(serve_worker(&plan, &registry, &launch, listener, metrics)));
+                let outcome = runtime(true).and_then(|rt| {
+                    rt.block_on(async {
+                        let node = build_worker(&plan, &registry, &launch, metrics)?;
+                        node.run(connections).await.map_err(|e| Error::io("serving", e))
+                    })
+                });
                 if let Err(e) = outcome {
                     tracing::error!("worker {worker} stopped: {e}");
                     std::process::exit(1);
@@ -78,32 +93,36 @@ fn run_node(plan: Plan, registry: Registry, launch: NodeLaunch) -> Result<()> {
             })
             .map_err(|e| Error::io("starting a worker thread", e))?;
     }
-    // The program's own server gets a multi-threaded runtime: it may spawn work of its own.
-    runtime(!own_server)?.block_on(async move {
+    runtime(true)?.block_on(until_terminated(async move {
+        let node = build_worker(&plan, &registry, &launch, metrics)?;
         tokio::select! {
-            served = serve_worker(&plan, &registry, &launch, listener, metrics) => served,
-            _ = terminated() => {
-                tracing::info!("stopping");
-                Ok(())
-            }
+            accepted = accept_loop => accepted.map_err(|e| Error::io("accepting connections", e)),
+            served = node.run(first) => served.map_err(|e| Error::io("serving", e)),
         }
-    })
+    }))
 }
 
-/// One worker: builds the node (with its own upstream connections) and serves on `listener`.
-async fn serve_worker(
+/// Assembles the node for one worker, with that worker's own upstream connections.
+fn build_worker(
     plan: &Plan,
     registry: &Registry,
     launch: &NodeLaunch,
-    listener: std::net::TcpListener,
     metrics: std::sync::Arc<Metrics>,
-) -> Result<()> {
+) -> Result<crate::plane::node::NodeProgram> {
     let client = HttpClient::new(&launch.secret);
-    let node = build(plan, registry, launch, &client, Timeouts::default(), Limits::default(), metrics)
-        .map_err(Error::Runner)?;
-    let listener =
-        tokio::net::TcpListener::from_std(listener).map_err(|e| Error::io("registering the listener", e))?;
-    node.run(listener).await.map_err(|e| Error::io("serving", e))
+    build(plan, registry, launch, &client, Timeouts::default(), Limits::default(), metrics)
+        .map_err(Error::Runner)
+}
+
+/// Runs `serving` until it ends or the process is told to stop (SIGTERM or SIGINT).
+async fn until_terminated(serving: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    tokio::select! {
+        served = serving => served,
+        _ = terminated() => {
+            tracing::info!("stopping");
+            Ok(())
+        }
+    }
 }
 
 async fn terminated() {

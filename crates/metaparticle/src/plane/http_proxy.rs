@@ -18,8 +18,8 @@ use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::net::TcpListener;
 
+use super::accept::Connections;
 use super::server::{serve_connections, Limits};
 use super::upstream::Pool;
 use crate::model::url_pattern::UrlPattern;
@@ -105,9 +105,9 @@ impl Proxy {
 }
 
 /// Serves the proxy on `listener` until dropped.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) -> std::io::Result<()> {
+pub async fn serve(connections: Connections, proxy: Arc<Proxy>) -> std::io::Result<()> {
     let limits = proxy.limits.clone();
-    serve_connections(listener, limits, move |req, peer| {
+    serve_connections(connections, limits, move |req, peer| {
         let proxy = proxy.clone();
         async move { Ok::<_, Infallible>(proxy.forward(req, peer).await) }
     })

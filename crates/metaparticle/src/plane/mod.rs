@@ -3,6 +3,7 @@
 //! A node learns who it is and where its peers are only from a [`node::NodeLaunch`]; it never
 //! knows which runner started it.
 
+pub mod accept;
 pub mod address_book;
 pub mod auth;
 pub mod balance;

@@ -18,6 +18,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::accept::Connections;
 use super::address_book::AddressBook;
 use super::http_proxy::{Proxy, Routing};
 use super::identity::Identity;
@@ -157,12 +158,18 @@ pub enum NodeProgram {
 }
 
 impl NodeProgram {
-    /// Serves on `listener` until the future is dropped (or the program's server returns).
-    pub async fn run(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-        match self {
-            NodeProgram::Rpc(server) => super::server::serve(listener, server).await,
-            NodeProgram::Proxy(proxy) => super::http_proxy::serve(listener, proxy).await,
-            NodeProgram::Server(server) => server.run(listener).await,
+    /// Serves `connections` until the future is dropped (or the program's server returns).
+    ///
+    /// A program's own server takes its listener whole (`Connections::Accept`), since it accepts
+    /// for itself.
+    pub async fn run(self, connections: impl Into<Connections>) -> std::io::Result<()> {
+        match (self, connections.into()) {
+            (NodeProgram::Rpc(server), connections) => super::server::serve(connections, server).await,
+            (NodeProgram::Proxy(proxy), connections) => super::http_proxy::serve(connections, proxy).await,
+            (NodeProgram::Server(server), Connections::Accept(listener)) => server.run(listener).await,
+            (NodeProgram::Server(_), Connections::Dealt(_)) => Err(std::io::Error::other(
+                "a program's own server accepts its connections itself; it cannot be dealt them",
+            )),
         }
     }
 }

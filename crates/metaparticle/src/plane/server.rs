@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::accept::Connections;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -17,7 +18,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use super::auth::{as_user, BasicAuth, USER_HEADER};
@@ -86,17 +86,17 @@ pub struct NodeServer {
     pub auth: Option<Arc<BasicAuth>>,
 }
 
-/// Serves a JSON-RPC node on `listener` until the future is dropped.
-pub async fn serve(listener: TcpListener, server: Arc<NodeServer>) -> std::io::Result<()> {
+/// Serves a JSON-RPC node on `connections` until the future is dropped.
+pub async fn serve(connections: Connections, server: Arc<NodeServer>) -> std::io::Result<()> {
     let limits = server.limits.clone();
-    serve_connections(listener, limits, move |req, _peer| handle(server.clone(), req)).await
+    serve_connections(connections, limits, move |req, _peer| handle(server.clone(), req)).await
 }
 
-/// Accepts connections until dropped, serving each on its own task with `handle`; dropping this
+/// Takes connections until dropped (or until no more will come), serving each on its own task with `handle`; dropping this
 /// future stops them all. The limits close slow-loris connections (the header timeout also covers
 /// idle keep-alive connections) and bound the request head.
 pub async fn serve_connections<F, Fut, B>(
-    listener: TcpListener,
+    mut connections: Connections,
     limits: Limits,
     handle: F,
 ) -> std::io::Result<()>
@@ -107,15 +107,18 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut connections = JoinSet::new();
+    let mut serving = JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => accepted?,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            next = connections.next() => match next? {
+                Some(connection) => connection,
+                None => return Ok(()),
+            },
+            Some(_) = serving.join_next(), if !serving.is_empty() => continue,
         };
         let _ = stream.set_nodelay(true);
         let (handle, limits) = (handle.clone(), limits.clone());
-        connections.spawn(async move {
+        serving.spawn(async move {
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
