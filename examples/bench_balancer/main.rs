@@ -3,9 +3,13 @@
 //! replicas.
 //!
 //! ```console
-//! $ cargo run --release --example bench_balancer                 # 32 connections, 5 s per target
-//! $ cargo run --release --example bench_balancer -- bench 64 10  # 64 connections, 10 s per target
+//! $ cargo run --release --example bench_balancer                   # 32 connections, 5 s, 3 rounds
+//! $ cargo run --release --example bench_balancer -- bench 64 10 5  # 64 connections, 10 s, 5 rounds
 //! ```
+//!
+//! Each round measures every target once; rounds alternate whether ours or nginx goes first, so
+//! a drift in the machine's speed does not favour either. The summary gives medians over rounds
+//! and the lowest and highest per-round ratio, because on a shared machine one round proves little.
 //!
 //! It deploys itself with the local runner: app `mp-bench` is the server2 topology
 //! (`bench-service`, a balancer over three replicas, port 3900), and apps `mp-bench-d0..2` are
@@ -49,7 +53,8 @@ fn main() -> mp::Result<()> {
     }
     let connections = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(32);
     let seconds = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5);
-    bench(connections, Duration::from_secs(seconds))
+    let rounds = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(3).max(1);
+    bench(connections, Duration::from_secs(seconds), rounds)
 }
 
 /// The apps the bench deploys: name, port, topology.
@@ -60,7 +65,7 @@ const APPS: [(&str, u16, &str); 4] = [
     ("mp-bench-d2", PORT + 3, "direct"),
 ];
 
-fn bench(connections: usize, duration: Duration) -> mp::Result<()> {
+fn bench(connections: usize, duration: Duration, rounds: usize) -> mp::Result<()> {
     let me = std::env::current_exe().map_err(|e| mp::Error::io("finding this binary", e))?;
     let mut deployed = Vec::new();
     let mut result = Ok(());
@@ -79,7 +84,7 @@ fn bench(connections: usize, duration: Duration) -> mp::Result<()> {
         deployed.push(app);
     }
     if result.is_ok() {
-        result = measure(connections, duration);
+        result = measure(connections, duration, rounds);
     }
     for app in deployed {
         let _ = Command::new(&me).args(["delete", "--app", app]).stdout(std::process::Stdio::null()).status();
@@ -87,44 +92,77 @@ fn bench(connections: usize, duration: Duration) -> mp::Result<()> {
     result
 }
 
-fn measure(connections: usize, duration: Duration) -> mp::Result<()> {
+fn measure(connections: usize, duration: Duration, rounds: usize) -> mp::Result<()> {
     let runtime = tokio::runtime::Runtime::new().map_err(|e| mp::Error::io("starting a runtime", e))?;
     let balancer = format!("127.0.0.1:{PORT}");
     let direct: Vec<String> = (1..=3).map(|i| format!("127.0.0.1:{}", PORT + i)).collect();
     let nginx_address = format!("127.0.0.1:{}", PORT + 10);
-    let measure_one = |address: &str| {
+    let measure_one = |what: &str, address: &str| {
         // A short warm-up fills connection pools and caches before the measured run.
         let _ = load(&runtime, address, connections, Duration::from_secs(1));
-        load(&runtime, address, connections, duration)
+        let stats = load(&runtime, address, connections, duration);
+        print_row(what, &stats);
+        stats
     };
     println!(
-        "load: {connections} connections, {}s per target, POST of {} bytes",
+        "load: {connections} connections, {}s per target, {rounds} rounds, POST of {} bytes",
         duration.as_secs(),
         BODY.len()
     );
-    let direct_stats = measure_one(&direct[0]);
-    print_row("direct to one replica", &direct_stats);
-    let ours = measure_one(&balancer);
-    print_row("through our balancer (3 replicas)", &ours);
-    let nginx = match nginx::start(&nginx_address, &direct) {
-        Ok(_nginx) => Some(measure_one(&nginx_address)),
-        Err(why) => {
-            println!("nginx comparison skipped: {why}");
-            None
+    let nginx =
+        nginx::start(&nginx_address, &direct).map_err(|why| println!("nginx comparison skipped: {why}")).ok();
+    let (mut direct_runs, mut ours_runs, mut nginx_runs) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        println!("round {round}");
+        direct_runs.push(measure_one("  direct to one replica", &direct[0]));
+        let nginx_first = round % 2 == 0;
+        if nginx.is_some() && nginx_first {
+            nginx_runs.push(measure_one("  through nginx round robin (3 replicas)", &nginx_address));
         }
-    };
-    if let Some(theirs) = &nginx {
-        print_row("through nginx round robin (3 replicas)", theirs);
+        ours_runs.push(measure_one("  through our balancer (3 replicas)", &balancer));
+        if nginx.is_some() && !nginx_first {
+            nginx_runs.push(measure_one("  through nginx round robin (3 replicas)", &nginx_address));
+        }
     }
-    println!("ratio ours/direct: {:.2} (requests/s)", ours.rps / direct_stats.rps);
-    if let Some(theirs) = nginx {
+    drop(nginx);
+    println!("median of {rounds} rounds");
+    let (direct_median, ours_median) = (median(&direct_runs), median(&ours_runs));
+    print_row("  direct to one replica", &direct_median);
+    print_row("  through our balancer (3 replicas)", &ours_median);
+    println!("ratio ours/direct: {:.2} (requests/s)", ours_median.rps / direct_median.rps);
+    if !nginx_runs.is_empty() {
+        let nginx_median = median(&nginx_runs);
+        print_row("  through nginx round robin (3 replicas)", &nginx_median);
+        let per_round = |f: fn(&loadgen::Stats) -> f64| {
+            let ratios: Vec<f64> = ours_runs.iter().zip(&nginx_runs).map(|(o, n)| f(o) / f(n)).collect();
+            let low = ratios.iter().cloned().fold(f64::INFINITY, f64::min);
+            let high = ratios.iter().cloned().fold(0.0, f64::max);
+            format!("rounds {low:.2}-{high:.2}")
+        };
         println!(
-            "ratio ours/nginx:  {:.2} (requests/s, higher is better), {:.2} (p99 latency, lower is better)",
-            ours.rps / theirs.rps,
-            ours.p99.as_secs_f64() / theirs.p99.as_secs_f64()
+            "ratio ours/nginx:  {:.2} requests/s (higher is better; {}), {:.2} p99 latency (lower is better; {})",
+            ours_median.rps / nginx_median.rps,
+            per_round(|s| s.rps),
+            ours_median.p99.as_secs_f64() / nginx_median.p99.as_secs_f64(),
+            per_round(|s| s.p99.as_secs_f64()),
         );
     }
     Ok(())
+}
+
+/// Per-figure medians over rounds (each figure on its own, as a report of typical values).
+fn median(runs: &[loadgen::Stats]) -> loadgen::Stats {
+    fn middle<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
+        values.sort_by(|a, b| a.partial_cmp(b).expect("no NaN in measurements"));
+        values[values.len() / 2]
+    }
+    loadgen::Stats {
+        rps: middle(runs.iter().map(|s| s.rps).collect()),
+        p50: middle(runs.iter().map(|s| s.p50).collect()),
+        p99: middle(runs.iter().map(|s| s.p99).collect()),
+        errors: runs.iter().map(|s| s.errors).sum(),
+        tool: runs[0].tool,
+    }
 }
 
 fn load(
