@@ -135,7 +135,14 @@ async fn three_replica_processes_share_one_redis() {
     let app = Deployed::new(&[("REDIS_URL", &redis.url())]);
     app.up(&["--storage", "redis"]);
     let ok = hammer(&app.address(), 8, 25).await;
-    assert_eq!(stored_count(&StorageConfig::Redis(redis.url())).await, ok);
+    let storage = StorageConfig::Redis(redis.url());
+    assert_eq!(stored_count(&storage).await, ok);
+
+    // delete --purge removes the app's keys from Redis too.
+    let out = app.run(&["delete", "--purge", "--storage", "redis"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("removed 1 keys from redis"), "{}", text(&out.stdout));
+    assert_eq!(storage.open().unwrap().load(KEY).await.unwrap(), None, "the count is gone");
 }
 
 #[test]

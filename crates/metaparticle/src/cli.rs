@@ -245,11 +245,33 @@ impl Cli {
         // The app's state outlives the app until asked otherwise, whichever runner ran it.
         let store = crate::storage::file_path(&app);
         if purge {
-            local::purge(&app)?;
+            match &storage {
+                StorageConfig::File(_) => local::purge(&app)?,
+                StorageConfig::Redis(url) => purge_redis(&app, url).await?,
+            }
         } else if deleting && store.exists() {
             println!("kept the app's state in {} (delete --purge removes it)", store.display());
         }
         Ok(())
+    }
+}
+
+/// Removes the app's scopes from Redis (`delete --purge --storage redis`).
+async fn purge_redis(app: &str, url: &str) -> Result<()> {
+    #[cfg(feature = "redis")]
+    {
+        let store = crate::storage::redis::RedisStore::open(url).map_err(Error::Storage)?;
+        let removed = store.purge_app(app).await.map_err(Error::Storage)?;
+        println!(
+            "purged the state of app '{app}': removed {removed} keys from redis {}",
+            crate::storage::redact(url)
+        );
+        Ok(())
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        let _ = (app, url);
+        Err(Error::Runner("this program was built without the 'redis' feature of metaparticle".into()))
     }
 }
 

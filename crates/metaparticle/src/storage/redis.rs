@@ -107,6 +107,40 @@ impl RedisStore {
         })
     }
 
+    /// Deletes every scope of `app` (`delete --purge --storage redis`); how many keys went.
+    ///
+    /// Walks the keyspace with `SCAN`, which never blocks the server the way `KEYS` would.
+    pub async fn purge_app(&self, app: &str) -> Result<usize, StorageError> {
+        // App names are letters, digits, '-' and '_' (checked by the command line), so the name
+        // needs no escaping in a SCAN pattern; the '/' keeps "app" from matching "app-2".
+        let pattern = format!("{KEY_PREFIX}{app}/*");
+        let mut connection = self.connection.clone();
+        let (mut cursor, mut removed) = (0u64, 0usize);
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| self.error(&pattern, e))?;
+            if !keys.is_empty() {
+                let deleted: usize = redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(|e| self.error(&pattern, e))?;
+                removed += deleted;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+
     fn key(key: &str) -> String {
         format!("{KEY_PREFIX}{key}")
     }
@@ -240,6 +274,23 @@ mod tests {
         assert_eq!(lost, Swapped::Lost(Some(Versioned { value: b"2".to_vec(), version: 2 })));
         assert_eq!(s.swap_or_load("absent", 3, b"x".to_vec()).await.unwrap(), Swapped::Lost(None));
         assert_eq!(s.swap_or_load("k", 2, b"3".to_vec()).await.unwrap(), Swapped::Written);
+    }
+
+    #[tokio::test]
+    async fn purging_an_app_removes_its_scopes_and_nothing_else() {
+        let Some(server) = RedisServer::start_or_skip("purging_an_app_removes_its_scopes") else { return };
+        let s = RedisStore::open(&server.url()).unwrap();
+        let keys = ["app/counter/global", "app/counter/user:ann", "app-2/counter/global", "other/x/global"];
+        for key in keys {
+            assert!(s.compare_and_swap(key, 0, b"1".to_vec()).await.unwrap());
+        }
+        assert_eq!(s.purge_app("app").await.unwrap(), 2);
+        assert_eq!(s.load("app/counter/global").await.unwrap(), None);
+        assert_eq!(s.load("app/counter/user:ann").await.unwrap(), None);
+        for kept in &keys[2..] {
+            assert!(s.load(kept).await.unwrap().is_some(), "{kept} belongs to another app");
+        }
+        assert_eq!(s.purge_app("app").await.unwrap(), 0, "purging twice finds nothing");
     }
 
     #[tokio::test]
