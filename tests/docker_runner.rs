@@ -155,6 +155,7 @@ struct Deployed {
     name: String,
     port: u16,
     home: tempfile::TempDir,
+    env: Vec<(String, String)>,
 }
 
 impl Deployed {
@@ -165,7 +166,13 @@ impl Deployed {
         let name = format!("mptest-{example}-{}-{n}", std::process::id());
         let port = free_port();
         let home = tempfile::tempdir().expect("a temporary METAPARTICLE_HOME");
-        Deployed { bins, example, name, port, home }
+        Deployed { bins, example, name, port, home, env: Vec::new() }
+    }
+
+    /// Sets `name=value` in the environment of every command the test runs for this app.
+    fn with_env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
+        self
     }
 
     /// Runs the example with `args` and the test's app name, port and home.
@@ -175,7 +182,8 @@ impl Deployed {
         command
             .args(args)
             .args(["--runner", "docker", "--app", &self.name, "--port", &self.port.to_string()])
-            .env("METAPARTICLE_HOME", self.home.path());
+            .env("METAPARTICLE_HOME", self.home.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         run_bounded(&mut command)
     }
 
@@ -275,6 +283,115 @@ impl Drop for Deployed {
                         .status();
                 }
             });
+    }
+}
+
+#[test]
+fn docker_registry_receives_the_image_and_a_dead_registry_fails_the_deploy_cleanly() {
+    let Some(bins) = binaries_or_skip() else { return };
+    let Some(registry) = Registry::start_or_skip() else { return };
+
+    // A registry nobody serves: the deploy fails naming it, and starts nothing.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let mut app = Deployed::new(bins, "server1").with_env("DOCKER_REGISTRY", &dead);
+    let failed = app.run_unchecked(&["up"]);
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "deploying with a dead registry succeeded");
+    assert!(stderr.contains(&format!("pushing {dead}/{}:", app.name)), "{stderr}");
+    assert!(stderr.contains("connection refused"), "{stderr}");
+    for kind in ["ps", "network", "volume"] {
+        assert_eq!(app.labelled(kind), 0, "a failed push left {kind} objects behind");
+    }
+
+    // A real registry gets the image, under the tag the containers run.
+    app.env = vec![("DOCKER_REGISTRY".into(), registry.address.clone())];
+    let up = app.up();
+    let pushed = up
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("pushed {}/{}:", registry.address, app.name)))
+        .unwrap_or_else(|| panic!("no 'pushed' line:\n{up}"))
+        .to_string();
+    assert!(
+        up.contains(&format!("metaparticle/{}:{pushed}", app.name)),
+        "the containers run the pushed tag:\n{up}"
+    );
+    let tags = registry.get(&format!("/v2/{}/tags/list", app.name));
+    assert!(tags.contains(&format!("\"{pushed}\"")), "the registry lists the tag: {tags}");
+    assert_eq!(app.call("simple-service"), serde_json::json!({"A": {"foo": "bar"}}));
+    app.delete_and_check_nothing_remains();
+}
+
+/// A real registry (Debian's `docker-registry`) on a loopback port, with its storage in a
+/// temporary folder; stopped when dropped. The engine pushes to 127.0.0.0/8 over plain HTTP
+/// without configuration.
+struct Registry {
+    address: String,
+    child: std::process::Child,
+    _storage: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start_or_skip() -> Option<Registry> {
+        let binary = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists());
+        let Some(binary) = binary else {
+            if std::env::var("MP_REQUIRE_DOCKER").is_ok_and(|v| v == "1") {
+                panic!(
+                    "docker-registry is not installed, and MP_REQUIRE_DOCKER=1 requires the push test to run"
+                );
+            }
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: no docker-registry (apt-get install docker-registry; MP_REQUIRE_DOCKER=1 makes this a failure)"
+            );
+            return None;
+        };
+        let storage = tempfile::tempdir().expect("a folder for the registry");
+        let address = format!("127.0.0.1:{}", free_port());
+        let config = storage.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
+                storage.path().join("data").display()
+            ),
+        )
+        .expect("writing the registry's config");
+        let child = Command::new(binary)
+            .args(["serve", config.to_str().expect("a UTF-8 path")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting docker-registry");
+        let registry = Registry { address, child, _storage: storage };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !registry.get("/v2/").starts_with("{") {
+            assert!(Instant::now() < deadline, "docker-registry did not answer on {}", registry.address);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(registry)
+    }
+
+    /// The body of `GET path`, or "" if the registry does not answer.
+    fn get(&self, path: &str) -> String {
+        use std::io::Read;
+        let Ok(mut stream) = std::net::TcpStream::connect(&self.address) else { return String::new() };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.address);
+        if stream.write_all(request.as_bytes()).is_err() {
+            return String::new();
+        }
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
