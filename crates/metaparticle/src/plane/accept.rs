@@ -110,11 +110,17 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
-    #[tokio::test]
-    async fn connections_are_dealt_to_the_workers_in_turn() {
+    /// A non-blocking listener on a free loopback port, and its address.
+    fn loopback_listener() -> (std::net::TcpListener, SocketAddr) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let address = listener.local_addr().unwrap();
+        (listener, address)
+    }
+
+    #[tokio::test]
+    async fn connections_are_dealt_to_the_workers_in_turn() {
+        let (listener, address) = loopback_listener();
         let (accept_loop, shares) = deal(listener, 3);
         let dealer = tokio::spawn(accept_loop);
         let clients: Vec<_> = (0..6).map(|_| std::net::TcpStream::connect(address).unwrap()).collect();
@@ -132,9 +138,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_accept_loop_ends_when_every_worker_has_stopped() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let address = listener.local_addr().unwrap();
+        let (listener, address) = loopback_listener();
         let (accept_loop, shares) = deal(listener, 2);
         drop(shares);
         let _client = std::net::TcpStream::connect(address).unwrap();
