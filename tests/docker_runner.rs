@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// Longest any one command may take: a cold deploy builds an image from a ~100 MB binary.
+/// Longest any one command may take: a cold deploy builds an image from a ~70 MB debug binary.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(240);
 
 const APP_LABEL: &str = "io.metaparticle.app";

@@ -193,7 +193,7 @@ pub async fn build(docker: &Docker, app: &str, context: Context, progress: &Prog
 }
 
 /// Removes the app's older images, kept one build back at most by a crash: a rebuilt debug
-/// binary is ~100 MB, and a dev loop of `cargo run -- --runner docker` would otherwise pile them up.
+/// binary is ~70 MB, and a dev loop of `cargo run -- --runner docker` would otherwise pile them up.
 /// Best effort: an image a container still uses is refused by the engine and stays.
 pub async fn prune_older(docker: &Docker, app: &str, keep: &str) -> usize {
     let options = ListImagesOptionsBuilder::default().filters(&labels::app_filter(app)).build();
