@@ -84,15 +84,11 @@ fn the_sharding_tutorial_keeps_each_user_on_one_shard_container() {
     app.delete_and_check_nothing_remains();
 }
 
-/// The body of a GET over a fresh loopback connection.
+/// The body of a GET over a fresh loopback connection, which must answer 200.
 fn http_get(port: u16, path: &str) -> String {
-    use std::io::Read;
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the published port");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    let (status, body) = support::http_get(port, path);
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 #[test]
@@ -118,18 +114,20 @@ struct Binaries {
 /// Builds the examples and the client once, or returns `None` (after saying so) without an engine.
 fn binaries_or_skip() -> Option<&'static Binaries> {
     if !engine_answers() {
-        if std::env::var("MP_REQUIRE_DOCKER").is_ok_and(|v| v == "1") {
-            panic!("no Docker engine answers, and MP_REQUIRE_DOCKER=1 requires the Docker tests to run");
-        }
-        // Straight to stderr, past the test harness's capture: a skip must be visible in `cargo test`.
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipped: no Docker engine (set MP_REQUIRE_DOCKER=1 to make this a failure)"
-        );
-        return None;
+        return skip("no Docker engine answers");
     }
     static BINARIES: OnceLock<Binaries> = OnceLock::new();
     Some(BINARIES.get_or_init(build_binaries))
+}
+
+/// Says why a test skips and returns `None`; with `MP_REQUIRE_DOCKER=1` (CI) a skip is a failure.
+fn skip<T>(why: &str) -> Option<T> {
+    if std::env::var("MP_REQUIRE_DOCKER").is_ok_and(|v| v == "1") {
+        panic!("{why}, and MP_REQUIRE_DOCKER=1 requires the Docker tests to run");
+    }
+    // Straight to stderr, past the test harness's capture: a skip must be visible in `cargo test`.
+    let _ = writeln!(std::io::stderr(), "skipped: {why} (set MP_REQUIRE_DOCKER=1 to make this a failure)");
+    None
 }
 
 fn engine_answers() -> bool {
@@ -164,7 +162,7 @@ impl Deployed {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("mptest-{example}-{}-{n}", std::process::id());
-        let port = free_port();
+        let port = support::free_port();
         let home = tempfile::tempdir().expect("a temporary METAPARTICLE_HOME");
         Deployed { bins, example, name, port, home, env: Vec::new() }
     }
@@ -292,7 +290,7 @@ fn docker_registry_receives_the_image_and_a_dead_registry_fails_the_deploy_clean
     let Some(registry) = Registry::start_or_skip() else { return };
 
     // A registry nobody serves: the deploy fails naming it, and starts nothing.
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = format!("127.0.0.1:{}", support::free_port());
     let mut app = Deployed::new(bins, "server1").with_env("DOCKER_REGISTRY", &dead);
     let failed = app.run_unchecked(&["up"]);
     let stderr = String::from_utf8_lossy(&failed.stderr);
@@ -348,7 +346,7 @@ impl Registry {
             return None;
         };
         let storage = tempfile::tempdir().expect("a folder for the registry");
-        let address = format!("127.0.0.1:{}", free_port());
+        let address = format!("127.0.0.1:{}", support::free_port());
         let config = storage.path().join("config.yml");
         std::fs::write(
             &config,
@@ -375,16 +373,7 @@ impl Registry {
 
     /// The body of `GET path`, or "" if the registry does not answer.
     fn get(&self, path: &str) -> String {
-        use std::io::Read;
-        let Ok(mut stream) = std::net::TcpStream::connect(&self.address) else { return String::new() };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.address);
-        if stream.write_all(request.as_bytes()).is_err() {
-            return String::new();
-        }
-        let mut response = String::new();
-        let _ = stream.read_to_string(&mut response);
-        response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+        support::try_http_get(&self.address, path).map(|(_, body)| body).unwrap_or_default()
     }
 }
 
@@ -393,12 +382,6 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A loopback port nothing listens on now.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
-    listener.local_addr().expect("its address").port()
 }
 
 /// Runs a command to completion, killing it if it outlives `COMMAND_TIMEOUT`.

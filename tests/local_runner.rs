@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{free_port, Sandbox};
+use support::{free_port, http_get, Sandbox};
 
 /// The pids and addresses `status` reports, one per replica.
 fn replicas(sandbox: &Sandbox) -> Vec<(String, u32, String)> {
@@ -291,18 +291,6 @@ fn binding_beyond_loopback_is_an_explicit_flag() {
     assert_eq!(record["endpoints"][0]["address"], json!(format!("127.0.0.1:{}", sandbox.port)));
     assert!(!port_free(&format!("0.0.0.0:{}", sandbox.port)), "bound on all interfaces");
     assert_eq!(sandbox.call("simple-service", None), json!({"A": {"foo": "bar"}}));
-}
-
-/// GET over a fresh connection; the status and body.
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
 }
 
 #[test]

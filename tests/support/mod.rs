@@ -35,6 +35,26 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `GET path` from `address` over a fresh connection: the status and body, or `None` if nothing
+/// answers there (yet).
+pub fn try_http_get(address: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.get(9..12)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// `GET path` on a loopback `port` that must answer: the status and body.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    try_http_get(&format!("127.0.0.1:{port}"), path)
+        .unwrap_or_else(|| panic!("nothing answered on port {port}"))
+}
+
 /// The outcome of a command, with its output as text.
 pub struct Run {
     pub ok: bool,
