@@ -160,7 +160,8 @@ fn encode_request(peer: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> 
         request.extend_from_slice(b"\r\n");
     }
     request.extend_from_slice(b"content-length: ");
-    request.extend_from_slice(body.len().to_string().as_bytes());
+    // Writing into a Vec cannot fail; formatting in place saves a String per request.
+    let _ = std::io::Write::write_fmt(&mut request, format_args!("{}", body.len()));
     request.extend_from_slice(b"\r\n\r\n");
     request.extend_from_slice(body);
     request
