@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use metaparticle::plane::jsonrpc::dispatch;
+use metaparticle::wire::jsonrpc::dispatch;
 use serde_json::Value;
 
 fuzz_target!(|body: &[u8]| {

@@ -10,8 +10,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-use crate::plane::jsonrpc::{decode_response, encode_call, RpcError};
-use crate::plane::upstream::SECRET_HEADER;
+use crate::wire::headers;
+use crate::wire::jsonrpc::{decode_response, encode_call, RpcError};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +106,7 @@ impl RpcClient {
             .uri(format!("http://{address}/"))
             .header(hyper::header::CONTENT_TYPE, "application/json");
         if let Some(secret) = &self.secret {
-            request = request.header(SECRET_HEADER, secret);
+            request = request.header(headers::SECRET, secret);
         }
         if let Some(authorization) = &self.authorization {
             request = request.header(hyper::header::AUTHORIZATION, authorization);

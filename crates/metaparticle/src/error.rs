@@ -1,7 +1,7 @@
 //! The error a metaparticle program's `main` returns.
 
 use crate::model::PlanError;
-use crate::plane::jsonrpc::RpcError;
+use crate::wire::jsonrpc::RpcError;
 
 /// Everything that can go wrong outside a request: compiling, deploying, tearing down, calling.
 #[derive(thiserror::Error)]

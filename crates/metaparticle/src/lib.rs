@@ -23,12 +23,14 @@ pub mod client;
 mod containerize;
 pub mod deployments;
 mod error;
+mod future;
 pub mod model;
 pub mod plane;
 pub mod runner;
 mod serve;
 pub mod storage;
 pub mod testing;
+pub mod wire;
 
 pub use containerize::{containerize, ContainerOptions};
 pub use error::{Error, Result};
@@ -40,6 +42,6 @@ pub use model::topology::{
 };
 pub use plane::auth::BasicAuth;
 pub use plane::identity::{hostname, Identity};
-pub use plane::jsonrpc::RpcError;
 pub use plane::roles::missing_leaves;
 pub use serve::{exit_quietly_on_closed_pipe, serve};
+pub use wire::RpcError;

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Leaf 2 sleeps for a second; the others answer at once.
-fn slow_leaf(_: Value) -> mp::model::handler::BoxFuture<usize> {
+fn slow_leaf(_: Value) -> std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send>> {
     let me = mp::plane::identity::current().map(|id| id.replica).unwrap_or_default();
     Box::pin(async move {
         if me == 2 {

@@ -11,7 +11,6 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
@@ -19,10 +18,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::plane::jsonrpc::RpcError;
-
-/// A boxed, sendable future, the currency of type-erased calls.
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+use crate::future::BoxFuture;
+use crate::wire::jsonrpc::RpcError;
 
 /// A handler with its types erased: JSON request in, JSON result (or a JSON-RPC error) out.
 pub trait ErasedHandler: Send + Sync + 'static {

@@ -62,10 +62,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::handler::{decode_request, BoxFuture, ErasedHandler, IntoReply};
+use super::handler::{decode_request, ErasedHandler, IntoReply};
 use super::topology::Topology;
-use crate::plane::jsonrpc::RpcError;
+use crate::future::BoxFuture;
 use crate::storage::{StorageError, Store, Swapped};
+use crate::wire::jsonrpc::RpcError;
 
 /// How many times a request loads, runs and tries to write before it gives up with `-32002`.
 pub const MAX_ATTEMPTS: u32 = 32;

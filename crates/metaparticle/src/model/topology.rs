@@ -28,7 +28,7 @@ use serde_json::Value;
 
 use super::handler::{decode_request, ErasedHandler, Handler, IntoReply};
 use super::shard_key::ShardKey;
-use crate::plane::jsonrpc::RpcError;
+use crate::wire::jsonrpc::RpcError;
 
 /// A described (not yet running) piece of a distributed service.
 #[derive(Clone)]
@@ -78,8 +78,7 @@ pub enum Topology {
 /// A program's own HTTP server, handed the listener it must serve on.
 pub trait ErasedServer: Send + Sync + 'static {
     /// Serves HTTP on `listener` until the process stops.
-    fn run(&self, listener: tokio::net::TcpListener)
-        -> crate::model::handler::BoxFuture<std::io::Result<()>>;
+    fn run(&self, listener: tokio::net::TcpListener) -> crate::future::BoxFuture<std::io::Result<()>>;
 }
 
 impl<F, Fut> ErasedServer for F
@@ -87,10 +86,7 @@ where
     F: Fn(tokio::net::TcpListener) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
 {
-    fn run(
-        &self,
-        listener: tokio::net::TcpListener,
-    ) -> crate::model::handler::BoxFuture<std::io::Result<()>> {
+    fn run(&self, listener: tokio::net::TcpListener) -> crate::future::BoxFuture<std::io::Result<()>> {
         Box::pin(self(listener))
     }
 }

@@ -3,11 +3,11 @@
 //!
 //! Only an exposed node with [`BasicAuth`] checks credentials; a wrong or missing password gets
 //! HTTP 401 with a JSON-RPC error body before any role runs, so no state is touched. The user it
-//! authenticated travels to internal hops in the [`USER_HEADER`]. Internal nodes trust that
+//! authenticated travels to internal hops in the [`crate::wire::headers::USER`] header. Internal nodes trust that
 //! header only because they already refuse every call without the app's secret (see
 //! [`super::server`]); an exposed node ignores it from outside.
 //!
-//! Passwords are compared in constant time ([`super::server::constant_time_eq`]): the comparison
+//! Passwords are compared in constant time ([`crate::wire::headers::constant_time_eq`]): the comparison
 //! never stops at the first wrong byte, so timing reveals at most a password's length.
 
 use std::collections::HashMap;
@@ -17,11 +17,8 @@ use std::sync::Arc;
 use base64::Engine;
 use hyper::header::HeaderValue;
 
-use super::server::constant_time_eq;
 use crate::error::{Error, Result};
-
-/// The header that carries the authenticated user on internal hops.
-pub const USER_HEADER: &str = "x-metaparticle-user";
+use crate::wire::headers::constant_time_eq;
 
 /// HTTP Basic credentials an exposed service accepts.
 ///

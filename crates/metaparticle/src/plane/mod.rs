@@ -10,7 +10,6 @@ pub mod balance;
 pub mod http1;
 pub mod http_proxy;
 pub mod identity;
-pub mod jsonrpc;
 pub mod metrics;
 pub mod node;
 pub mod roles;

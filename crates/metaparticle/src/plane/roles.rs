@@ -12,13 +12,14 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use serde_json::Value;
 
-use super::jsonrpc::{dispatch, error_for_body, RpcError};
 use super::metrics::Metrics;
 use super::server::{Reply, Role};
 use super::upstream::Pool;
-use crate::model::handler::{BoxFuture, ErasedHandler};
+use crate::future::BoxFuture;
+use crate::model::handler::ErasedHandler;
 use crate::model::state::{with_context, StateContext};
 use crate::model::topology::{ErasedKey, ErasedMerge, ScatterPolicy};
+use crate::wire::jsonrpc::{dispatch, error_for_body, RpcError};
 
 tokio::task_local! {
     static MISSING: Vec<String>;

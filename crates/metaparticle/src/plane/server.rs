@@ -20,12 +20,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::task::JoinSet;
 
-use super::auth::{as_user, BasicAuth, USER_HEADER};
+use super::auth::{as_user, BasicAuth};
 use super::identity::Identity;
-use super::jsonrpc::{encode_response, to_bytes, RpcError};
 use super::metrics::Metrics;
-use super::upstream::SECRET_HEADER;
-use crate::model::handler::BoxFuture;
+use crate::future::BoxFuture;
+use crate::wire::headers::{self, constant_time_eq};
+use crate::wire::jsonrpc::{encode_response, to_bytes, RpcError};
 
 /// What a role answers to a JSON-RPC body.
 pub struct Reply {
@@ -169,7 +169,7 @@ async fn route(server: &NodeServer, req: Request<Incoming>) -> Response<Full<Byt
 
 async fn rpc(server: &NodeServer, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if let Some(secret) = &server.required_secret {
-        let given = req.headers().get(SECRET_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
+        let given = req.headers().get(headers::SECRET).map(|v| v.as_bytes()).unwrap_or_default();
         if !constant_time_eq(given, secret.as_bytes()) {
             let e = RpcError {
                 code: RpcError::UNAUTHORIZED,
@@ -189,7 +189,7 @@ async fn rpc(server: &NodeServer, req: Request<Incoming>) -> Response<Full<Bytes
         }
     } else if server.required_secret.is_some() {
         // Trusted only because the caller proved above that it knows the app's secret.
-        req.headers().get(USER_HEADER).and_then(|v| v.to_str().ok()).map(Arc::from)
+        req.headers().get(headers::USER).and_then(|v| v.to_str().ok()).map(Arc::from)
     } else {
         None
     };
@@ -242,12 +242,4 @@ fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Respo
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
-}
-
-/// Compares secrets without leaking, through timing, how many leading bytes matched.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -25,10 +25,8 @@ use serde_json::Value;
 use super::address_book::ResolvedReplica;
 use super::balance::{choose, Load};
 use super::http1::{Http1Pool, SendError};
-use super::jsonrpc::{decode_response, encode_call, RpcError};
-
-/// The header that carries the app's per-deployment secret on internal hops.
-pub const SECRET_HEADER: &str = "x-metaparticle-secret";
+use crate::wire::headers;
+use crate::wire::jsonrpc::{decode_response, encode_call, RpcError};
 
 /// How often replicas are probed, and how long a probe may take.
 const PROBE_EVERY: Duration = Duration::from_millis(500);
@@ -61,8 +59,7 @@ impl HttpClient {
         // The authenticated user of the request being served travels with it to internal hops.
         let user = super::auth::current_user().filter(|u| HeaderValue::from_str(u).is_ok());
         // No per-request allocation for the header list: one slice, the user's entry only when set.
-        let headers =
-            [(SECRET_HEADER, &*self.secret), (super::auth::USER_HEADER, user.as_deref().unwrap_or(""))];
+        let headers = [(headers::SECRET, &*self.secret), (headers::USER, user.as_deref().unwrap_or(""))];
         let headers = if user.is_some() { &headers[..] } else { &headers[..1] };
         self.calls.post(address, headers, body).await
     }

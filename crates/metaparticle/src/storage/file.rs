@@ -22,7 +22,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{StorageError, Store, Versioned};
-use crate::model::handler::BoxFuture;
+use crate::future::BoxFuture;
 
 /// How long a write waits for another process's write lock before reporting the store busy.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

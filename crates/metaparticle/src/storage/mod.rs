@@ -22,7 +22,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::model::handler::BoxFuture;
+use crate::future::BoxFuture;
 
 /// A stored value and the version it had when read.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{StorageError, Store, Swapped, Versioned};
-use crate::model::handler::BoxFuture;
+use crate::future::BoxFuture;
 
 /// Every key this store touches starts with this, so `redis-cli --scan --pattern 'metaparticle:*'` finds them.
 pub const KEY_PREFIX: &str = "metaparticle:";

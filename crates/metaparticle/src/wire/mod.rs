@@ -1,0 +1,11 @@
+//! The wire vocabulary: what every layer may say to every other, at the bottom of the crate.
+//!
+//! [`jsonrpc`] is the protocol between callers and nodes (the codec, [`RpcError`] and its codes);
+//! [`headers`] names the few HTTP headers internal hops add to it. Nothing here depends on any
+//! other module of the crate, so the model, the data plane, the runners and the client can all
+//! speak it without importing each other.
+
+pub mod headers;
+pub mod jsonrpc;
+
+pub use jsonrpc::RpcError;
