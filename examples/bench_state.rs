@@ -17,13 +17,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metaparticle as mp;
-use mp::storage::StorageConfig;
+use mp::StorageConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 const RUN_FOR: Duration = Duration::from_secs(3);
 const WARM_UP: Duration = Duration::from_millis(300);
 const CLIENTS: [usize; 2] = [8, 64];
+/// The node whose replicas keep the state (their counters are what the bench reports).
+const NODE: &str = "replicated-storage-service.replica";
 
 #[derive(Serialize, Deserialize, Default)]
 struct Global {
@@ -76,7 +78,7 @@ async fn measure(storage: Option<StorageConfig>, clients: usize) -> mp::Result<M
     };
     let mut warm = run(Instant::now() + WARM_UP);
     while warm.join_next().await.is_some() {}
-    let before = mp::model::state::stats();
+    let before = app.state_stats(NODE);
     let started = Instant::now();
     let mut tasks = run(started + RUN_FOR);
     let mut ok = 0;
@@ -84,7 +86,7 @@ async fn measure(storage: Option<StorageConfig>, clients: usize) -> mp::Result<M
         ok += n.expect("a client task");
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let after = mp::model::state::stats();
+    let after = app.state_stats(NODE);
     let requests = (after.requests - before.requests).max(1);
     Ok(Measured {
         per_second: ok as f64 / elapsed,

@@ -28,10 +28,8 @@ fn services() -> Vec<mp::Service> {
             SHARDS,
             // The shard key: the integer is taken modulo the number of shards.
             |request: &UserRequest| request.user.len(),
-            |request: Value| {
-                let shard = mp::plane::identity::current().map(|id| id.replica);
-                json!({ "request": request, "server": mp::hostname(), "shard": shard })
-            },
+            // A handler may take the request's context first: it says which shard serves.
+            |ctx: mp::Context, request: Value| json!({ "request": request, "server": mp::hostname(), "shard": ctx.replica() }),
         ),
     );
     vec![service.expose()]

@@ -58,7 +58,7 @@ mod tests {
     #[tokio::test]
     async fn the_count_survives_a_redeploy_on_the_same_store() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = mp::storage::StorageConfig::File(dir.path().join("server5.sqlite"));
+        let storage = mp::StorageConfig::File(dir.path().join("server5.sqlite"));
         for expected in [1, 2] {
             let app = mp::testing::launch_with_storage(services(), storage.clone()).await.unwrap();
             let answer: Value = app.call("simple-storage", json!({})).await.unwrap();
@@ -69,7 +69,7 @@ mod tests {
     #[tokio::test]
     async fn the_count_survives_a_redeploy_on_redis() {
         let Some(redis) = mp::testing::RedisServer::start_or_skip("server5 on redis") else { return };
-        let storage = mp::storage::StorageConfig::Redis(redis.url());
+        let storage = mp::StorageConfig::Redis(redis.url());
         for expected in [1, 2] {
             let app = mp::testing::launch_with_storage(services(), storage.clone()).await.unwrap();
             let answer: Value = app.call("simple-storage", json!({})).await.unwrap();

@@ -62,7 +62,7 @@ mod tests {
     /// its own store connection, as separate processes would have); the stored count must equal
     /// the number of requests that succeeded, and the only failure allowed is an explicit conflict.
     async fn concurrent_increments_are_never_lost(
-        storage: mp::storage::StorageConfig,
+        storage: mp::StorageConfig,
         clients: usize,
         increments: usize,
     ) {
@@ -96,18 +96,19 @@ mod tests {
             ok += o;
             conflicts += c;
         }
-        let stored = storage.open().unwrap().load("server6/replicated-storage-service/global").await.unwrap();
-        let count: Value = serde_json::from_slice(&stored.expect("something was stored").value).unwrap();
-        // Retries are counted per process (both backends' tests may add to them at once).
-        let retries = mp::model::state::stats().retries;
-        println!("{storage}: {clients} clients x {increments}: {ok} ok, {conflicts} gave up; {retries} retries so far");
+        let count = storage.read_json("server6/replicated-storage-service/global").await.unwrap();
+        let count = count.expect("something was stored");
+        let retries = app.state_stats("replicated-storage-service.replica").retries;
+        println!(
+            "{storage}: {clients} clients x {increments}: {ok} ok, {conflicts} gave up; {retries} retries"
+        );
         assert_eq!(count["requests"], json!(ok), "{clients} clients x {increments}");
         assert_eq!(ok + conflicts, (clients * increments) as u64);
         assert!(ok > 0);
     }
 
-    fn file_store(dir: &tempfile::TempDir) -> mp::storage::StorageConfig {
-        mp::storage::StorageConfig::File(dir.path().join("server6.sqlite"))
+    fn file_store(dir: &tempfile::TempDir) -> mp::StorageConfig {
+        mp::StorageConfig::File(dir.path().join("server6.sqlite"))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +124,7 @@ mod tests {
         let Some(redis) = mp::testing::RedisServer::start_or_skip("server6 on redis") else { return };
         for (clients, increments) in [(1, 40), (8, 20), (64, 6)] {
             redis.command(&["FLUSHALL"]);
-            let storage = mp::storage::StorageConfig::Redis(redis.url());
+            let storage = mp::StorageConfig::Redis(redis.url());
             concurrent_increments_are_never_lost(storage, clients, increments).await;
         }
     }

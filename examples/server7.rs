@@ -30,7 +30,7 @@ struct Visits {
 }
 
 /// The users allowed in: from a file if one is named, else from the environment.
-fn users() -> mp::Result<mp::BasicAuth> {
+fn users() -> Result<mp::BasicAuth, mp::AuthError> {
     match std::env::var_os(format!("{USERS_VAR}_FILE")) {
         Some(path) => mp::BasicAuth::from_file(path),
         None => mp::BasicAuth::from_env(USERS_VAR),
@@ -112,7 +112,7 @@ mod tests {
         let request = format!(
             "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {}\r\n\
              x-metaparticle-user: bob\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            mp::plane::auth::basic_header("alice", "wonderland"),
+            mp::client::basic_auth_header("alice", "wonderland"),
             body.len()
         );
         let mut stream = tokio::net::TcpStream::connect(app.address("simple-user-storage")).await.unwrap();

@@ -11,9 +11,9 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use metaparticle::client::{CallError, RpcClient};
-use metaparticle::storage::StorageConfig;
 use metaparticle::testing::RedisServer;
 use metaparticle::RpcError;
+use metaparticle::StorageConfig;
 use serde_json::{json, Value};
 
 const SERVICE: &str = "replicated-storage-service";
@@ -102,8 +102,7 @@ async fn hammer(address: &str, clients: usize, increments: usize) -> u64 {
 }
 
 async fn stored_count(storage: &StorageConfig) -> u64 {
-    let stored = storage.open().unwrap().load(KEY).await.unwrap().expect("a count was stored");
-    let value: Value = serde_json::from_slice(&stored.value).unwrap();
+    let value: Value = storage.read_json(KEY).await.unwrap().expect("a count was stored");
     value["requests"].as_u64().unwrap()
 }
 
@@ -142,7 +141,7 @@ async fn three_replica_processes_share_one_redis() {
     let out = app.run(&["delete", "--purge", "--storage", "redis"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("removed 1 keys from redis"), "{}", text(&out.stdout));
-    assert_eq!(storage.open().unwrap().load(KEY).await.unwrap(), None, "the count is gone");
+    assert_eq!(storage.read_json(KEY).await.unwrap(), None, "the count is gone");
 }
 
 #[test]

@@ -16,7 +16,7 @@ use crate::storage::StorageConfig;
 /// Deploys, inspects and tears down the topology this program defines.
 #[derive(Parser, Debug)]
 #[command(version, about = "A metaparticle program: it defines a distributed service and deploys itself.")]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// Where to run the nodes (default: local; for delete, status and logs: the runner the app's record names).
@@ -42,7 +42,7 @@ pub struct Cli {
 
 /// Where stateful handlers keep their scopes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum StorageKind {
+pub(crate) enum StorageKind {
     /// An SQLite file per app under `$METAPARTICLE_HOME/storage/` (nothing to install).
     File,
     /// A Redis server.
@@ -137,7 +137,7 @@ enum Command {
 
 /// Where nodes run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum RunnerKind {
+pub(crate) enum RunnerKind {
     /// Processes on this machine (nothing to install).
     Local,
     /// Containers on the Docker engine `DOCKER_HOST` names (default: the local socket).
@@ -160,7 +160,7 @@ impl RunnerKind {
 
 impl Cli {
     /// Carries out the command against `plan`.
-    pub async fn run(self, plan: Plan) -> Result<()> {
+    pub(crate) async fn run(self, plan: Plan) -> Result<()> {
         let (app, invocation) = program_names();
         let app = self.app.unwrap_or(app);
         validate_app_name(&app)?;
@@ -182,7 +182,7 @@ impl Cli {
             }
         }
         let storage = match self.storage {
-            StorageKind::File => StorageConfig::file_for(&app),
+            StorageKind::File => StorageConfig::File(crate::deployments::file_store_path(&app)),
             StorageKind::Redis => StorageConfig::redis_from_env()?,
         };
         let runner = match command {
@@ -243,7 +243,7 @@ impl Cli {
             }
         }?;
         // The app's state outlives the app until asked otherwise, whichever runner ran it.
-        let store = crate::storage::file_path(&app);
+        let store = crate::deployments::file_store_path(&app);
         if purge {
             match &storage {
                 StorageConfig::File(_) => local::purge(&app)?,

@@ -27,6 +27,12 @@ pub enum CallError {
     /// The service answered with a JSON-RPC error.
     #[error(transparent)]
     Rpc(#[from] RpcError),
+    /// The request could not be turned into JSON.
+    #[error("the request is not JSON: {0}")]
+    Request(#[source] serde_json::Error),
+    /// The service answered with a value of another type than the caller expected.
+    #[error("the answer does not have the expected type: {0}")]
+    Answer(#[source] serde_json::Error),
     /// The service did not answer in time.
     #[error("{address} did not answer within {after:?}")]
     Timeout {
@@ -82,7 +88,7 @@ impl RpcClient {
     /// The same client, sending HTTP Basic credentials (for services behind
     /// [`crate::Service::with_basic_auth`]).
     pub fn with_basic_auth(mut self, user: &str, password: &str) -> Self {
-        self.authorization = Some(crate::plane::auth::basic_header(user, password));
+        self.authorization = Some(basic_auth_header(user, password));
         self
     }
 
@@ -138,4 +144,15 @@ fn root_cause(e: &dyn std::error::Error) -> String {
         cause = next;
     }
     cause.to_string()
+}
+
+/// The `Authorization` header value that carries `user` and `password` with HTTP Basic
+/// authentication, for callers that build their own requests.
+///
+/// ```
+/// assert_eq!(metaparticle::client::basic_auth_header("alice", "wonderland"), "Basic YWxpY2U6d29uZGVybGFuZA==");
+/// ```
+pub fn basic_auth_header(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
 }

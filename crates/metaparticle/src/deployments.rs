@@ -60,6 +60,14 @@ pub fn app_dir(app: &str) -> PathBuf {
     home().join("apps").join(app)
 }
 
+/// Where the file store of `app` lives: `$METAPARTICLE_HOME/storage/<app>.sqlite`.
+///
+/// It sits outside the app's runtime folder on purpose, so that `delete` keeps the data and a
+/// re-deploy finds it; `delete --purge` removes it.
+pub(crate) fn file_store_path(app: &str) -> PathBuf {
+    home().join("storage").join(format!("{app}.sqlite"))
+}
+
 fn record_path(app: &str) -> PathBuf {
     app_dir(app).join("deployment.json")
 }

@@ -1,7 +1,9 @@
 //! # Metaparticle for Rust
 //!
 //! Code as config: one ordinary Rust program defines a distributed service's code *and* its
-//! topology (replicas behind a balancer, shards, scatter/gather trees), and deploys itself.
+//! topology (replicas behind a balancer, shards, scatter/gather trees, state that outlives a
+//! request), and deploys itself: as local processes by default, as Docker containers, or onto
+//! Kubernetes.
 //!
 //! ```no_run
 //! use metaparticle as mp;
@@ -14,34 +16,105 @@
 //! }
 //! ```
 //!
-//! The crate has three layers with one direction of dependency:
-//! [`model`] (the topology and the plan it compiles to; pure), [`plane`] (the node roles that
-//! serve JSON-RPC), and [`runner`] (which turn a plan into processes and back into nothing).
+//! ## What a program uses
+//!
+//! | to | use |
+//! |---|---|
+//! | name a service, expose it, set its timeout | [`service`], [`Service`] |
+//! | replicate, shard, scatter/gather (nest freely) | [`spread`], [`shard`], [`scatter`] ([`Scatter`]) |
+//! | keep state across requests and restarts | [`stateful`], [`stateful_user`] ([`User`]) |
+//! | know who serves a request, for whom, until when | [`Context`] (a handler's optional first argument), [`hostname`] |
+//! | fail a request on purpose | [`HandlerError`]; every error a caller sees is an [`RpcError`] |
+//! | require passwords at an exposed service | [`BasicAuth`], [`Service::with_basic_auth`] |
+//! | replicate or shard any HTTP server by URL | [`containerize`], [`ContainerOptions`] |
+//! | deploy, inspect, tear down (the program's command line) | [`serve`] |
+//! | look at the compiled topology | [`plan`] |
+//! | call a deployed service from Rust | [`client`] |
+//! | launch a whole topology inside a test | [`testing`] |
+//!
+//! Errors outside a request are one [`Error`], whose variants wrap each subsystem's own error
+//! ([`PlanError`], [`StorageError`], [`LaunchError`], and each runner's).
+//!
+//! ## Layout
+//!
+//! The crate is layered, each layer using only those below it (`cargo test --test architecture`
+//! checks it and prints the module graph):
+//!
+//! ```text
+//! serve, cli         entry point and the program's command line
+//! runner/            control plane: local processes, Docker, Kubernetes      deployments  app records
+//! testing/           the in-process harness                                  client       JSON-RPC from outside
+//! plane/             data plane: node roles, hops, balancing, HTTP server, metrics, launch contract
+//! state/             runtime of stateful handlers: load, run, compare-and-swap, retry
+//! storage/           the stores behind one compare-and-swap trait: file (SQLite), Redis
+//! model/             pure: topology, plan, handler and context types, shard keys, auth values
+//! wire/, future      the JSON-RPC vocabulary and codec; the boxed future type
+//! ```
+#![deny(missing_docs, unreachable_pub)]
 
 mod cli;
 pub mod client;
-mod containerize;
 pub mod deployments;
 mod error;
 mod future;
-pub mod model;
-pub mod plane;
-pub mod runner;
+mod model;
+mod plane;
+mod runner;
 mod serve;
-pub mod storage;
+mod state;
+mod storage;
 pub mod testing;
-pub mod wire;
+mod wire;
 
-pub use containerize::{containerize, ContainerOptions};
-pub use error::{Error, Result};
+pub use error::{Error, LaunchError, Result};
+pub use model::auth::{AuthError, BasicAuth};
+pub use model::containerize::ContainerOptions;
+pub use model::context::Context;
 pub use model::handler::{Handler, HandlerError, IntoReply};
+pub use model::identity::Identity;
+pub use model::plan::PlanError;
 pub use model::shard_key::ShardKey;
 pub use model::state::{stateful, stateful_user, User};
 pub use model::topology::{
-    scatter, service, shard, spread, IntoTopology, Scatter, ScatterPolicy, Service, ServiceSettings, Topology,
+    scatter, service, shard, spread, IntoTopology, Merge, Scatter, ScatterPolicy, Service, Topology,
 };
-pub use plane::auth::BasicAuth;
-pub use plane::identity::{hostname, Identity};
-pub use plane::roles::missing_leaves;
-pub use serve::{exit_quietly_on_closed_pipe, serve};
+pub use plane::identity::hostname;
+pub use serve::{containerize, exit_quietly_on_closed_pipe, serve};
+pub use storage::{StorageConfig, StorageError};
 pub use wire::RpcError;
+
+/// The compiled topology: the flat list of nodes every runner deploys, printable with
+/// `program plan` and inspectable in unit tests.
+///
+/// ```
+/// use metaparticle as mp;
+/// let svc = mp::service("replicated-service", mp::spread(3, |r: serde_json::Value| r)).expose();
+/// let plan = mp::plan::compile(&[svc]).unwrap();
+/// assert_eq!(plan.nodes.len(), 2);
+/// assert_eq!(plan.process_count(), 4); // the seeds' "four containers"
+/// ```
+pub mod plan {
+    pub use crate::model::plan::{Node, Plan, Role, Target};
+    pub use crate::model::topology::{ScatterSettings, ServiceSettings};
+
+    /// Compiles services into their plan, refusing an invalid topology with the reason.
+    pub fn compile(services: &[crate::Service]) -> Result<Plan, crate::PlanError> {
+        crate::model::plan::compile(services).map(|(plan, _registry)| plan)
+    }
+}
+
+/// Entry points for the fuzz targets in `fuzz/` (built only by `cargo fuzz`, which sets `--cfg fuzzing`).
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::wire::jsonrpc::dispatch;
+
+    /// The shard `topology` (a `shard(..)`) picks for `request`, or why it refuses it.
+    pub fn shard_of(
+        topology: &crate::Topology,
+        request: &serde_json::Value,
+        shards: usize,
+    ) -> Option<Result<usize, crate::RpcError>> {
+        topology.key().map(|key| key.shard_of(request, shards))
+    }
+}

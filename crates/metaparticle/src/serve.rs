@@ -4,16 +4,17 @@
 //! a node (a runner started it with `MP_NODE`), a local supervisor (`MP_SUPERVISE`), or, when
 //! started by a person, the deployer that acts on the command line.
 
-use clap::Parser;
-
 use crate::cli::Cli;
 use crate::error::{Error, Result};
+use clap::Parser;
+use std::future::Future;
+
+use crate::model::containerize::ContainerOptions;
 use crate::model::topology::Service;
 use crate::model::{compile, Plan, Registry};
 use crate::plane::accept::deal;
 use crate::plane::identity::set_process_identity;
-use crate::plane::metrics::Metrics;
-use crate::plane::node::{build, listener, node_metrics, NodeLaunch, Timeouts};
+use crate::plane::node::{build, listener, NodeLaunch, ReplicaCounters, Timeouts};
 use crate::plane::server::Limits;
 use crate::plane::upstream::HttpClient;
 use crate::runner::local::supervisor::Order;
@@ -33,8 +34,7 @@ pub fn serve(services: impl IntoIterator<Item = Service>) -> Result<()> {
     let services: Vec<Service> = services.into_iter().collect();
     let (plan, registry) = compile(&services)?;
     if let Some(launch) = NodeLaunch::from_env() {
-        let launch = launch
-            .map_err(|e| Error::Runner(format!("this node was started with a bad environment: {e}")))?;
+        let launch = launch?;
         return run_node(plan, registry, launch);
     }
     if let Some(order) = Order::from_env() {
@@ -48,6 +48,26 @@ pub fn serve(services: impl IntoIterator<Item = Service>) -> Result<()> {
     runtime(true)?.block_on(cli.run(plan))
 }
 
+/// Deploys (outside a deployment) or serves (inside one) a program's own HTTP server.
+///
+/// ```no_run
+/// use metaparticle as mp;
+/// fn main() -> mp::Result<()> {
+///     mp::containerize(mp::ContainerOptions::new("web").replicas(3), |listener: tokio::net::TcpListener| async move {
+///         // e.g. axum::serve(listener, app).await
+///         # let _ = listener;
+///         Ok(())
+///     })
+/// }
+/// ```
+pub fn containerize<F, Fut>(options: ContainerOptions, server: F) -> Result<()>
+where
+    F: Fn(tokio::net::TcpListener) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    serve([options.service(server)])
+}
+
 fn run_node(plan: Plan, registry: Registry, launch: NodeLaunch) -> Result<()> {
     init_logging();
     set_process_identity(launch.identity());
@@ -57,14 +77,14 @@ fn run_node(plan: Plan, registry: Registry, launch: NodeLaunch) -> Result<()> {
     let own_server = plan.node(&launch.node).is_some_and(|n| n.role == crate::model::Role::Server);
     let workers = if own_server { 1 } else { node_threads() };
     tracing::info!(node = %launch.node, replica = launch.replica, %address, workers, "serving");
-    let metrics = node_metrics(&registry, &launch.node, &launch.identity());
+    let counters = ReplicaCounters::new(&registry, &launch.node, &launch.identity());
     if own_server {
         // The program's own server accepts for itself, on a multi-threaded runtime: it may spawn
         // work of its own.
         return runtime(false)?.block_on(until_terminated(async move {
             let listener = tokio::net::TcpListener::from_std(listener)
                 .map_err(|e| Error::io("registering the listener", e))?;
-            let node = build_worker(&plan, &registry, &launch, metrics)?;
+            let node = build_worker(&plan, &registry, &launch, &counters)?;
             node.run(listener).await.map_err(|e| Error::io("serving", e))
         }));
     }
@@ -75,14 +95,14 @@ fn run_node(plan: Plan, registry: Registry, launch: NodeLaunch) -> Result<()> {
     let (accept_loop, mut shares) = deal(listener, workers);
     let first = shares.remove(0);
     for (worker, connections) in (1..).zip(shares) {
-        let (plan, registry, launch, metrics) =
-            (plan.clone(), registry.clone(), launch.clone(), metrics.clone());
+        let (plan, registry, launch, counters) =
+            (plan.clone(), registry.clone(), launch.clone(), counters.clone());
         std::thread::Builder::new()
             .name(format!("worker-{worker}"))
             .spawn(move || {
                 let outcome = runtime(true).and_then(|rt| {
                     rt.block_on(async {
-                        let node = build_worker(&plan, &registry, &launch, metrics)?;
+                        let node = build_worker(&plan, &registry, &launch, &counters)?;
                         node.run(connections).await.map_err(|e| Error::io("serving", e))
                     })
                 });
@@ -94,7 +114,7 @@ fn run_node(plan: Plan, registry: Registry, launch: NodeLaunch) -> Result<()> {
             .map_err(|e| Error::io("starting a worker thread", e))?;
     }
     runtime(true)?.block_on(until_terminated(async move {
-        let node = build_worker(&plan, &registry, &launch, metrics)?;
+        let node = build_worker(&plan, &registry, &launch, &counters)?;
         tokio::select! {
             accepted = accept_loop => accepted.map_err(|e| Error::io("accepting connections", e)),
             served = node.run(first) => served.map_err(|e| Error::io("serving", e)),
@@ -107,11 +127,10 @@ fn build_worker(
     plan: &Plan,
     registry: &Registry,
     launch: &NodeLaunch,
-    metrics: std::sync::Arc<Metrics>,
+    counters: &ReplicaCounters,
 ) -> Result<crate::plane::node::NodeProgram> {
     let client = HttpClient::new(&launch.secret);
-    build(plan, registry, launch, &client, Timeouts::default(), Limits::default(), metrics)
-        .map_err(Error::Runner)
+    Ok(build(plan, registry, launch, &client, Timeouts::default(), Limits::default(), counters)?)
 }
 
 /// Runs `serving` until it ends or the process is told to stop (SIGTERM or SIGINT).

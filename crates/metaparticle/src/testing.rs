@@ -38,10 +38,12 @@ use crate::client::{CallError, RpcClient};
 use crate::error::{Error, Result};
 use crate::model::topology::Service;
 use crate::model::{compile, Plan};
-use crate::plane::node::{build, node_metrics, Listen, NodeLaunch, NodeProgram, Timeouts};
-use crate::plane::server::Limits;
+pub use crate::plane::node::Timeouts;
+use crate::plane::node::{build, Listen, NodeLaunch, NodeProgram, ReplicaCounters};
+pub use crate::plane::server::Limits;
 use crate::plane::upstream::HttpClient;
 use crate::plane::AddressBook;
+pub use crate::state::counters::StateStats;
 use crate::storage::StorageConfig;
 pub use redis_server::RedisServer;
 
@@ -69,6 +71,7 @@ impl Drop for Scratch {
 struct Replica {
     handle: AbortHandle,
     server: NodeProgram,
+    counters: ReplicaCounters,
 }
 
 /// Data-plane defaults for a test app.
@@ -145,18 +148,11 @@ pub async fn launch_with(services: impl IntoIterator<Item = Service>, options: O
             secret: secret.clone(),
             storage: Some(storage.clone()),
         };
-        let server = build(
-            &plan,
-            &registry,
-            &launch,
-            &client,
-            options.timeouts,
-            options.limits.clone(),
-            node_metrics(&registry, &launch.node, &launch.identity()),
-        )
-        .map_err(Error::Runner)?;
+        let counters = ReplicaCounters::new(&registry, &launch.node, &launch.identity());
+        let server =
+            build(&plan, &registry, &launch, &client, options.timeouts, options.limits.clone(), &counters)?;
         let handle = nodes.spawn(server.clone().run(listener).map(|_| ()));
-        replicas.insert((launch.node, replica), Replica { handle, server });
+        replicas.insert((launch.node, replica), Replica { handle, server, counters });
     }
     Ok(TestApp {
         plan,
@@ -228,18 +224,32 @@ impl TestApp {
         service: &str,
         request: Req,
     ) -> Result<Resp> {
-        let request =
-            serde_json::to_value(request).map_err(|e| Error::Runner(format!("request is not JSON: {e}")))?;
+        let request = serde_json::to_value(request).map_err(CallError::Request)?;
         let value = self.call_value(service, &request).await.map_err(|e| match e {
             CallError::Rpc(rpc) => Error::Rpc(rpc),
-            other => Error::Runner(other.to_string()),
+            other => Error::Call(other),
         })?;
-        serde_json::from_value(value).map_err(|e| Error::Runner(format!("unexpected answer: {e}")))
+        Ok(serde_json::from_value(value).map_err(CallError::Answer)?)
     }
 
     /// Calls a service and returns the raw JSON result or the error.
     pub async fn call_value(&self, service: &str, request: &Value) -> Result<Value, CallError> {
         self.client.call(&self.address(service).to_string(), service, request).await
+    }
+
+    /// The state updates of every replica of `node` so far, summed: how many ran, were retried
+    /// after a lost compare-and-swap, and gave up. Each replica counts its own, as it does in its
+    /// `/metrics`.
+    pub fn state_stats(&self, node: &str) -> StateStats {
+        let replicas = self.replicas.lock().expect("replica table");
+        replicas.iter().filter(|((name, _), _)| name == node).fold(StateStats::default(), |sum, (_, r)| {
+            let s = r.counters.state_stats();
+            StateStats {
+                requests: sum.requests + s.requests,
+                retries: sum.retries + s.retries,
+                gave_up: sum.gave_up + s.gave_up,
+            }
+        })
     }
 
     /// Posts a raw body to a node's replica and returns the HTTP status and body.

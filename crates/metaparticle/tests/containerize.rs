@@ -57,7 +57,7 @@ fn json(text: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn one_user_always_reaches_one_shard_and_users_spread_over_shards() {
-    let svc = mp::ContainerOptions::new("users").shards(3, r"^/users/([^/]+)").service(echo_server).unwrap();
+    let svc = mp::ContainerOptions::new("users").shards(3, r"^/users/([^/]+)").service(echo_server);
     let app = mp::testing::launch([svc]).await.unwrap();
     let mut shards = HashSet::new();
     for user in (0..30).map(|i| format!("user-{i}")) {
@@ -76,11 +76,8 @@ async fn one_user_always_reaches_one_shard_and_users_spread_over_shards() {
 
 #[tokio::test]
 async fn method_path_headers_and_body_pass_through_with_forwarding_headers() {
-    let svc = mp::ContainerOptions::new("users")
-        .shards(2, r"^/users/([^/]+)")
-        .replicas(2)
-        .service(echo_server)
-        .unwrap();
+    let svc =
+        mp::ContainerOptions::new("users").shards(2, r"^/users/([^/]+)").replicas(2).service(echo_server);
     let app = mp::testing::launch([svc]).await.unwrap();
     let (status, text) = request(app.address("users"), "PUT", "/users/bob/settings?x=1", "hello body").await;
     assert_eq!(status, 200);
@@ -96,7 +93,7 @@ async fn method_path_headers_and_body_pass_through_with_forwarding_headers() {
 
 #[tokio::test]
 async fn a_path_that_does_not_match_the_pattern_is_a_clear_404() {
-    let svc = mp::ContainerOptions::new("users").shards(3, r"^/users/([^/]+)").service(echo_server).unwrap();
+    let svc = mp::ContainerOptions::new("users").shards(3, r"^/users/([^/]+)").service(echo_server);
     let app = mp::testing::launch([svc]).await.unwrap();
     let (status, text) = request(app.address("users"), "GET", "/about", "").await;
     assert_eq!(status, 404);
@@ -105,7 +102,7 @@ async fn a_path_that_does_not_match_the_pattern_is_a_clear_404() {
 
 #[tokio::test]
 async fn replicas_share_requests_behind_an_http_balancer() {
-    let svc = mp::ContainerOptions::new("web").replicas(3).service(echo_server).unwrap();
+    let svc = mp::ContainerOptions::new("web").replicas(3).service(echo_server);
     let app = mp::testing::launch([svc]).await.unwrap();
     let mut ports = HashSet::new();
     for _ in 0..60 {
@@ -116,7 +113,7 @@ async fn replicas_share_requests_behind_an_http_balancer() {
 
 #[tokio::test]
 async fn a_dead_replica_is_a_502_naming_it() {
-    let svc = mp::ContainerOptions::new("web").replicas(2).service(echo_server).unwrap();
+    let svc = mp::ContainerOptions::new("web").replicas(2).service(echo_server);
     let app = mp::testing::launch([svc]).await.unwrap();
     app.stop_replica("web.replica", 0);
     app.stop_replica("web.replica", 1);
@@ -127,8 +124,11 @@ async fn a_dead_replica_is_a_502_naming_it() {
 
 #[test]
 fn bad_options_are_clear_errors() {
-    let bad = mp::ContainerOptions::new("web").shards(3, "/users/(").service(echo_server).unwrap_err();
+    // Refused when the program starts (compiling its plan), before anything is deployed.
+    let bad = mp::ContainerOptions::new("web").shards(3, "/users/(").service(echo_server);
+    let bad = mp::plan::compile(&[bad]).unwrap_err();
     assert!(bad.to_string().contains("'/users/(' is not a valid regular expression"), "{bad}");
-    let none = mp::ContainerOptions::new("web").replicas(0).service(echo_server).unwrap_err();
+    let none = mp::ContainerOptions::new("web").replicas(0).service(echo_server);
+    let none = mp::plan::compile(&[none]).unwrap_err();
     assert!(none.to_string().contains("at least one replica"), "{none}");
 }

@@ -5,20 +5,16 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use metaparticle as mp;
-use metaparticle::plane::server::Limits;
-use metaparticle::testing::{launch, launch_with, Options};
+use metaparticle::testing::{launch, launch_with, Limits, Options};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Leaf 2 sleeps for a second; the others answer at once.
-fn slow_leaf(_: Value) -> std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send>> {
-    let me = mp::plane::identity::current().map(|id| id.replica).unwrap_or_default();
-    Box::pin(async move {
-        if me == 2 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        me
-    })
+async fn slow_leaf(ctx: mp::Context, _: Value) -> usize {
+    if ctx.replica() == 2 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    ctx.replica()
 }
 
 #[tokio::test]
@@ -33,7 +29,8 @@ async fn a_leaf_past_its_timeout_fails_the_request_naming_the_leaf_by_default() 
 
 #[tokio::test]
 async fn the_partial_policy_merges_the_leaves_that_answered_and_names_the_missing() {
-    let merge = |parts: Vec<usize>| json!({ "parts": parts, "missing": mp::missing_leaves() });
+    let merge =
+        |ctx: mp::Context, parts: Vec<usize>| json!({ "parts": parts, "missing": ctx.missing_leaves() });
     let tree = mp::scatter(4, slow_leaf, merge).leaf_timeout(Duration::from_millis(200)).merge_partial();
     let app = launch([mp::service("sg", tree)]).await.unwrap();
     let answer = app.call_value("sg", &json!({})).await.unwrap();

@@ -78,7 +78,7 @@ async fn same_key_always_reaches_the_same_shard_and_keys_use_every_shard() {
 
 #[tokio::test]
 async fn scatter_sends_to_every_leaf_and_merges_in_leaf_order() {
-    let leaf = |_: Value| mp::plane::identity::current().map(|id| id.replica).unwrap_or(usize::MAX);
+    let leaf = |ctx: mp::Context, _: Value| ctx.replica();
     let tree = mp::scatter(5, leaf, |parts: Vec<usize>| parts);
     let app = mp::testing::launch([mp::service("gather", tree)]).await.unwrap();
     let parts: Vec<usize> = app.call("gather", json!({})).await.unwrap();

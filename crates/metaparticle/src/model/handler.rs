@@ -18,13 +18,14 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::context::Context;
 use crate::future::BoxFuture;
 use crate::wire::jsonrpc::RpcError;
 
 /// A handler with its types erased: JSON request in, JSON result (or a JSON-RPC error) out.
 pub trait ErasedHandler: Send + Sync + 'static {
     /// Runs the handler on one request. Panics are caught and reported as `-32603`.
-    fn call(&self, request: Value) -> BoxFuture<Result<Value, RpcError>>;
+    fn call(&self, request: Value, context: Context) -> BoxFuture<Result<Value, RpcError>>;
 
     /// Whether the handler reads a scope from storage (see [`crate::stateful`]); the node then
     /// opens its store and gives the handler a state context. False for ordinary handlers.
@@ -116,7 +117,8 @@ impl<T: Serialize> IntoReply<FallibleReply> for Result<T, HandlerError> {
     }
 }
 
-/// Any function that can serve requests. Implemented for sync and async closures and fns.
+/// Any function that can serve requests. Implemented for sync and async closures and fns, with or
+/// without a [`Context`] before the request.
 ///
 /// ```
 /// use metaparticle as mp;
@@ -124,27 +126,65 @@ impl<T: Serialize> IntoReply<FallibleReply> for Result<T, HandlerError> {
 ///
 /// // A synchronous closure over JSON...
 /// let echo = mp::service("echo", |req: Value| json!({ "echo": req }));
-/// // ...or an async fn over typed requests.
+/// // ...or an async fn over typed requests...
 /// #[derive(serde::Deserialize)]
 /// struct Greet { name: String }
 /// async fn greet(req: Greet) -> String { format!("hello {}", req.name) }
 /// let greeter = mp::service("greeter", greet);
-/// # let _ = (echo, greeter);
+/// // ...or either of them taking the request's context first.
+/// async fn who(ctx: mp::Context, _req: Value) -> String { ctx.hostname().to_string() }
+/// let who = mp::service("who", who);
+/// # let _ = (echo, greeter, who);
 /// ```
-pub trait Handler<M>: Send + Sync + 'static {
-    /// Erases the handler's types.
-    fn into_erased(self) -> Arc<dyn ErasedHandler>;
+pub trait Handler<M>: Send + Sync + 'static + sealed::IntoErased<M> {}
+
+impl<H, M> Handler<M> for H where H: Send + Sync + 'static + sealed::IntoErased<M> {}
+
+pub(crate) mod sealed {
+    use std::sync::Arc;
+
+    /// Only this crate's shapes of handler exist, so the erased form can change freely.
+    #[allow(unreachable_pub)] // sealed: public in name only, so that public traits may require it
+    pub trait IntoErased<M> {
+        /// Erases the handler's types.
+        fn into_erased(self) -> Arc<dyn super::ErasedHandler>;
+    }
 }
 
 /// Marker for synchronous handlers (see [`Handler`]).
 pub struct SyncHandler<Req, Out, R>(PhantomData<fn(Req) -> (Out, R)>);
 /// Marker for asynchronous handlers (see [`Handler`]).
 pub struct AsyncHandler<Req, Fut, R>(PhantomData<fn(Req) -> (Fut, R)>);
+/// Marker for synchronous handlers that take a [`Context`] (see [`Handler`]).
+pub struct SyncContextHandler<Req, Out, R>(PhantomData<fn(Req) -> (Out, R)>);
+/// Marker for asynchronous handlers that take a [`Context`] (see [`Handler`]).
+pub struct AsyncContextHandler<Req, Fut, R>(PhantomData<fn(Req) -> (Fut, R)>);
 
-struct SyncFn<F, Req, R>(F, PhantomData<fn(Req) -> R>);
-struct AsyncFn<F, Req, R>(F, PhantomData<fn(Req) -> R>);
+/// A user function of either shape, called with the context or without it.
+struct Plain<F>(F);
+struct WithContext<F>(F);
 
-impl<F, Req, Out, R> Handler<SyncHandler<Req, Out, R>> for F
+/// How one shape of user function is invoked; lets one erased implementation serve both shapes.
+trait Invoke<Req, Out>: Send + Sync + 'static {
+    fn invoke(&self, context: Context, request: Req) -> Out;
+}
+
+impl<F: Fn(Req) -> Out + Send + Sync + 'static, Req, Out> Invoke<Req, Out> for Plain<F> {
+    fn invoke(&self, _: Context, request: Req) -> Out {
+        (self.0)(request)
+    }
+}
+
+impl<F: Fn(Context, Req) -> Out + Send + Sync + 'static, Req, Out> Invoke<Req, Out> for WithContext<F> {
+    fn invoke(&self, context: Context, request: Req) -> Out {
+        (self.0)(context, request)
+    }
+}
+
+struct SyncFn<I, Req, Out, R>(I, PhantomData<fn(Req) -> (Out, R)>);
+struct AsyncFn<I, Req, Fut, R>(I, PhantomData<fn(Req) -> (Fut, R)>);
+
+impl<F, Req, Out, R> sealed::IntoErased<SyncHandler<Req, Out, R>> for F
 where
     F: Fn(Req) -> Out + Send + Sync + 'static,
     Req: DeserializeOwned + 'static,
@@ -152,11 +192,23 @@ where
     R: 'static,
 {
     fn into_erased(self) -> Arc<dyn ErasedHandler> {
-        Arc::new(SyncFn(self, PhantomData))
+        Arc::new(SyncFn(Plain(self), PhantomData))
     }
 }
 
-impl<F, Req, Fut, R> Handler<AsyncHandler<Req, Fut, R>> for F
+impl<F, Req, Out, R> sealed::IntoErased<SyncContextHandler<Req, Out, R>> for F
+where
+    F: Fn(Context, Req) -> Out + Send + Sync + 'static,
+    Req: DeserializeOwned + 'static,
+    Out: IntoReply<R> + 'static,
+    R: 'static,
+{
+    fn into_erased(self) -> Arc<dyn ErasedHandler> {
+        Arc::new(SyncFn(WithContext(self), PhantomData))
+    }
+}
+
+impl<F, Req, Fut, R> sealed::IntoErased<AsyncHandler<Req, Fut, R>> for F
 where
     F: Fn(Req) -> Fut + Send + Sync + 'static,
     Req: DeserializeOwned + 'static,
@@ -165,7 +217,20 @@ where
     R: 'static,
 {
     fn into_erased(self) -> Arc<dyn ErasedHandler> {
-        Arc::new(AsyncFn(self, PhantomData))
+        Arc::new(AsyncFn(Plain(self), PhantomData))
+    }
+}
+
+impl<F, Req, Fut, R> sealed::IntoErased<AsyncContextHandler<Req, Fut, R>> for F
+where
+    F: Fn(Context, Req) -> Fut + Send + Sync + 'static,
+    Req: DeserializeOwned + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: IntoReply<R>,
+    R: 'static,
+{
+    fn into_erased(self) -> Arc<dyn ErasedHandler> {
+        Arc::new(AsyncFn(WithContext(self), PhantomData))
     }
 }
 
@@ -174,16 +239,16 @@ pub(crate) fn decode_request<Req: DeserializeOwned>(request: Value) -> Result<Re
     serde_json::from_value(request).map_err(|e| RpcError::invalid_params(e.to_string()))
 }
 
-impl<F, Req, Out, R> ErasedHandler for SyncFn<F, Req, R>
+impl<I, Req, Out, R> ErasedHandler for SyncFn<I, Req, Out, R>
 where
-    F: Fn(Req) -> Out + Send + Sync + 'static,
+    I: Invoke<Req, Out>,
     Req: DeserializeOwned + 'static,
     Out: IntoReply<R> + 'static,
     R: 'static,
 {
-    fn call(&self, request: Value) -> BoxFuture<Result<Value, RpcError>> {
+    fn call(&self, request: Value, context: Context) -> BoxFuture<Result<Value, RpcError>> {
         let outcome = decode_request::<Req>(request).and_then(|req| {
-            std::panic::catch_unwind(AssertUnwindSafe(|| (self.0)(req)))
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.0.invoke(context, req)))
                 .map_err(|panic| RpcError::handler_panicked(&panic))
                 .and_then(IntoReply::<R>::into_reply)
         });
@@ -191,21 +256,21 @@ where
     }
 }
 
-impl<F, Req, Fut, R> ErasedHandler for AsyncFn<F, Req, R>
+impl<I, Req, Fut, R> ErasedHandler for AsyncFn<I, Req, Fut, R>
 where
-    F: Fn(Req) -> Fut + Send + Sync + 'static,
+    I: Invoke<Req, Fut>,
     Req: DeserializeOwned + 'static,
     Fut: Future + Send + 'static,
     Fut::Output: IntoReply<R>,
     R: 'static,
 {
-    fn call(&self, request: Value) -> BoxFuture<Result<Value, RpcError>> {
+    fn call(&self, request: Value, context: Context) -> BoxFuture<Result<Value, RpcError>> {
         let req = match decode_request::<Req>(request) {
             Ok(req) => req,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
         // Creating the future runs user code too, so it is inside the unwind guard as well.
-        let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| (self.0)(req))) {
+        let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| self.0.invoke(context, req))) {
             Ok(fut) => fut,
             Err(panic) => return Box::pin(std::future::ready(Err(RpcError::handler_panicked(&panic)))),
         };
@@ -227,25 +292,29 @@ mod tests {
         h.into_erased()
     }
 
+    fn context() -> Context {
+        Context::for_tests()
+    }
+
     #[tokio::test]
     async fn sync_and_async_closures_become_the_same_erased_handler() {
         let sync = erase(|x: i64| x + 1);
         let asynchronous = erase(|x: i64| async move { x + 1 });
-        assert_eq!(sync.call(json!(41)).await.unwrap(), json!(42));
-        assert_eq!(asynchronous.call(json!(41)).await.unwrap(), json!(42));
+        assert_eq!(sync.call(json!(41), context()).await.unwrap(), json!(42));
+        assert_eq!(asynchronous.call(json!(41), context()).await.unwrap(), json!(42));
     }
 
     #[tokio::test]
     async fn a_request_of_the_wrong_type_is_invalid_params() {
         let h = erase(|x: i64| x);
-        let err = h.call(json!("not a number")).await.unwrap_err();
+        let err = h.call(json!("not a number"), context()).await.unwrap_err();
         assert_eq!(err.code, RpcError::INVALID_PARAMS);
     }
 
     #[tokio::test]
     async fn a_panicking_handler_is_an_internal_error_with_the_message() {
         let h = erase(|_: Value| -> Value { panic!("boom") });
-        let err = h.call(json!({})).await.unwrap_err();
+        let err = h.call(json!({}), context()).await.unwrap_err();
         assert_eq!(err.code, RpcError::INTERNAL);
         assert!(err.message.contains("boom"), "{}", err.message);
         let h = erase(|_: Value| async move {
@@ -253,7 +322,7 @@ mod tests {
             #[allow(unreachable_code)]
             0
         });
-        let err = h.call(json!({})).await.unwrap_err();
+        let err = h.call(json!({}), context()).await.unwrap_err();
         assert!(err.message.contains("async boom"), "{}", err.message);
     }
 
@@ -262,7 +331,7 @@ mod tests {
         let h = erase(|_: Value| -> Result<i64, HandlerError> {
             Err(HandlerError::new("no such user").with_code(-32044))
         });
-        let err = h.call(json!({})).await.unwrap_err();
+        let err = h.call(json!({}), context()).await.unwrap_err();
         assert_eq!((err.code, err.message.as_str()), (-32044, "no such user"));
     }
 }

@@ -1,10 +1,14 @@
 //! The model: what a user describes, compiled into what runners deploy. Pure: no I/O here.
 
-pub mod handler;
-pub mod plan;
-pub mod shard_key;
-pub mod state;
-pub mod topology;
-pub mod url_pattern;
+pub(crate) mod auth;
+pub(crate) mod containerize;
+pub(crate) mod context;
+pub(crate) mod handler;
+pub(crate) mod identity;
+pub(crate) mod plan;
+pub(crate) mod shard_key;
+pub(crate) mod state;
+pub(crate) mod topology;
+pub(crate) mod url_pattern;
 
-pub use plan::{compile, Behaviour, Node, Plan, PlanError, Registry, Role, Target};
+pub(crate) use plan::{compile, Behaviour, Node, Plan, Registry, Role, Target};

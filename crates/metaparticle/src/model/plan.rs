@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::auth::BasicAuth;
 use super::handler::ErasedHandler;
-use super::topology::{ErasedKey, ErasedMerge, ScatterSettings, Service, ServiceSettings, Topology};
-use crate::plane::auth::BasicAuth;
+use super::topology::{ErasedKey, ErasedMerge, ScatterSettings, Service, ServiceSettings, Tree};
 
 /// What a node does with a request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,7 +200,7 @@ fn describe_targets(targets: &[Target]) -> String {
 
 /// The closures of one node, looked up by node name.
 #[derive(Clone)]
-pub enum Behaviour {
+pub(crate) enum Behaviour {
     /// A leaf's handler.
     Handler(Arc<dyn ErasedHandler>),
     /// A router's key function.
@@ -215,7 +215,7 @@ pub enum Behaviour {
 
 /// The closures of every node of a plan.
 #[derive(Clone, Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     behaviours: BTreeMap<String, Behaviour>,
     auth: BTreeMap<String, Arc<BasicAuth>>,
 }
@@ -228,18 +228,19 @@ impl fmt::Debug for Registry {
 
 impl Registry {
     /// The closures of a node (`Behaviour::None` for balancers and unknown names).
-    pub fn get(&self, node: &str) -> Behaviour {
+    pub(crate) fn get(&self, node: &str) -> Behaviour {
         self.behaviours.get(node).cloned().unwrap_or(Behaviour::None)
     }
 
     /// The credentials the front node `node` of a service requires, if any.
-    pub fn auth(&self, node: &str) -> Option<Arc<BasicAuth>> {
+    pub(crate) fn auth(&self, node: &str) -> Option<Arc<BasicAuth>> {
         self.auth.get(node).cloned()
     }
 }
 
 /// Why a set of services cannot be compiled.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PlanError {
     /// Two services share a name; the JSON-RPC method would be ambiguous.
     #[error("two services are named '{0}'; service names must be unique")]
@@ -249,38 +250,47 @@ pub enum PlanError {
     BadName(String),
     /// Nothing to serve.
     #[error("no services given to serve")]
-    Empty,
+    NoServices,
     /// A URL shard pattern that does not compile.
-    #[error("{0}")]
-    BadPattern(String),
+    #[error("the URL pattern '{pattern}' is not a valid regular expression: {source}")]
+    BadPattern {
+        /// The pattern as written.
+        pattern: String,
+        /// What the regular expression compiler said.
+        #[source]
+        source: regex::Error,
+    },
     /// An HTTP server where JSON-RPC is needed, or the reverse.
     #[error("{0}")]
     MixedProtocols(String),
+    /// A pattern asked for zero replicas, shards or leaves.
+    #[error("service '{service}': {pattern} needs at least one {member}, got 0")]
+    Empty {
+        /// The service whose topology is wrong.
+        service: String,
+        /// `spread`, `shard`, `scatter` or `containerize`.
+        pattern: &'static str,
+        /// `replica`, `shard` or `leaf`.
+        member: &'static str,
+    },
 }
 
-/// Compiles services into a plan and the registry of their closures.
-///
-/// ```
-/// use metaparticle as mp;
-/// let svc = mp::service("replicated-service", mp::spread(3, |r: serde_json::Value| r)).expose();
-/// let (plan, _registry) = mp::model::compile(&[svc]).unwrap();
-/// assert_eq!(plan.nodes.len(), 2);
-/// assert_eq!(plan.process_count(), 4); // the seeds' "four containers"
-/// ```
-pub fn compile(services: &[Service]) -> Result<(Plan, Registry), PlanError> {
+/// Compiles services into a plan and the registry of their closures (see [`crate::plan::compile`]).
+pub(crate) fn compile(services: &[Service]) -> Result<(Plan, Registry), PlanError> {
     if services.is_empty() {
-        return Err(PlanError::Empty);
+        return Err(PlanError::NoServices);
     }
     let mut compiler = Compiler::default();
     for svc in services {
-        check_protocols(&svc.topology)?;
+        check_protocols(&svc.topology.0)?;
+        check_counts(&svc.name, &svc.topology.0)?;
         validate_name(&svc.name)?;
         if compiler.fronts.contains(&svc.name) {
             return Err(PlanError::DuplicateService(svc.name.clone()));
         }
         compiler.fronts.push(svc.name.clone());
         let first = compiler.nodes.len();
-        let front = compiler.node(&svc.name, &svc.name, &svc.topology);
+        let front = compiler.node(&svc.name, &svc.name, &svc.topology.0);
         compiler.nodes[front].exposed = svc.exposed;
         if let Some(auth) = &svc.auth {
             compiler.auth.insert(svc.name.clone(), auth.clone());
@@ -294,35 +304,51 @@ pub fn compile(services: &[Service]) -> Result<(Plan, Registry), PlanError> {
 }
 
 /// Whether a topology serves raw HTTP (a program's own server) rather than JSON-RPC.
-fn is_http(topology: &Topology) -> bool {
+fn is_http(topology: &Tree) -> bool {
     match topology {
-        Topology::Server(_) | Topology::UrlShard { .. } => true,
-        Topology::Spread { inner, .. } => is_http(inner),
+        Tree::Server(_) | Tree::UrlShard { .. } => true,
+        Tree::Spread { inner, .. } => is_http(inner),
         _ => false,
     }
 }
 
 /// HTTP servers can be spread and URL-sharded; JSON-RPC handlers everything else. A tree that
 /// mixes them cannot be routed, so it is refused with a message saying where.
-fn check_protocols(topology: &Topology) -> Result<(), PlanError> {
+fn check_protocols(topology: &Tree) -> Result<(), PlanError> {
     match topology {
-        Topology::Handler(_) | Topology::Server(_) => Ok(()),
-        Topology::Spread { inner, .. } => check_protocols(inner),
-        Topology::Shard { inner, .. } if is_http(inner) => Err(PlanError::MixedProtocols(
+        Tree::Handler(_) | Tree::Server(_) => Ok(()),
+        Tree::Spread { inner, .. } => check_protocols(inner),
+        Tree::Shard { inner, .. } if is_http(inner) => Err(PlanError::MixedProtocols(
             "shard() routes JSON-RPC by a key function; shard an HTTP server by URL with containerize's shards".into(),
         )),
-        Topology::Shard { inner, .. } => check_protocols(inner),
-        Topology::Scatter { leaf, .. } if is_http(leaf) => Err(PlanError::MixedProtocols(
+        Tree::Shard { inner, .. } => check_protocols(inner),
+        Tree::Scatter { leaf, .. } if is_http(leaf) => Err(PlanError::MixedProtocols(
             "scatter() needs JSON-RPC leaves, not an HTTP server".into(),
         )),
-        Topology::Scatter { leaf, .. } => check_protocols(leaf),
-        Topology::UrlShard { pattern, inner, .. } => {
-            super::url_pattern::UrlPattern::new(pattern).map_err(PlanError::BadPattern)?;
+        Tree::Scatter { leaf, .. } => check_protocols(leaf),
+        Tree::UrlShard { pattern, inner, .. } => {
+            super::url_pattern::UrlPattern::new(pattern)?;
             if !is_http(inner) {
                 return Err(PlanError::MixedProtocols("a URL shard needs an HTTP server inside".into()));
             }
             check_protocols(inner)
         }
+    }
+}
+
+/// A pattern with no members would deploy a front with nothing behind it; refuse it at start.
+fn check_counts(service: &str, tree: &Tree) -> Result<(), PlanError> {
+    let empty = |pattern, member| Err(PlanError::Empty { service: service.to_string(), pattern, member });
+    match tree {
+        Tree::Handler(_) | Tree::Server(_) => Ok(()),
+        Tree::Spread { replicas: 0, .. } => empty("spread", "replica"),
+        Tree::Shard { shards: 0, .. } => empty("shard", "shard"),
+        Tree::UrlShard { shards: 0, .. } => empty("containerize", "shard"),
+        Tree::Scatter { leaves: 0, .. } => empty("scatter", "leaf"),
+        Tree::Spread { inner, .. } | Tree::Shard { inner, .. } | Tree::UrlShard { inner, .. } => {
+            check_counts(service, inner)
+        }
+        Tree::Scatter { leaf, .. } => check_counts(service, leaf),
     }
 }
 
@@ -347,7 +373,7 @@ struct Compiler {
 
 impl Compiler {
     /// Compiles `topology` with its front node named `name`; returns the front's index.
-    fn node(&mut self, service: &str, name: &str, topology: &Topology) -> usize {
+    fn node(&mut self, service: &str, name: &str, topology: &Tree) -> usize {
         // The slot is taken before recursing so that the plan lists a node before what it calls.
         let index = self.nodes.len();
         self.nodes.push(Node {
@@ -361,11 +387,11 @@ impl Compiler {
             stateful: false,
         });
         let (role, behaviour) = match topology {
-            Topology::Handler(h) => {
+            Tree::Handler(h) => {
                 self.nodes[index].stateful = h.uses_state();
                 (Role::Leaf, Behaviour::Handler(h.clone()))
             }
-            Topology::Spread { replicas, inner } => {
+            Tree::Spread { replicas, inner } => {
                 let upstream = format!("{name}.replica");
                 let front = self.node(service, &upstream, inner);
                 self.nodes[front].replicas *= replicas;
@@ -375,9 +401,9 @@ impl Compiler {
                     (Role::Balancer { upstream }, Behaviour::None)
                 }
             }
-            Topology::Server(server) => (Role::Server, Behaviour::Server(server.clone())),
-            Topology::UrlShard { shards, pattern, inner } => {
-                let targets = if let Topology::Server(_) = **inner {
+            Tree::Server(server) => (Role::Server, Behaviour::Server(server.clone())),
+            Tree::UrlShard { shards, pattern, inner } => {
+                let targets = if let Tree::Server(_) = **inner {
                     let node = self.node(service, &format!("{name}.shard"), inner);
                     self.nodes[node].replicas = *shards;
                     (0..*shards).map(|i| Target { node: format!("{name}.shard"), replica: Some(i) }).collect()
@@ -386,11 +412,11 @@ impl Compiler {
                 };
                 (Role::HttpRouter { shards: targets, url_pattern: pattern.clone() }, Behaviour::None)
             }
-            Topology::Shard { shards, key, inner } => {
+            Tree::Shard { shards, key, inner } => {
                 let targets = self.members(service, &format!("{name}.shard"), *shards, inner);
                 (Role::Router { shards: targets }, Behaviour::Key(key.clone()))
             }
-            Topology::Scatter { leaves, leaf, merge, settings } => {
+            Tree::Scatter { leaves, leaf, merge, settings } => {
                 self.nodes[index].scatter = Some(*settings);
                 let targets = self.members(service, &format!("{name}.leaf"), *leaves, leaf);
                 (Role::Gather { leaves: targets }, Behaviour::Merge(merge.clone()))
@@ -403,8 +429,8 @@ impl Compiler {
 
     /// Builds `count` distinct members (shards or leaves): one node with `count` indexed
     /// replicas when each member is a plain handler, else one copy of the subtree per member.
-    fn members(&mut self, service: &str, name: &str, count: usize, inner: &Topology) -> Vec<Target> {
-        if let Topology::Handler(_) = inner {
+    fn members(&mut self, service: &str, name: &str, count: usize, inner: &Tree) -> Vec<Target> {
+        if let Tree::Handler(_) = inner {
             let node = self.node(service, name, inner);
             self.nodes[node].replicas = count;
             return (0..count).map(|i| Target { node: name.to_string(), replica: Some(i) }).collect();
@@ -422,6 +448,7 @@ impl Compiler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::topology::{IntoTopology, Topology};
     use crate::{scatter, service, shard, spread};
     use serde_json::Value;
 
@@ -508,10 +535,10 @@ mod tests {
     #[test]
     fn duplicate_and_malformed_names_are_refused() {
         let dup = compile(&[service("a", |r: Value| r), service("a", |r: Value| r)]);
-        assert_eq!(dup.unwrap_err(), PlanError::DuplicateService("a".into()));
+        assert!(matches!(dup.unwrap_err(), PlanError::DuplicateService(name) if name == "a"));
         let bad = compile(&[service("Bad Name", |r: Value| r)]);
-        assert_eq!(bad.unwrap_err(), PlanError::BadName("Bad Name".into()));
-        assert_eq!(compile(&[]).unwrap_err(), PlanError::Empty);
+        assert!(matches!(bad.unwrap_err(), PlanError::BadName(name) if name == "Bad Name"));
+        assert!(matches!(compile(&[]).unwrap_err(), PlanError::NoServices));
     }
 
     #[test]
@@ -535,16 +562,33 @@ mod tests {
     }
 
     fn server() -> Topology {
-        Topology::Server(Arc::new(|_l: tokio::net::TcpListener| async { Ok(()) }))
+        Topology(Tree::Server(Arc::new(|_l: tokio::net::TcpListener| async { Ok(()) })))
+    }
+
+    fn url_shard(shards: usize, pattern: &str, inner: Topology) -> Topology {
+        Topology(Tree::UrlShard { shards, pattern: pattern.into(), inner: Box::new(inner.0) })
+    }
+
+    #[test]
+    fn a_pattern_with_no_members_is_refused_naming_the_service() {
+        let cases = [
+            (spread(0, |r: Value| r), "spread needs at least one replica"),
+            (shard(0, |r: &String| r.len(), |r: Value| r), "shard needs at least one shard"),
+            (
+                scatter(0, |r: Value| r, |p: Vec<Value>| p.len()).into_topology(),
+                "scatter needs at least one leaf",
+            ),
+            (spread(2, spread(0, |r: Value| r)), "spread needs at least one replica"),
+        ];
+        for (tree, expected) in cases {
+            let err = compile(&[service("empty", tree)]).unwrap_err().to_string();
+            assert!(err.contains("'empty'") && err.contains(expected), "{err}");
+        }
     }
 
     #[test]
     fn an_http_server_is_spread_and_url_sharded_by_http_proxies() {
-        let tree = Topology::UrlShard {
-            shards: 3,
-            pattern: "^/u/([^/]+)".into(),
-            inner: Box::new(spread(2, server())),
-        };
+        let tree = url_shard(3, "^/u/([^/]+)", spread(2, server()));
         let (plan, _) = compile(&[service("web", tree)]).unwrap();
         assert_eq!(plan.nodes[0].role.kind(), "http-router");
         assert_eq!(plan.node("web.shard-0").unwrap().role.kind(), "http-lb");
@@ -558,8 +602,8 @@ mod tests {
         assert!(matches!(err, PlanError::MixedProtocols(_)), "{err}");
         let err = compile(&[service("x", shard(2, |r: &String| r.len(), server()))]).unwrap_err();
         assert!(matches!(err, PlanError::MixedProtocols(_)), "{err}");
-        let bad = Topology::UrlShard { shards: 2, pattern: "(".into(), inner: Box::new(server()) };
-        assert!(matches!(compile(&[service("x", bad)]).unwrap_err(), PlanError::BadPattern(_)));
+        let bad = url_shard(2, "(", server());
+        assert!(matches!(compile(&[service("x", bad)]).unwrap_err(), PlanError::BadPattern { .. }));
     }
 
     #[test]

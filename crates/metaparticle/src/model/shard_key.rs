@@ -54,7 +54,7 @@ impl ShardKey for Vec<u8> {
 }
 
 /// FNV-1a, 64 bit: tiny, stable, and good enough to feed jump hashing.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         hash ^= u64::from(b);
@@ -64,7 +64,7 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// Jump consistent hash: maps `key` to a bucket in `0..buckets` (`buckets > 0`).
-pub fn jump_hash(mut key: u64, buckets: usize) -> usize {
+pub(crate) fn jump_hash(mut key: u64, buckets: usize) -> usize {
     let (mut b, mut j): (i64, i64) = (-1, 0);
     while j < buckets as i64 {
         b = j;

@@ -4,7 +4,7 @@
 //! detecting changed values, then storing those back in with optimistic concurrency to eliminate
 //! races". [`stateful`] and [`stateful_user`] keep that promise for any serde type:
 //!
-//! 1. load the scope and its version from the [store](crate::storage);
+//! 1. load the scope and its version from the store (`--storage file` or `redis`);
 //! 2. run the handler on it;
 //! 3. if the scope's serialized form changed, write it back with compare-and-swap on the version;
 //!    a handler that only reads writes nothing;
@@ -49,29 +49,26 @@
 //! let svc = mp::service("simple-storage", mp::stateful(|_req: serde_json::Value, s: &mut NotSerializable| s.requests));
 //! ```
 
-use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
-use rand::Rng;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::context::Context;
 use super::handler::{decode_request, ErasedHandler, IntoReply};
-use super::topology::Topology;
+use super::topology::{Topology, Tree};
 use crate::future::BoxFuture;
-use crate::storage::{StorageError, Store, Swapped};
 use crate::wire::jsonrpc::RpcError;
 
 /// How many times a request loads, runs and tries to write before it gives up with `-32002`.
-pub const MAX_ATTEMPTS: u32 = 32;
+pub(crate) const MAX_ATTEMPTS: u32 = 32;
 /// The longest sleep between two attempts (each sleep is random, up to a bound that doubles from 1 ms).
-pub const MAX_BACKOFF: Duration = Duration::from_millis(32);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_millis(32);
 
 /// What a scope can hold: any serde type with a starting value. A type that cannot be serialized
 /// does not compile.
@@ -123,7 +120,11 @@ where
     R: 'static,
 {
     let run = move |req: Req, state: &mut G, _user: Option<&str>| handler(req, state);
-    Topology::Handler(Arc::new(Stateful { run: Arc::new(run), scope: Scope::Global, _types: PhantomData }))
+    Topology(Tree::Handler(Arc::new(Stateful {
+        run: Arc::new(run),
+        scope: Scope::Global,
+        _types: PhantomData,
+    })))
 }
 
 /// A handler over the per-user scope of the authenticated caller: `|request, &mut User<U>| reply`.
@@ -162,13 +163,54 @@ where
         *state = scope.state;
         out
     };
-    Topology::Handler(Arc::new(Stateful { run: Arc::new(run), scope: Scope::User, _types: PhantomData }))
+    Topology(Tree::Handler(Arc::new(Stateful {
+        run: Arc::new(run),
+        scope: Scope::User,
+        _types: PhantomData,
+    })))
 }
 
+/// Which scope a stateful handler reads: the runtime turns it into a storage key.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Scope {
     Global,
     User,
+}
+
+/// The scope of one request, as the state runtime ([`crate::state`]) keys it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ScopeId {
+    /// The service's one global scope.
+    Global,
+    /// The scope of one authenticated user.
+    User(Arc<str>),
+}
+
+/// What one attempt of a stateful request did to the scope it was given.
+pub(crate) struct Attempted {
+    /// The handler's reply, sent once the change (if any) is stored.
+    pub(crate) reply: Value,
+    /// The scope's new serialized form, or `None` if the handler left it unchanged.
+    pub(crate) write: Option<Vec<u8>>,
+}
+
+/// Why an attempt produced no reply.
+pub(crate) enum AttemptError {
+    /// The handler failed (or its request or state could not be encoded): the request's answer.
+    Handler(RpcError),
+    /// The stored bytes do not decode as the handler's state; the runtime names the store and key.
+    Undecodable(String),
+}
+
+/// One attempt of a stateful request: given the scope's stored bytes (`None`: never written), run
+/// the handler on it. The runtime may call it again after a lost compare-and-swap.
+pub(crate) type Attempt = Box<dyn FnMut(Option<&[u8]>) -> Result<Attempted, AttemptError> + Send>;
+
+/// What runs the transactions of stateful handlers (implemented by [`crate::state`]): load the
+/// scope, run the attempt, store the change with compare-and-swap, retry on conflict.
+pub(crate) trait Transactions: Send + Sync + 'static {
+    /// Runs `attempt` on `scope` until its change is stored or it gives up.
+    fn transact(self: Arc<Self>, scope: ScopeId, attempt: Attempt) -> BoxFuture<Result<Value, RpcError>>;
 }
 
 type Run<Req, S, Out> = dyn Fn(Req, &mut S, Option<&str>) -> Out + Send + Sync;
@@ -186,34 +228,16 @@ where
     Out: IntoReply<R> + 'static,
     R: 'static,
 {
-    fn call(&self, request: Value) -> BoxFuture<Result<Value, RpcError>> {
-        let (run, scope) = (self.run.clone(), self.scope);
+    fn call(&self, request: Value, context: Context) -> BoxFuture<Result<Value, RpcError>> {
+        let outcome = self.prepare(request, &context);
         Box::pin(async move {
-            // Bad input is refused before storage is touched.
-            let mut first = Some(decode_request::<Req>(request.clone())?);
-            let context = CONTEXT.try_with(Arc::clone).map_err(|_| {
-                RpcError::internal("this handler keeps state but its node was started without storage")
-            })?;
-            let user = match scope {
-                Scope::Global => None,
-                Scope::User => Some(crate::plane::auth::current_user().ok_or_else(|| {
-                    RpcError::invalid_request(
-                        "this service keeps per-user state and needs an authenticated user; \
-                         serve it with Service::with_basic_auth",
-                    )
-                })?),
+            let (scope, attempt) = outcome?;
+            let Some(transactions) = context.state().cloned() else {
+                return Err(RpcError::internal(
+                    "this handler keeps state but its node was started without storage",
+                ));
             };
-            let key = context.key(scope, user.as_deref());
-            transact::<S>(&context, &key, |state| {
-                let req = match first.take() {
-                    Some(req) => req,
-                    None => decode_request::<Req>(request.clone())?,
-                };
-                std::panic::catch_unwind(AssertUnwindSafe(|| run(req, state, user.as_deref())))
-                    .map_err(|panic| RpcError::handler_panicked(&panic))
-                    .and_then(IntoReply::<R>::into_reply)
-            })
-            .await
+            transactions.transact(scope, attempt).await
         })
     }
 
@@ -222,367 +246,57 @@ where
     }
 }
 
-/// Load, run, compare-and-swap, retry: the one place optimistic concurrency is implemented.
-async fn transact<S: ScopeState>(
-    context: &StateContext,
-    key: &str,
-    mut attempt: impl FnMut(&mut S) -> Result<Value, RpcError>,
-) -> Result<Value, RpcError> {
-    let _lane = context.lanes.lock(key).await;
-    let store = &*context.store;
-    STATS.requests.inc();
-    let mut backoff_bound = Duration::from_millis(1);
-    let mut loaded = store.load(key).await.map_err(storage_error)?;
-    for tries in 1..=MAX_ATTEMPTS {
-        let (mut state, version) = match &loaded {
-            None => (S::default(), 0),
-            Some(v) => (decode_scope::<S>(store, key, &v.value)?, v.version),
+impl<Req, S, Out, R> Stateful<Req, S, Out, R>
+where
+    Req: DeserializeOwned + Send + 'static,
+    S: ScopeState,
+    Out: IntoReply<R> + 'static,
+    R: 'static,
+{
+    /// Checks the request and the caller before storage is touched, and builds the attempt.
+    fn prepare(&self, request: Value, context: &Context) -> Result<(ScopeId, Attempt), RpcError> {
+        let mut first = Some(decode_request::<Req>(request.clone())?);
+        let user: Option<Arc<str>> = match self.scope {
+            Scope::Global => None,
+            Scope::User => Some(context.user().map(Arc::from).ok_or_else(|| {
+                RpcError::invalid_request(
+                    "this service keeps per-user state and needs an authenticated user; \
+                     serve it with Service::with_basic_auth",
+                )
+            })?),
         };
-        let before = encode_scope(&state)?;
-        let reply = attempt(&mut state)?;
-        let after = encode_scope(&state)?;
-        if before == after {
-            return Ok(reply);
-        }
-        // A lost swap hands back the value that won, so the retry needs no separate load.
-        match store.swap_or_load(key, version, after).await.map_err(storage_error)? {
-            Swapped::Written => return Ok(reply),
-            Swapped::Lost(current) => loaded = current,
-        }
-        if tries == MAX_ATTEMPTS {
-            break;
-        }
-        STATS.retries.inc();
-        // The first retry is immediate: the writer that won has just finished, so the key is
-        // most likely quiet now (and a timer cannot sleep less than a millisecond anyway).
-        // After that, full jitter (a random sleep below a doubling bound) spreads contenders apart.
-        if tries > 1 {
-            let sleep = rand::rng().random_range(Duration::ZERO..=backoff_bound);
-            tokio::time::sleep(sleep).await;
-            backoff_bound = (backoff_bound * 2).min(MAX_BACKOFF);
-            // After a sleep the value the lost swap returned is likely stale: read it fresh
-            // rather than spend an attempt on it.
-            loaded = store.load(key).await.map_err(storage_error)?;
-        }
-    }
-    STATS.gave_up.inc();
-    Err(RpcError::conflict(key, MAX_ATTEMPTS))
-}
-
-fn decode_scope<S: ScopeState>(store: &dyn Store, key: &str, bytes: &[u8]) -> Result<S, RpcError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        RpcError::storage(format!(
-            "storage {}: the value under key '{key}' does not decode as this handler's state ({e}); \
-             it was left untouched: remove or repair it",
-            store.describe()
-        ))
-    })
-}
-
-fn encode_scope<S: ScopeState>(state: &S) -> Result<Vec<u8>, RpcError> {
-    serde_json::to_vec(state).map_err(|e| RpcError::internal(format!("the handler's state is not JSON: {e}")))
-}
-
-fn storage_error(e: StorageError) -> RpcError {
-    tracing::warn!(error = %e, "storage failed");
-    RpcError::storage(e)
-}
-
-/// What a stateful handler needs from the node running it: its store and whose state it is.
-pub struct StateContext {
-    store: Arc<dyn Store>,
-    app: String,
-    service: String,
-    lanes: Lanes,
-}
-
-impl StateContext {
-    /// The context of `service` of `app`, on `store`.
-    pub fn new(store: Arc<dyn Store>, app: &str, service: &str) -> Arc<Self> {
-        Arc::new(Self { store, app: app.into(), service: service.into(), lanes: Lanes::default() })
-    }
-
-    fn key(&self, scope: Scope, user: Option<&str>) -> String {
-        match (scope, user) {
-            (Scope::User, Some(user)) => format!("{}/{}/user/{}", self.app, self.service, escape(user)),
-            _ => format!("{}/{}/global", self.app, self.service),
-        }
-    }
-}
-
-/// Keeps user names from forging another key's path: `/` and `%` are percent-encoded.
-fn escape(user: &str) -> String {
-    user.replace('%', "%25").replace('/', "%2F")
-}
-
-tokio::task_local! {
-    static CONTEXT: Arc<StateContext>;
-}
-
-/// Runs `fut` with `context` visible to the stateful handlers it calls (the leaf role does this
-/// only for stateful handlers, so other handlers pay nothing).
-pub(crate) async fn with_context<F: std::future::Future>(context: Arc<StateContext>, fut: F) -> F::Output {
-    CONTEXT.scope(context, fut).await
-}
-
-/// A fixed set of in-process queues; a key always maps to the same one. Fixed rather than one per
-/// key so that memory does not grow with the number of users.
-struct Lanes(Vec<tokio::sync::Mutex<()>>);
-
-impl Default for Lanes {
-    fn default() -> Self {
-        Self((0..64).map(|_| tokio::sync::Mutex::new(())).collect())
-    }
-}
-
-impl Lanes {
-    async fn lock(&self, key: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        key.hash(&mut hasher);
-        self.0[(hasher.finish() % self.0.len() as u64) as usize].lock().await
-    }
-}
-
-/// Counters of this process's state updates (what the bench reports).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StateStats {
-    /// Requests that ran a stateful handler.
-    pub requests: u64,
-    /// Attempts repeated because another writer won the compare-and-swap.
-    pub retries: u64,
-    /// Requests that gave up with `-32002`.
-    pub gave_up: u64,
-}
-
-/// Prometheus counters (atomics that `/metrics` can register and read without copying).
-struct Counters {
-    requests: Counter,
-    retries: Counter,
-    gave_up: Counter,
-}
-
-static STATS: LazyLock<Counters> = LazyLock::new(|| Counters {
-    requests: Counter::default(),
-    retries: Counter::default(),
-    gave_up: Counter::default(),
-});
-
-/// The counters of this process since it started.
-pub fn stats() -> StateStats {
-    StateStats { requests: STATS.requests.get(), retries: STATS.retries.get(), gave_up: STATS.gave_up.get() }
-}
-
-/// Adds this process's state counters to a node's `/metrics`.
-pub(crate) fn register_metrics(registry: &mut prometheus_client::registry::Registry) {
-    registry.register("state_updates", "Requests that ran a stateful handler", STATS.requests.clone());
-    registry.register(
-        "state_retries",
-        "Attempts repeated because another writer won the compare-and-swap",
-        STATS.retries.clone(),
-    );
-    registry.register("state_conflicts", "Requests that gave up with -32002", STATS.gave_up.clone());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::storage::StorageConfig;
-    use crate::storage::Versioned;
-    use crate::testing::{launch_with, Options, RedisServer, TestApp};
-    use crate::{service, HandlerError};
-    use serde::Deserialize;
-    use serde_json::json;
-
-    #[derive(Serialize, Deserialize, Default)]
-    struct Count {
-        n: u64,
-    }
-
-    fn counter(name: &str) -> crate::Service {
-        service(
-            name,
-            stateful(|by: u64, c: &mut Count| {
-                c.n += by;
-                c.n
-            }),
-        )
-        .expose()
-    }
-
-    fn reader(name: &str) -> crate::Service {
-        service(name, stateful(|_: Value, c: &mut Count| c.n)).expose()
-    }
-
-    async fn launch(services: Vec<crate::Service>, storage: StorageConfig) -> TestApp {
-        let options = Options { storage: Some(storage), app: Some("app".into()), ..Options::default() };
-        launch_with(services, options).await.unwrap()
-    }
-
-    async fn stored(storage: &StorageConfig, key: &str) -> Option<Versioned> {
-        storage.open().unwrap().load(key).await.unwrap()
-    }
-
-    fn file_storage(dir: &tempfile::TempDir) -> StorageConfig {
-        StorageConfig::File(dir.path().join("app.sqlite"))
-    }
-
-    #[tokio::test]
-    async fn a_handler_that_only_reads_writes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = file_storage(&dir);
-        let app = launch(vec![reader("reader")], storage.clone()).await;
-        for _ in 0..3 {
-            assert_eq!(app.call::<_, u64>("reader", json!({})).await.unwrap(), 0);
-        }
-        assert_eq!(stored(&storage, "app/reader/global").await, None);
-    }
-
-    #[tokio::test]
-    async fn a_handler_that_fails_or_panics_writes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = file_storage(&dir);
-        let failing = service(
-            "failing",
-            stateful(|fail: String, c: &mut Count| -> Result<u64, HandlerError> {
-                c.n += 1;
-                match fail.as_str() {
-                    "error" => Err(HandlerError::new("refused")),
-                    "panic" => panic!("boom"),
-                    _ => Ok(c.n),
+        let scope = match &user {
+            Some(name) => ScopeId::User(name.clone()),
+            None => ScopeId::Global,
+        };
+        let run = self.run.clone();
+        let attempt = move |stored: Option<&[u8]>| {
+            let mut state: S = match stored {
+                None => S::default(),
+                Some(bytes) => {
+                    serde_json::from_slice(bytes).map_err(|e| AttemptError::Undecodable(e.to_string()))?
                 }
-            }),
-        )
-        .expose();
-        let app = launch(vec![failing], storage.clone()).await;
-        assert!(app.call::<_, u64>("failing", "error").await.is_err());
-        assert!(app.call::<_, u64>("failing", "panic").await.is_err());
-        assert_eq!(stored(&storage, "app/failing/global").await, None);
-        assert_eq!(app.call::<_, u64>("failing", "ok").await.unwrap(), 1);
-    }
-
-    #[tokio::test]
-    async fn two_services_and_two_apps_never_share_a_counter() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = file_storage(&dir);
-        let app = launch(vec![counter("a"), counter("b")], storage.clone()).await;
-        assert_eq!(app.call::<_, u64>("a", 5).await.unwrap(), 5);
-        assert_eq!(app.call::<_, u64>("b", 1).await.unwrap(), 1);
-        let other = Options { storage: Some(storage), app: Some("other".into()), ..Options::default() };
-        let other = launch_with(vec![counter("a")], other).await.unwrap();
-        assert_eq!(other.call::<_, u64>("a", 1).await.unwrap(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_corrupt_scope_is_a_storage_error_and_is_left_untouched() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = file_storage(&dir);
-        let store = storage.open().unwrap();
-        assert!(store.compare_and_swap("app/c/global", 0, b"{\"n\": \"many\"}".to_vec()).await.unwrap());
-        let app = launch(vec![counter("c")], storage.clone()).await;
-        let e = app.call_value("c", &json!(1)).await.unwrap_err().to_string();
-        assert!(e.contains("-32003") && e.contains("app/c/global") && e.contains("app.sqlite"), "{e}");
-        let kept = stored(&storage, "app/c/global").await.unwrap();
-        assert_eq!((kept.value, kept.version), (b"{\"n\": \"many\"}".to_vec(), 1));
-    }
-
-    #[tokio::test]
-    async fn a_stateful_node_reports_state_counters_in_its_metrics() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let app =
-            crate::testing::launch([counter("c"), service("plain", |x: u64| x).expose()]).await.unwrap();
-        app.call::<_, u64>("c", 1).await.unwrap();
-        let metrics = |node: &'static str| {
-            let address = app.address(node);
-            async move {
-                let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-                stream
-                    .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    .await
-                    .unwrap();
-                let mut text = String::new();
-                stream.read_to_string(&mut text).await.unwrap();
-                text
-            }
+            };
+            let before = encode_scope(&state)?;
+            // A re-run after a lost compare-and-swap decodes the request again: the first decoded
+            // copy was consumed by the first run.
+            let req = match first.take() {
+                Some(req) => req,
+                None => decode_request::<Req>(request.clone()).map_err(AttemptError::Handler)?,
+            };
+            let reply = std::panic::catch_unwind(AssertUnwindSafe(|| run(req, &mut state, user.as_deref())))
+                .map_err(|panic| RpcError::handler_panicked(&panic))
+                .and_then(IntoReply::<R>::into_reply)
+                .map_err(AttemptError::Handler)?;
+            let after = encode_scope(&state)?;
+            Ok(Attempted { reply, write: (before != after).then_some(after) })
         };
-        let stateful = metrics("c").await;
-        assert!(stateful.contains("metaparticle_state_updates_total{"), "{stateful}");
-        assert!(stateful.contains("metaparticle_state_retries_total{"), "{stateful}");
-        assert!(!metrics("plain").await.contains("state_updates"), "only stateful nodes report state");
+        Ok((scope, Box::new(attempt)))
     }
+}
 
-    #[tokio::test]
-    async fn a_json_map_scope_reads_like_the_seeds() {
-        // mp.scope.global.requests++ in the seeds, with an untyped scope.
-        let svc = service(
-            "simple-storage",
-            stateful(|_: Value, global: &mut serde_json::Map<String, Value>| {
-                let requests = global.get("requests").and_then(Value::as_u64).unwrap_or(0) + 1;
-                global.insert("requests".into(), json!(requests));
-                json!({ "requests": requests })
-            }),
-        )
-        .expose();
-        let app = crate::testing::launch([svc]).await.unwrap();
-        for n in 1..=2 {
-            assert_eq!(
-                app.call::<_, Value>("simple-storage", json!({})).await.unwrap(),
-                json!({ "requests": n })
-            );
-        }
-    }
-
-    #[tokio::test]
-    async fn a_per_user_scope_without_authentication_is_refused() {
-        let svc = service("u", stateful_user(|_: Value, u: &mut User<Count>| u.n)).expose();
-        let app = crate::testing::launch([svc]).await.unwrap();
-        let e = app.call_value("u", &json!({})).await.unwrap_err().to_string();
-        assert!(e.contains("authenticated user"), "{e}");
-    }
-
-    #[test]
-    fn user_names_cannot_forge_another_key() {
-        let context = StateContext::new(unused_store(), "app", "svc");
-        assert_eq!(context.key(Scope::User, Some("a/../global")), "app/svc/user/a%2F..%2Fglobal");
-        assert_ne!(context.key(Scope::User, Some("a%2Fb")), context.key(Scope::User, Some("a/b")));
-    }
-
-    fn unused_store() -> Arc<dyn Store> {
-        struct Nothing;
-        impl Store for Nothing {
-            fn load(&self, _: &str) -> BoxFuture<Result<Option<Versioned>, StorageError>> {
-                Box::pin(async { Ok(None) })
-            }
-            fn compare_and_swap(&self, _: &str, _: u64, _: Vec<u8>) -> BoxFuture<Result<bool, StorageError>> {
-                Box::pin(async { Ok(false) })
-            }
-            fn check(&self) -> BoxFuture<Result<(), StorageError>> {
-                Box::pin(async { Ok(()) })
-            }
-            fn describe(&self) -> String {
-                "nothing".into()
-            }
-        }
-        Arc::new(Nothing)
-    }
-
-    #[tokio::test]
-    async fn redis_going_down_mid_traffic_is_a_storage_error_then_service_resumes() {
-        let Some(mut redis) = RedisServer::start_or_skip("redis_going_down_mid_traffic") else { return };
-        let storage = StorageConfig::Redis(redis.url());
-        let app = launch(vec![counter("c")], storage.clone()).await;
-        assert_eq!(app.call::<_, u64>("c", 1).await.unwrap(), 1);
-        redis.stop();
-        let e = app.call_value("c", &json!(1)).await.unwrap_err().to_string();
-        assert!(e.contains("-32003") && e.contains(&redis.address()), "{e}");
-        redis.restart();
-        let mut resumed = false;
-        for _ in 0..50 {
-            if app.call::<_, u64>("c", 1).await.is_ok() {
-                resumed = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(resumed, "service did not resume after Redis came back");
-    }
+fn encode_scope<S: ScopeState>(state: &S) -> Result<Vec<u8>, AttemptError> {
+    serde_json::to_vec(state).map_err(|e| {
+        AttemptError::Handler(RpcError::internal(format!("the handler's state is not JSON: {e}")))
+    })
 }

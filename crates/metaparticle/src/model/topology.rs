@@ -18,6 +18,7 @@
 //! # let _ = (svc, sharded);
 //! ```
 
+use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,13 +27,22 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::context::Context;
 use super::handler::{decode_request, ErasedHandler, Handler, IntoReply};
 use super::shard_key::ShardKey;
+use crate::future::BoxFuture;
 use crate::wire::jsonrpc::RpcError;
 
-/// A described (not yet running) piece of a distributed service.
+/// A described (not yet running) piece of a distributed service: what [`spread`], [`shard`],
+/// [`scatter`] and [`crate::stateful`] return, and what a handler becomes where a topology is
+/// expected. It is opaque: a tree is checked as a whole when it is compiled ([`crate::serve`],
+/// [`crate::plan::compile`]), so none can bypass validation.
 #[derive(Clone)]
-pub enum Topology {
+pub struct Topology(pub(crate) Tree);
+
+/// The shape of a topology, as the compiler walks it.
+#[derive(Clone)]
+pub(crate) enum Tree {
     /// One handler, served by one replica.
     Handler(Arc<dyn ErasedHandler>),
     /// `replicas` identical copies of `inner` behind a balancer.
@@ -40,7 +50,7 @@ pub enum Topology {
         /// How many copies.
         replicas: usize,
         /// What is copied.
-        inner: Box<Topology>,
+        inner: Box<Tree>,
     },
     /// `shards` distinct copies of `inner`; a request goes to the one its key selects.
     Shard {
@@ -49,14 +59,14 @@ pub enum Topology {
         /// Computes the shard key from a request.
         key: Arc<dyn ErasedKey>,
         /// What each shard runs.
-        inner: Box<Topology>,
+        inner: Box<Tree>,
     },
     /// A root that sends every request to all `leaves` and merges their answers.
     Scatter {
         /// How many leaves.
         leaves: usize,
         /// What each leaf runs.
-        leaf: Box<Topology>,
+        leaf: Box<Tree>,
         /// Builds the reply from the leaves' answers.
         merge: Arc<dyn ErasedMerge>,
         /// Leaf timeout and failure policy.
@@ -71,14 +81,14 @@ pub enum Topology {
         /// Picks the key out of the path.
         pattern: String,
         /// What each shard runs: a server, or a spread of one.
-        inner: Box<Topology>,
+        inner: Box<Tree>,
     },
 }
 
 /// A program's own HTTP server, handed the listener it must serve on.
-pub trait ErasedServer: Send + Sync + 'static {
+pub(crate) trait ErasedServer: Send + Sync + 'static {
     /// Serves HTTP on `listener` until the process stops.
-    fn run(&self, listener: tokio::net::TcpListener) -> crate::future::BoxFuture<std::io::Result<()>>;
+    fn run(&self, listener: tokio::net::TcpListener) -> BoxFuture<std::io::Result<()>>;
 }
 
 impl<F, Fut> ErasedServer for F
@@ -86,7 +96,7 @@ where
     F: Fn(tokio::net::TcpListener) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
 {
-    fn run(&self, listener: tokio::net::TcpListener) -> crate::future::BoxFuture<std::io::Result<()>> {
+    fn run(&self, listener: tokio::net::TcpListener) -> BoxFuture<std::io::Result<()>> {
         Box::pin(self(listener))
     }
 }
@@ -116,12 +126,12 @@ pub struct ScatterSettings {
 
 /// A scatter/gather topology being configured; see [`scatter`].
 #[derive(Clone, Debug)]
-pub struct Scatter(Topology);
+pub struct Scatter(Tree);
 
 impl Scatter {
     /// Gives each leaf at most `timeout` to answer (default 10 s).
     pub fn leaf_timeout(mut self, timeout: Duration) -> Self {
-        if let Topology::Scatter { settings, .. } = &mut self.0 {
+        if let Tree::Scatter { settings, .. } = &mut self.0 {
             settings.leaf_timeout = Some(timeout);
         }
         self
@@ -138,7 +148,7 @@ impl Scatter {
     /// # let _ = mp::service("count", tree);
     /// ```
     pub fn merge_partial(mut self) -> Self {
-        if let Topology::Scatter { settings, .. } = &mut self.0 {
+        if let Tree::Scatter { settings, .. } = &mut self.0 {
             settings.policy = ScatterPolicy::Partial;
         }
         self
@@ -150,7 +160,7 @@ pub struct AsScatter;
 
 impl IntoTopology<AsScatter> for Scatter {
     fn into_topology(self) -> Topology {
-        self.0
+        Topology(self.0)
     }
 }
 
@@ -159,27 +169,33 @@ mod millis {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
             Some(d) => s.serialize_u64(d.as_millis() as u64),
             None => s.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
     }
 }
 
 impl std::fmt::Debug for Topology {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::fmt::Debug for Tree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Topology::Handler(_) => f.write_str("handler"),
-            Topology::Spread { replicas, inner } => write!(f, "spread({replicas}, {inner:?})"),
-            Topology::Shard { shards, inner, .. } => write!(f, "shard({shards}, key, {inner:?})"),
-            Topology::Scatter { leaves, leaf, .. } => write!(f, "scatter({leaves}, {leaf:?}, merge)"),
-            Topology::Server(_) => f.write_str("server"),
-            Topology::UrlShard { shards, pattern, inner } => {
+            Tree::Handler(_) => f.write_str("handler"),
+            Tree::Spread { replicas, inner } => write!(f, "spread({replicas}, {inner:?})"),
+            Tree::Shard { shards, inner, .. } => write!(f, "shard({shards}, key, {inner:?})"),
+            Tree::Scatter { leaves, leaf, .. } => write!(f, "scatter({leaves}, {leaf:?}, merge)"),
+            Tree::Server(_) => f.write_str("server"),
+            Tree::UrlShard { shards, pattern, inner } => {
                 write!(f, "url_shard({shards}, {pattern:?}, {inner:?})")
             }
         }
@@ -203,12 +219,12 @@ impl IntoTopology<AsTopology> for Topology {
 
 impl<H: Handler<M>, M> IntoTopology<(M,)> for H {
     fn into_topology(self) -> Topology {
-        Topology::Handler(self.into_erased())
+        Topology(Tree::Handler(self.into_erased()))
     }
 }
 
 /// Computes a shard index from a JSON request; the typed key function behind [`shard`].
-pub trait ErasedKey: Send + Sync + 'static {
+pub(crate) trait ErasedKey: Send + Sync + 'static {
     /// The shard in `0..shards` for this request, or `-32602` if the request does not fit.
     fn shard_of(&self, request: &Value, shards: usize) -> Result<usize, RpcError>;
 }
@@ -216,7 +232,7 @@ pub trait ErasedKey: Send + Sync + 'static {
 /// Merges the leaves' JSON answers; the typed merge function behind [`scatter`].
 pub trait ErasedMerge: Send + Sync + 'static {
     /// Builds the reply from every leaf's result, in leaf order.
-    fn merge(&self, parts: Vec<Value>) -> Result<Value, RpcError>;
+    fn merge(&self, parts: Vec<Value>, context: Context) -> BoxFuture<Result<Value, RpcError>>;
 }
 
 struct KeyFn<F, Req, K>(F, PhantomData<fn(&Req) -> K>);
@@ -235,31 +251,202 @@ where
     }
 }
 
+/// A function that can merge a scatter's answers: `Fn(Vec<Part>) -> Out`, optionally taking the
+/// [`Context`] first (which tells a partial merge which leaves are missing), sync or async.
+///
+/// ```
+/// use metaparticle as mp;
+/// // A plain merge...
+/// let sum = mp::scatter(4, |_: serde_json::Value| 1, |parts: Vec<u32>| parts.iter().sum::<u32>());
+/// // ...or one that reads the context and takes its time.
+/// let count = mp::scatter(4, |_: serde_json::Value| 1, |ctx: mp::Context, parts: Vec<u32>| async move {
+///     (parts.len(), ctx.missing_leaves().len())
+/// });
+/// # let _ = (sum, count);
+/// ```
+pub trait Merge<M>: Send + Sync + 'static + merge_sealed::IntoErasedMerge<M> {}
+
+impl<F, M> Merge<M> for F where F: Send + Sync + 'static + merge_sealed::IntoErasedMerge<M> {}
+
+pub(crate) mod merge_sealed {
+    use std::sync::Arc;
+
+    /// Only this crate's shapes of merge exist, so the erased form can change freely.
+    #[allow(unreachable_pub)] // sealed: public in name only, so that public traits may require it
+    pub trait IntoErasedMerge<M> {
+        /// Erases the merge function's types.
+        fn into_erased_merge(self) -> Arc<dyn super::ErasedMerge>;
+    }
+}
+
+/// Marker for synchronous merges (see [`Merge`]).
+pub struct SyncMerge<Part, Out, R>(PhantomData<fn(Part) -> (Out, R)>);
+/// Marker for synchronous merges that take a [`Context`] (see [`Merge`]).
+pub struct SyncContextMerge<Part, Out, R>(PhantomData<fn(Part) -> (Out, R)>);
+/// Marker for asynchronous merges (see [`Merge`]).
+pub struct AsyncMerge<Part, Fut, R>(PhantomData<fn(Part) -> (Fut, R)>);
+/// Marker for asynchronous merges that take a [`Context`] (see [`Merge`]).
+pub struct AsyncContextMerge<Part, Fut, R>(PhantomData<fn(Part) -> (Fut, R)>);
+
 /// The signature a merge function is erased from (only for `PhantomData`).
 type MergeSignature<Part, Out, R> = fn(Vec<Part>) -> (Out, R);
 
-struct MergeFn<F, Part, Out, R>(F, PhantomData<MergeSignature<Part, Out, R>>);
+/// A merge of either shape, erased: `invoke` runs the user's function on decoded parts.
+struct MergeFn<F, Part, Out, R, const CONTEXT: bool, const ASYNC: bool>(
+    F,
+    PhantomData<MergeSignature<Part, Out, R>>,
+);
 
-impl<F, Part, Out, R> ErasedMerge for MergeFn<F, Part, Out, R>
+/// Decodes the leaves' answers as the merge's part type; a leaf that answered something else is
+/// named.
+fn decode_parts<Part: DeserializeOwned>(parts: Vec<Value>) -> Result<Vec<Part>, RpcError> {
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, part)| {
+            serde_json::from_value(part).map_err(|e| {
+                RpcError::internal(format!("leaf {i} answered with a value merge cannot read: {e}"))
+            })
+        })
+        .collect()
+}
+
+/// Runs a synchronous merge inside an unwind guard.
+fn merge_now<Out: IntoReply<R>, R>(run: impl FnOnce() -> Out) -> BoxFuture<Result<Value, RpcError>> {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+        .map_err(|panic| RpcError::handler_panicked(&panic))
+        .and_then(IntoReply::<R>::into_reply);
+    Box::pin(std::future::ready(outcome))
+}
+
+/// Runs an asynchronous merge: creating the future and polling it are both inside unwind guards.
+fn merge_later<Fut, R>(make: impl FnOnce() -> Fut) -> BoxFuture<Result<Value, RpcError>>
+where
+    Fut: Future + Send + 'static,
+    Fut::Output: IntoReply<R>,
+{
+    use futures_util::FutureExt;
+    let fut = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(make)) {
+        Ok(fut) => fut,
+        Err(panic) => return Box::pin(std::future::ready(Err(RpcError::handler_panicked(&panic)))),
+    };
+    Box::pin(async move {
+        match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+            Ok(out) => IntoReply::<R>::into_reply(out),
+            Err(panic) => Err(RpcError::handler_panicked(&panic)),
+        }
+    })
+}
+
+impl<F, Part, Out, R> merge_sealed::IntoErasedMerge<SyncMerge<Part, Out, R>> for F
 where
     F: Fn(Vec<Part>) -> Out + Send + Sync + 'static,
     Part: DeserializeOwned + 'static,
     Out: IntoReply<R> + 'static,
     R: 'static,
 {
-    fn merge(&self, parts: Vec<Value>) -> Result<Value, RpcError> {
-        let parts = parts
-            .into_iter()
-            .enumerate()
-            .map(|(i, part)| {
-                serde_json::from_value(part).map_err(|e| {
-                    RpcError::internal(format!("leaf {i} answered with a value merge cannot read: {e}"))
-                })
-            })
-            .collect::<Result<Vec<Part>, _>>()?;
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.0)(parts)))
-            .map_err(|panic| RpcError::handler_panicked(&panic))
-            .and_then(IntoReply::<R>::into_reply)
+    fn into_erased_merge(self) -> Arc<dyn ErasedMerge> {
+        Arc::new(MergeFn::<F, Part, Out, R, false, false>(self, PhantomData))
+    }
+}
+
+impl<F, Part, Out, R> ErasedMerge for MergeFn<F, Part, Out, R, false, false>
+where
+    F: Fn(Vec<Part>) -> Out + Send + Sync + 'static,
+    Part: DeserializeOwned + 'static,
+    Out: IntoReply<R> + 'static,
+    R: 'static,
+{
+    fn merge(&self, parts: Vec<Value>, _: Context) -> BoxFuture<Result<Value, RpcError>> {
+        match decode_parts::<Part>(parts) {
+            Ok(parts) => merge_now::<Out, R>(|| (self.0)(parts)),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+}
+
+impl<F, Part, Out, R> merge_sealed::IntoErasedMerge<SyncContextMerge<Part, Out, R>> for F
+where
+    F: Fn(Context, Vec<Part>) -> Out + Send + Sync + 'static,
+    Part: DeserializeOwned + 'static,
+    Out: IntoReply<R> + 'static,
+    R: 'static,
+{
+    fn into_erased_merge(self) -> Arc<dyn ErasedMerge> {
+        Arc::new(MergeFn::<F, Part, Out, R, true, false>(self, PhantomData))
+    }
+}
+
+impl<F, Part, Out, R> ErasedMerge for MergeFn<F, Part, Out, R, true, false>
+where
+    F: Fn(Context, Vec<Part>) -> Out + Send + Sync + 'static,
+    Part: DeserializeOwned + 'static,
+    Out: IntoReply<R> + 'static,
+    R: 'static,
+{
+    fn merge(&self, parts: Vec<Value>, context: Context) -> BoxFuture<Result<Value, RpcError>> {
+        match decode_parts::<Part>(parts) {
+            Ok(parts) => merge_now::<Out, R>(|| (self.0)(context, parts)),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+}
+
+impl<F, Part, Fut, R> merge_sealed::IntoErasedMerge<AsyncMerge<Part, Fut, R>> for F
+where
+    F: Fn(Vec<Part>) -> Fut + Send + Sync + 'static,
+    Part: DeserializeOwned + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: IntoReply<R>,
+    R: 'static,
+{
+    fn into_erased_merge(self) -> Arc<dyn ErasedMerge> {
+        Arc::new(MergeFn::<F, Part, Fut, R, false, true>(self, PhantomData))
+    }
+}
+
+impl<F, Part, Fut, R> ErasedMerge for MergeFn<F, Part, Fut, R, false, true>
+where
+    F: Fn(Vec<Part>) -> Fut + Send + Sync + 'static,
+    Part: DeserializeOwned + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: IntoReply<R>,
+    R: 'static,
+{
+    fn merge(&self, parts: Vec<Value>, _: Context) -> BoxFuture<Result<Value, RpcError>> {
+        match decode_parts::<Part>(parts) {
+            Ok(parts) => merge_later::<Fut, R>(|| (self.0)(parts)),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+}
+
+impl<F, Part, Fut, R> merge_sealed::IntoErasedMerge<AsyncContextMerge<Part, Fut, R>> for F
+where
+    F: Fn(Context, Vec<Part>) -> Fut + Send + Sync + 'static,
+    Part: DeserializeOwned + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: IntoReply<R>,
+    R: 'static,
+{
+    fn into_erased_merge(self) -> Arc<dyn ErasedMerge> {
+        Arc::new(MergeFn::<F, Part, Fut, R, true, true>(self, PhantomData))
+    }
+}
+
+impl<F, Part, Fut, R> ErasedMerge for MergeFn<F, Part, Fut, R, true, true>
+where
+    F: Fn(Context, Vec<Part>) -> Fut + Send + Sync + 'static,
+    Part: DeserializeOwned + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: IntoReply<R>,
+    R: 'static,
+{
+    fn merge(&self, parts: Vec<Value>, context: Context) -> BoxFuture<Result<Value, RpcError>> {
+        match decode_parts::<Part>(parts) {
+            Ok(parts) => merge_later::<Fut, R>(|| (self.0)(context, parts)),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
     }
 }
 
@@ -271,11 +458,9 @@ where
 /// # let _ = svc;
 /// ```
 ///
-/// # Panics
-/// If `replicas` is zero: a topology with no replica is a programming error, found on first run.
+/// A count of zero is refused, naming the service, when the program starts.
 pub fn spread<M>(replicas: usize, inner: impl IntoTopology<M>) -> Topology {
-    assert!(replicas > 0, "spread needs at least one replica");
-    Topology::Spread { replicas, inner: Box::new(inner.into_topology()) }
+    Topology(Tree::Spread { replicas, inner: Box::new(inner.into_topology().0) })
 }
 
 /// Splits `inner` into `shards` distinct shards; `key` picks the shard for each request.
@@ -292,16 +477,18 @@ pub fn spread<M>(replicas: usize, inner: impl IntoTopology<M>) -> Topology {
 /// # let _ = svc;
 /// ```
 ///
-/// # Panics
-/// If `shards` is zero.
+/// A count of zero is refused, naming the service, when the program starts.
 pub fn shard<M, F, Req, K>(shards: usize, key: F, inner: impl IntoTopology<M>) -> Topology
 where
     F: Fn(&Req) -> K + Send + Sync + 'static,
     Req: DeserializeOwned + 'static,
     K: ShardKey + 'static,
 {
-    assert!(shards > 0, "shard needs at least one shard");
-    Topology::Shard { shards, key: Arc::new(KeyFn(key, PhantomData)), inner: Box::new(inner.into_topology()) }
+    Topology(Tree::Shard {
+        shards,
+        key: Arc::new(KeyFn(key, PhantomData)),
+        inner: Box::new(inner.into_topology().0),
+    })
 }
 
 /// Sends every request to `leaves` copies of `leaf` at once and answers with `merge` of their replies.
@@ -315,20 +502,12 @@ where
 /// # let _ = svc;
 /// ```
 ///
-/// # Panics
-/// If `leaves` is zero.
-pub fn scatter<M, F, Part, Out, R>(leaves: usize, leaf: impl IntoTopology<M>, merge: F) -> Scatter
-where
-    F: Fn(Vec<Part>) -> Out + Send + Sync + 'static,
-    Part: DeserializeOwned + 'static,
-    Out: IntoReply<R> + 'static,
-    R: 'static,
-{
-    assert!(leaves > 0, "scatter needs at least one leaf");
-    Scatter(Topology::Scatter {
+/// A count of zero is refused, naming the service, when the program starts.
+pub fn scatter<M, N>(leaves: usize, leaf: impl IntoTopology<M>, merge: impl Merge<N>) -> Scatter {
+    Scatter(Tree::Scatter {
         leaves,
-        leaf: Box::new(leaf.into_topology()),
-        merge: Arc::new(MergeFn(merge, PhantomData)),
+        leaf: Box::new(leaf.into_topology().0),
+        merge: merge.into_erased_merge(),
         settings: ScatterSettings::default(),
     })
 }
@@ -339,7 +518,7 @@ pub struct Service {
     pub(crate) name: String,
     pub(crate) topology: Topology,
     pub(crate) exposed: bool,
-    pub(crate) auth: Option<Arc<crate::plane::auth::BasicAuth>>,
+    pub(crate) auth: Option<Arc<crate::model::auth::BasicAuth>>,
     pub(crate) settings: ServiceSettings,
 }
 
@@ -385,7 +564,7 @@ impl Service {
     /// Requires HTTP Basic credentials of one of `auth`'s users at the exposed front node; a wrong
     /// or missing password gets HTTP 401 and runs nothing. The authenticated user reaches the
     /// handlers behind it ([`crate::stateful_user`] keeps one scope per user).
-    pub fn with_basic_auth(mut self, auth: crate::plane::auth::BasicAuth) -> Self {
+    pub fn with_basic_auth(mut self, auth: crate::model::auth::BasicAuth) -> Self {
         self.auth = Some(Arc::new(auth));
         self
     }

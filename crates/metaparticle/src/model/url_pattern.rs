@@ -6,43 +6,36 @@
 
 use regex::Regex;
 
+use super::plan::PlanError;
 use super::shard_key::ShardKey;
 
 /// A compiled URL pattern.
 #[derive(Clone, Debug)]
-pub struct UrlPattern {
+pub(crate) struct UrlPattern {
     regex: Regex,
 }
 
 impl UrlPattern {
     /// Compiles `pattern`; a bad pattern is an error that quotes it and says what is wrong.
-    ///
-    /// ```
-    /// use metaparticle::model::url_pattern::UrlPattern;
-    /// let users = UrlPattern::new(r"^/users/([^/]+)").unwrap();
-    /// assert_eq!(users.key("/users/alice/photos"), Some("alice"));
-    /// assert_eq!(users.key("/about"), None);
-    /// assert!(UrlPattern::new("/users/(").is_err());
-    /// ```
-    pub fn new(pattern: &str) -> Result<Self, String> {
+    pub(crate) fn new(pattern: &str) -> Result<Self, PlanError> {
         Regex::new(pattern)
             .map(|regex| Self { regex })
-            .map_err(|e| format!("the URL pattern '{pattern}' is not a valid regular expression: {e}"))
+            .map_err(|source| PlanError::BadPattern { pattern: pattern.to_string(), source })
     }
 
     /// The pattern as written.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         self.regex.as_str()
     }
 
     /// The key in `path`: capture group 1, or the whole match; `None` if the path does not match.
-    pub fn key<'p>(&self, path: &'p str) -> Option<&'p str> {
+    pub(crate) fn key<'p>(&self, path: &'p str) -> Option<&'p str> {
         let captures = self.regex.captures(path)?;
         captures.get(1).or_else(|| captures.get(0)).map(|m| m.as_str())
     }
 
     /// The shard in `0..shards` for `path`, or `None` if the path does not match.
-    pub fn shard(&self, path: &str, shards: usize) -> Option<usize> {
+    pub(crate) fn shard(&self, path: &str, shards: usize) -> Option<usize> {
         self.key(path).map(|key| key.shard(shards))
     }
 }

@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 /// The connections one worker serves.
-pub enum Connections {
+pub(crate) enum Connections {
     /// Accepted by the worker itself from its listener.
     Accept(TcpListener),
     /// Dealt to it by [`deal`], possibly from another thread.
@@ -32,7 +32,7 @@ impl From<TcpListener> for Connections {
 
 impl Connections {
     /// The next connection, registered with the calling runtime; `None` when no more will come.
-    pub async fn next(&mut self) -> io::Result<Option<(TcpStream, SocketAddr)>> {
+    pub(crate) async fn next(&mut self) -> io::Result<Option<(TcpStream, SocketAddr)>> {
         match self {
             Connections::Accept(listener) => accept(listener).await.map(Some),
             Connections::Dealt(dealt) => loop {
@@ -49,7 +49,7 @@ impl Connections {
 ///
 /// The accept loop must run on a runtime of its own thread's (typically worker 0's); it ends with
 /// an error only when the listener fails for good or every worker has stopped.
-pub fn deal(
+pub(crate) fn deal(
     listener: std::net::TcpListener,
     workers: usize,
 ) -> (impl std::future::Future<Output = io::Result<()>>, Vec<Connections>) {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::LaunchError;
 use crate::model::Target;
 
 /// Node name → the address (`host:port`) of each replica, in replica order.
@@ -47,10 +48,10 @@ impl AddressBook {
     }
 
     /// The replicas a target names: one for an indexed target, all for a balanced one.
-    pub fn resolve(&self, target: &Target) -> Result<Vec<ResolvedReplica>, String> {
+    pub fn resolve(&self, target: &Target) -> Result<Vec<ResolvedReplica>, LaunchError> {
         let addresses = self
             .addresses(&target.node)
-            .ok_or_else(|| format!("the address book has no node '{}'", target.node))?;
+            .ok_or_else(|| LaunchError::Unaddressed(format!("node '{}'", target.node)))?;
         let replica = |(i, address): (usize, &String)| ResolvedReplica {
             name: format!("{}-{i}", target.node),
             address: address.clone(),
@@ -60,7 +61,7 @@ impl AddressBook {
             Some(i) => addresses
                 .get(i)
                 .map(|a| vec![replica((i, a))])
-                .ok_or_else(|| format!("node '{}' has no replica {i}", target.node)),
+                .ok_or_else(|| LaunchError::Unaddressed(format!("replica {i} of node '{}'", target.node))),
         }
     }
 }

@@ -15,7 +15,7 @@ use rand::Rng;
 
 /// What the chooser knows about one replica.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Load {
+pub(crate) struct Load {
     /// Whether the last probe or call found it healthy.
     pub healthy: bool,
     /// Requests in flight to it from this process.
@@ -24,7 +24,7 @@ pub struct Load {
 
 /// The replica to try next, or `None` when every replica has been tried. `turn` counts the
 /// caller's choices: each call should pass the next number.
-pub fn choose(replicas: &[Load], tried: &[usize], turn: usize, rng: &mut impl Rng) -> Option<usize> {
+pub(crate) fn choose(replicas: &[Load], tried: &[usize], turn: usize, rng: &mut impl Rng) -> Option<usize> {
     let untried = (0..replicas.len()).filter(|i| !tried.contains(i));
     let healthy: Vec<usize> = untried.clone().filter(|&i| replicas[i].healthy).collect();
     let candidates = if healthy.is_empty() { untried.collect() } else { healthy };

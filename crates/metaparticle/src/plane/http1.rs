@@ -39,7 +39,7 @@ const MAX_HEADERS: usize = 32;
 
 /// Why a request failed.
 #[derive(Debug)]
-pub enum SendError {
+pub(crate) enum SendError {
     /// The request did not reach the peer whole: it cannot have run.
     NotSent(String),
     /// The request was sent, but no complete answer came back: it may have run.
@@ -48,7 +48,7 @@ pub enum SendError {
 
 impl SendError {
     /// Whether the peer cannot have run the request.
-    pub fn is_not_sent(&self) -> bool {
+    pub(crate) fn is_not_sent(&self) -> bool {
         matches!(self, SendError::NotSent(_))
     }
 }
@@ -70,14 +70,14 @@ struct Idle {
 
 /// Kept-alive connections to every peer, shared by the tasks of one worker.
 #[derive(Default)]
-pub struct Http1Pool {
+pub(crate) struct Http1Pool {
     idle: Mutex<HashMap<Arc<str>, Vec<Idle>>>,
 }
 
 impl Http1Pool {
     /// `POST /` of `body` to `peer` (`host:port`) with `headers` added; the status and body of
     /// the answer.
-    pub async fn post(
+    pub(crate) async fn post(
         &self,
         peer: &Arc<str>,
         headers: &[(&str, &str)],

@@ -27,7 +27,7 @@ use crate::model::url_pattern::UrlPattern;
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// Where a proxy sends a request.
-pub enum Routing {
+pub(crate) enum Routing {
     /// Any replica of one pool.
     Balance(Arc<Pool>),
     /// The shard the URL path selects.
@@ -40,7 +40,7 @@ pub enum Routing {
 }
 
 /// An HTTP reverse proxy node.
-pub struct Proxy {
+pub(crate) struct Proxy {
     routing: Routing,
     client: Client<HttpConnector, Incoming>,
     limits: Limits,
@@ -48,7 +48,7 @@ pub struct Proxy {
 
 impl Proxy {
     /// A proxy that routes as `routing` says.
-    pub fn new(routing: Routing, limits: Limits) -> Self {
+    pub(crate) fn new(routing: Routing, limits: Limits) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build(connector);
@@ -105,7 +105,7 @@ impl Proxy {
 }
 
 /// Serves the proxy on `listener` until dropped.
-pub async fn serve(connections: Connections, proxy: Arc<Proxy>) -> std::io::Result<()> {
+pub(crate) async fn serve(connections: Connections, proxy: Arc<Proxy>) -> std::io::Result<()> {
     let limits = proxy.limits.clone();
     serve_connections(connections, limits, move |req, peer| {
         let proxy = proxy.clone();

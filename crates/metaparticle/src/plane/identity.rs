@@ -6,18 +6,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-/// The node and replica a piece of code is serving as.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Identity {
-    /// The app (program) name.
-    pub app: String,
-    /// The node, e.g. `replicated-service.replica`.
-    pub node: String,
-    /// The replica index within the node.
-    pub replica: usize,
-    /// The name `hostname()` returns: the container's hostname, or `node-replica` locally.
-    pub hostname: String,
-}
+pub(crate) use crate::model::identity::Identity;
 
 tokio::task_local! {
     static CURRENT: Arc<Identity>;
@@ -36,7 +25,7 @@ pub(crate) async fn scope<F: std::future::Future>(identity: Arc<Identity>, fut: 
 }
 
 /// The identity of the code running now, if it runs inside a node.
-pub fn current() -> Option<Arc<Identity>> {
+pub(crate) fn current() -> Option<Arc<Identity>> {
     CURRENT.try_with(Arc::clone).ok().or_else(|| PROCESS.get().cloned())
 }
 
@@ -58,7 +47,7 @@ pub fn hostname() -> String {
 }
 
 /// The operating system's hostname.
-pub fn os_hostname() -> String {
+pub(crate) fn os_hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };

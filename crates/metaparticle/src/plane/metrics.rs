@@ -11,7 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use super::identity::Identity;
+use crate::model::identity::Identity;
+use crate::state::counters::StateCounters;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
@@ -19,7 +20,7 @@ struct StatusLabel {
 }
 
 /// The counters one node keeps.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     requests: Family<StatusLabel, Counter>,
     in_flight: Gauge,
@@ -29,17 +30,17 @@ pub struct Metrics {
 
 impl Metrics {
     /// Metrics labelled with the node and replica they describe.
-    pub fn new(identity: &Identity) -> Arc<Self> {
-        Self::build(identity, false)
+    pub(crate) fn new(identity: &Identity) -> Arc<Self> {
+        Self::build(identity, None)
     }
 
-    /// [`Metrics::new`] for a node that runs a stateful handler: also the state-update counters
-    /// of its process (updates, compare-and-swap retries, updates that gave up).
-    pub fn with_state(identity: &Identity) -> Arc<Self> {
-        Self::build(identity, true)
+    /// [`Metrics::new`] for a node that runs a stateful handler: also its state-update counters
+    /// (updates, compare-and-swap retries, updates that gave up).
+    pub(crate) fn with_state(identity: &Identity, state: &StateCounters) -> Arc<Self> {
+        Self::build(identity, Some(state))
     }
 
-    fn build(identity: &Identity, state: bool) -> Arc<Self> {
+    fn build(identity: &Identity, state: Option<&StateCounters>) -> Arc<Self> {
         let mut registry = Registry::with_prefix_and_labels(
             "metaparticle",
             [
@@ -61,25 +62,25 @@ impl Metrics {
             "Leaves left out of partial merges",
             missing_leaves.clone(),
         );
-        if state {
-            crate::model::state::register_metrics(&mut registry);
+        if let Some(state) = state {
+            state.register(&mut registry);
         }
         Arc::new(Self { registry, requests, in_flight, duration, missing_leaves })
     }
 
     /// Marks the start of a request; the guard records it when dropped.
-    pub fn start(&self) -> InFlight<'_> {
+    pub(crate) fn start(&self) -> InFlight<'_> {
         self.in_flight.inc();
         InFlight { metrics: self, started: std::time::Instant::now() }
     }
 
     /// Counts leaves a partial merge went without.
-    pub fn missing_leaves(&self, count: usize) {
+    pub(crate) fn missing_leaves(&self, count: usize) {
         self.missing_leaves.inc_by(count as u64);
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
@@ -87,14 +88,14 @@ impl Metrics {
 }
 
 /// A request being served.
-pub struct InFlight<'a> {
+pub(crate) struct InFlight<'a> {
     metrics: &'a Metrics,
     started: std::time::Instant,
 }
 
 impl InFlight<'_> {
     /// Records the request's outcome.
-    pub fn finish(self, status: u16) {
+    pub(crate) fn finish(self, status: u16) {
         self.metrics.requests.get_or_create(&StatusLabel { status }).inc();
         self.metrics.duration.observe(elapsed_secs(self.started.elapsed()));
     }

@@ -3,18 +3,19 @@
 //! A node learns who it is and where its peers are only from a [`node::NodeLaunch`]; it never
 //! knows which runner started it.
 
-pub mod accept;
-pub mod address_book;
-pub mod auth;
-pub mod balance;
-pub mod http1;
-pub mod http_proxy;
-pub mod identity;
-pub mod metrics;
-pub mod node;
-pub mod roles;
-pub mod server;
-pub mod upstream;
+pub(crate) mod accept;
+pub(crate) mod address_book;
 
-pub use address_book::AddressBook;
-pub use node::{Listen, NodeLaunch, Timeouts};
+pub(crate) mod balance;
+pub(crate) mod http1;
+pub(crate) mod http_proxy;
+pub(crate) mod identity;
+pub(crate) mod inbound;
+pub(crate) mod metrics;
+pub(crate) mod node;
+pub(crate) mod roles;
+pub(crate) mod server;
+pub(crate) mod upstream;
+
+pub(crate) use address_book::AddressBook;
+pub(crate) use node::{Listen, NodeLaunch};

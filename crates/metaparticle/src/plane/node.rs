@@ -26,15 +26,18 @@ use super::metrics::Metrics;
 use super::roles::{Balancer, Gather, Leaf, Router};
 use super::server::{Limits, NodeServer, Role};
 use super::upstream::{HttpClient, Pool};
-use crate::model::state::StateContext;
+use crate::error::LaunchError;
+use crate::model::state::Transactions;
 use crate::model::topology::ErasedServer;
 use crate::model::url_pattern::UrlPattern;
 use crate::model::{Behaviour, Node, Plan, Registry, Role as PlanRole, Target};
+use crate::state::counters::{StateCounters, StateStats};
+use crate::state::StateRuntime;
 use crate::storage::StorageConfig;
 
 /// Where a node listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Listen {
+pub(crate) enum Listen {
     /// Bind this address.
     Address(String),
     /// Use this inherited, already listening socket (the local runner binds for its children,
@@ -44,7 +47,7 @@ pub enum Listen {
 
 /// Everything a process needs to become one replica of one node.
 #[derive(Clone, Debug)]
-pub struct NodeLaunch {
+pub(crate) struct NodeLaunch {
     /// The app name.
     pub app: String,
     /// The node name.
@@ -80,7 +83,7 @@ impl Default for Timeouts {
 
 impl NodeLaunch {
     /// The environment variables that carry this launch to a process.
-    pub fn to_env(&self) -> Vec<(String, String)> {
+    pub(crate) fn to_env(&self) -> Vec<(String, String)> {
         let mut env = vec![
             ("MP_APP".to_string(), self.app.clone()),
             ("MP_NODE".to_string(), self.node.clone()),
@@ -105,21 +108,24 @@ impl NodeLaunch {
     }
 
     /// Reads a launch from this process's environment; `None` when this process is not a node.
-    pub fn from_env() -> Option<Result<Self, String>> {
+    pub(crate) fn from_env() -> Option<Result<Self, LaunchError>> {
         let node = std::env::var("MP_NODE").ok()?;
         Some(Self::read_env(node))
     }
 
-    fn read_env(node: String) -> Result<Self, String> {
-        let var = |k: &str| std::env::var(k).map_err(|_| format!("{k} is not set"));
-        let replica = var("MP_REPLICA")?.parse().map_err(|e| format!("MP_REPLICA: {e}"))?;
+    fn read_env(node: String) -> Result<Self, LaunchError> {
+        let bad = |variable, reason: &dyn std::fmt::Display| LaunchError::Environment {
+            variable,
+            reason: reason.to_string(),
+        };
+        let var = |k: &'static str| std::env::var(k).map_err(|_| bad(k, &"not set"));
+        let replica = var("MP_REPLICA")?.parse().map_err(|e| bad("MP_REPLICA", &e))?;
         let listen = var("MP_LISTEN")?;
         let listen = match listen.strip_prefix("fd:") {
-            Some(fd) => Listen::Fd(fd.parse().map_err(|e| format!("MP_LISTEN: {e}"))?),
+            Some(fd) => Listen::Fd(fd.parse().map_err(|e| bad("MP_LISTEN", &e))?),
             None => Listen::Address(listen),
         };
-        let book =
-            serde_json::from_str(&var("MP_ADDRESS_BOOK")?).map_err(|e| format!("MP_ADDRESS_BOOK: {e}"))?;
+        let book = serde_json::from_str(&var("MP_ADDRESS_BOOK")?).map_err(|e| bad("MP_ADDRESS_BOOK", &e))?;
         Ok(Self {
             app: var("MP_APP")?,
             node,
@@ -129,14 +135,14 @@ impl NodeLaunch {
             book,
             secret: var("MP_SECRET")?,
             storage: match std::env::var("MP_STORAGE") {
-                Ok(text) => Some(StorageConfig::parse(&text).map_err(|e| format!("MP_STORAGE: {e}"))?),
+                Ok(text) => Some(StorageConfig::parse(&text).map_err(|e| bad("MP_STORAGE", &e))?),
                 Err(_) => None,
             },
         })
     }
 
     /// The identity this launch gives the process.
-    pub fn identity(&self) -> Identity {
+    pub(crate) fn identity(&self) -> Identity {
         Identity {
             app: self.app.clone(),
             node: self.node.clone(),
@@ -148,7 +154,7 @@ impl NodeLaunch {
 
 /// One replica, assembled and ready to serve on a listener.
 #[derive(Clone)]
-pub enum NodeProgram {
+pub(crate) enum NodeProgram {
     /// A JSON-RPC node: leaf, balancer, router or gather root.
     Rpc(Arc<NodeServer>),
     /// An HTTP balancer or URL shard router in front of a program's own server.
@@ -162,7 +168,7 @@ impl NodeProgram {
     ///
     /// A program's own server takes its listener whole (`Connections::Accept`), since it accepts
     /// for itself.
-    pub async fn run(self, connections: impl Into<Connections>) -> std::io::Result<()> {
+    pub(crate) async fn run(self, connections: impl Into<Connections>) -> std::io::Result<()> {
         match (self, connections.into()) {
             (NodeProgram::Rpc(server), connections) => super::server::serve(connections, server).await,
             (NodeProgram::Proxy(proxy), connections) => super::http_proxy::serve(connections, proxy).await,
@@ -174,30 +180,48 @@ impl NodeProgram {
     }
 }
 
-/// The metrics of one replica of `node`: a node that runs a stateful handler also reports the
-/// state-update counters of its process.
-pub fn node_metrics(registry: &Registry, node: &str, identity: &Identity) -> Arc<Metrics> {
-    match registry.get(node) {
-        Behaviour::Handler(h) if h.uses_state() => Metrics::with_state(identity),
-        _ => Metrics::new(identity),
+/// What every worker of one replica shares: its metrics and, on a stateful node, the state
+/// counters its `/metrics` reports.
+#[derive(Clone)]
+pub(crate) struct ReplicaCounters {
+    /// The replica's Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    state: StateCounters,
+}
+
+impl ReplicaCounters {
+    /// The counters of one replica of `node`: a node that runs a stateful handler also reports
+    /// its state updates.
+    pub(crate) fn new(registry: &Registry, node: &str, identity: &Identity) -> Self {
+        let state = StateCounters::default();
+        let metrics = match registry.get(node) {
+            Behaviour::Handler(h) if h.uses_state() => Metrics::with_state(identity, &state),
+            _ => Metrics::new(identity),
+        };
+        Self { metrics, state }
+    }
+
+    /// The replica's state updates so far (zero on a node without state).
+    pub(crate) fn state_stats(&self) -> StateStats {
+        self.state.stats()
     }
 }
 
 /// Assembles one replica of `launch.node`.
-pub fn build(
+pub(crate) fn build(
     plan: &Plan,
     registry: &Registry,
     launch: &NodeLaunch,
     client: &HttpClient,
     timeouts: Timeouts,
     limits: Limits,
-    metrics: Arc<Metrics>,
-) -> Result<NodeProgram, String> {
-    let node =
-        plan.node(&launch.node).ok_or_else(|| format!("this program has no node '{}'", launch.node))?;
+    counters: &ReplicaCounters,
+) -> Result<NodeProgram, LaunchError> {
+    let metrics = counters.metrics.clone();
+    let node = plan.node(&launch.node).ok_or_else(|| LaunchError::UnknownNode(launch.node.clone()))?;
     let identity = Arc::new(launch.identity());
     let call_timeout = node.settings.call_timeout.unwrap_or(timeouts.call);
-    let pool = |target: &Target| -> Result<Arc<Pool>, String> {
+    let pool = |target: &Target| -> Result<Arc<Pool>, LaunchError> {
         let replicas = launch.book.resolve(target)?;
         Ok(Pool::new(&target.to_string(), replicas, client.clone(), call_timeout, node.settings.idempotent))
     };
@@ -217,13 +241,18 @@ pub fn build(
         (PlanRole::Leaf, Behaviour::Handler(handler)) => {
             // Only a stateful handler opens storage; every other leaf carries nothing extra.
             let state = if handler.uses_state() {
-                let config = launch.storage.clone().unwrap_or_else(|| StorageConfig::file_for(&launch.app));
-                let store = config.open().map_err(|e| e.to_string())?;
-                Some(StateContext::new(store, &launch.app, &node.service))
+                // Every runner names the store; a node never guesses one (a guess would split state).
+                let config = launch.storage.as_ref().ok_or(LaunchError::Environment {
+                    variable: "MP_STORAGE",
+                    reason: "not set, and this node keeps state".into(),
+                })?;
+                let store = config.open()?;
+                let runtime = StateRuntime::new(store, &launch.app, &node.service, counters.state.clone());
+                Some(runtime as Arc<dyn Transactions>)
             } else {
                 None
             };
-            Arc::new(Leaf { service: node.service.clone(), handler, state })
+            Arc::new(Leaf { service: node.service.clone(), handler, identity: identity.clone(), state })
         }
         (PlanRole::Balancer { upstream }, _) => {
             Arc::new(Balancer { pool: pool(&Target { node: upstream.clone(), replica: None })? })
@@ -240,8 +269,9 @@ pub fn build(
             policy: node.scatter.unwrap_or_default().policy,
             leaf_timeout: node.scatter.and_then(|s| s.leaf_timeout).unwrap_or(timeouts.leaf),
             metrics: metrics.clone(),
+            identity: identity.clone(),
         }),
-        (role, _) => return Err(format!("node '{}' ({}) has no code registered", node.name, role.kind())),
+        (role, _) => return Err(LaunchError::NoCode { node: node.name.clone(), role: role.kind() }),
     };
     Ok(NodeProgram::Rpc(Arc::new(NodeServer {
         role,
@@ -259,7 +289,7 @@ fn internal_secret(node: &Node, secret: &str) -> Option<String> {
 }
 
 /// Opens the socket a launch names.
-pub fn listener(listen: &Listen) -> std::io::Result<std::net::TcpListener> {
+pub(crate) fn listener(listen: &Listen) -> std::io::Result<std::net::TcpListener> {
     let listener = match listen {
         Listen::Address(a) => std::net::TcpListener::bind(a)?,
         Listen::Fd(fd) => {

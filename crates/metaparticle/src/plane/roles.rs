@@ -2,8 +2,9 @@
 //!
 //! Each is a [`Role`]: a JSON-RPC body in, a reply out. Only the leaf runs user code directly; the
 //! router runs the user's key function and the gather root the user's merge function, both inside
-//! the same process because every node is the same binary. The server runs every role inside its
-//! replica's identity, so `hostname()` works in key and merge functions too.
+//! the same process because every node is the same binary. Each role gets the request's
+//! [`Inbound`] (user, deadline) with its body and passes it on to the hops it makes; the leaf and
+//! the gather root turn it into the [`Context`] the user's code may take.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,66 +13,67 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use serde_json::Value;
 
+use super::inbound::Inbound;
 use super::metrics::Metrics;
 use super::server::{Reply, Role};
 use super::upstream::Pool;
 use crate::future::BoxFuture;
+use crate::model::context::{Context, ContextParts};
 use crate::model::handler::ErasedHandler;
-use crate::model::state::{with_context, StateContext};
+use crate::model::identity::Identity;
+use crate::model::state::Transactions;
 use crate::model::topology::{ErasedKey, ErasedMerge, ScatterPolicy};
 use crate::wire::jsonrpc::{dispatch, error_for_body, RpcError};
 
-tokio::task_local! {
-    static MISSING: Vec<String>;
-}
-
-/// Inside a merge function of a scatter with [`Scatter::merge_partial`](crate::Scatter::merge_partial):
-/// the leaves that failed or were late and are not among the parts. Empty elsewhere.
-///
-/// ```
-/// use metaparticle as mp;
-/// let tree = mp::scatter(3, |_: serde_json::Value| 1, |parts: Vec<u32>| {
-///     serde_json::json!({ "sum": parts.iter().sum::<u32>(), "missing": mp::missing_leaves() })
-/// }).merge_partial();
-/// # let _ = tree;
-/// ```
-pub fn missing_leaves() -> Vec<String> {
-    MISSING.try_with(Clone::clone).unwrap_or_default()
+/// The context user code gets for a request: this replica, the request's user and deadline.
+fn context_for(
+    identity: &Arc<Identity>,
+    inbound: &Inbound,
+    missing_leaves: Vec<String>,
+    state: Option<&Arc<dyn Transactions>>,
+) -> Context {
+    Context::new(ContextParts {
+        identity: identity.clone(),
+        user: inbound.user.clone(),
+        deadline: inbound.deadline,
+        missing_leaves,
+        state: state.cloned(),
+    })
 }
 
 /// Runs the user's handler.
-pub struct Leaf {
+pub(crate) struct Leaf {
     /// The service (JSON-RPC method) served.
     pub service: String,
     /// The user's handler.
     pub handler: Arc<dyn ErasedHandler>,
-    /// The store and scope keys of a stateful handler; `None` for every other handler.
-    pub state: Option<Arc<StateContext>>,
+    /// Who serves.
+    pub identity: Arc<Identity>,
+    /// The state runtime of a stateful handler; `None` for every other handler.
+    pub state: Option<Arc<dyn Transactions>>,
 }
 
 impl Role for Leaf {
-    fn handle(&self, body: Bytes) -> BoxFuture<Reply> {
+    fn handle(&self, body: Bytes, inbound: Inbound) -> BoxFuture<Reply> {
         let (handler, service) = (self.handler.clone(), self.service.clone());
-        let serve =
-            async move { Reply::json(dispatch(&body, &service, |call| handler.call(call.request)).await) };
-        match self.state.clone() {
-            Some(context) => Box::pin(with_context(context, serve)),
-            None => Box::pin(serve),
-        }
+        let context = context_for(&self.identity, &inbound, Vec::new(), self.state.as_ref());
+        Box::pin(async move {
+            Reply::json(dispatch(&body, &service, |call| handler.call(call.request, context.clone())).await)
+        })
     }
 }
 
 /// Forwards each body, untouched, to one replica: the fast path never parses JSON.
-pub struct Balancer {
+pub(crate) struct Balancer {
     /// The replicas.
     pub pool: Arc<Pool>,
 }
 
 impl Role for Balancer {
-    fn handle(&self, body: Bytes) -> BoxFuture<Reply> {
+    fn handle(&self, body: Bytes, inbound: Inbound) -> BoxFuture<Reply> {
         let pool = self.pool.clone();
         Box::pin(async move {
-            match pool.forward(body.clone()).await {
+            match pool.forward(body.clone(), &inbound).await {
                 Ok((status, answer)) => Reply { status, body: answer },
                 Err(e) => Reply::json(Some(error_for_body(&body, e))),
             }
@@ -80,7 +82,7 @@ impl Role for Balancer {
 }
 
 /// Sends each call to the shard its key selects.
-pub struct Router {
+pub(crate) struct Router {
     /// The service (JSON-RPC method) served.
     pub service: String,
     /// The user's key function.
@@ -90,15 +92,15 @@ pub struct Router {
 }
 
 impl Role for Router {
-    fn handle(&self, body: Bytes) -> BoxFuture<Reply> {
+    fn handle(&self, body: Bytes, inbound: Inbound) -> BoxFuture<Reply> {
         let (key, shards, service) = (self.key.clone(), self.shards.clone(), self.service.clone());
         Box::pin(async move {
             let out = dispatch(&body, &service, |call| {
-                let (key, shards, service) = (&key, &shards, &service);
+                let (key, shards, service, inbound) = (&key, &shards, &service, &inbound);
                 async move {
                     let shard = key.shard_of(&call.request, shards.len())?;
                     let id = call.id.clone().unwrap_or(Value::Null);
-                    shards[shard].call(service, &call.request, &id).await
+                    shards[shard].call(service, &call.request, &id, inbound).await
                 }
             })
             .await;
@@ -108,7 +110,7 @@ impl Role for Router {
 }
 
 /// Sends each call to every leaf at once and merges the answers.
-pub struct Gather {
+pub(crate) struct Gather {
     /// The service (JSON-RPC method) served.
     pub service: String,
     /// The user's merge function.
@@ -121,19 +123,34 @@ pub struct Gather {
     pub leaf_timeout: Duration,
     /// Where missing leaves are counted.
     pub metrics: Arc<Metrics>,
+    /// Who serves (the merge's context says so).
+    pub identity: Arc<Identity>,
 }
 
 impl Role for Gather {
-    fn handle(&self, body: Bytes) -> BoxFuture<Reply> {
+    fn handle(&self, body: Bytes, inbound: Inbound) -> BoxFuture<Reply> {
         let (merge, leaves, service) = (self.merge.clone(), self.leaves.clone(), self.service.clone());
         let (policy, leaf_timeout, metrics) = (self.policy, self.leaf_timeout, self.metrics.clone());
+        let identity = self.identity.clone();
         Box::pin(async move {
             let out = dispatch(&body, &service, |call| {
-                let (merge, leaves, service, metrics) = (&merge, &leaves, &service, &metrics);
+                let (merge, leaves, service, metrics, inbound) =
+                    (&merge, &leaves, &service, &metrics, &inbound);
+                let identity = &identity;
                 async move {
                     let id = call.id.clone().unwrap_or(Value::Null);
+                    // A leaf's deadline is the nearer of its own timeout and the request's.
+                    let leaf_timeout = inbound.hop_timeout(leaf_timeout);
+                    let to_leaf = Inbound {
+                        deadline: Some(std::time::Instant::now() + leaf_timeout),
+                        ..inbound.clone()
+                    };
                     let answers = join_all(leaves.iter().map(|leaf| async {
-                        match tokio::time::timeout(leaf_timeout, leaf.call(service, &call.request, &id)).await
+                        match tokio::time::timeout(
+                            leaf_timeout,
+                            leaf.call(service, &call.request, &id, &to_leaf),
+                        )
+                        .await
                         {
                             Ok(answer) => answer.map_err(|e| name_the_leaf(leaf.label(), e)),
                             Err(_) => Err(RpcError::timeout(leaf.label(), leaf_timeout)),
@@ -159,7 +176,7 @@ impl Role for Gather {
                         ));
                     }
                     metrics.missing_leaves(missing.len());
-                    MISSING.sync_scope(missing, || merge.merge(parts))
+                    merge.merge(parts, context_for(identity, inbound, missing, None)).await
                 }
             })
             .await;

@@ -20,15 +20,16 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::task::JoinSet;
 
-use super::auth::{as_user, BasicAuth};
 use super::identity::Identity;
+use super::inbound::Inbound;
 use super::metrics::Metrics;
 use crate::future::BoxFuture;
+use crate::model::auth::BasicAuth;
 use crate::wire::headers::{self, constant_time_eq};
 use crate::wire::jsonrpc::{encode_response, to_bytes, RpcError};
 
 /// What a role answers to a JSON-RPC body.
-pub struct Reply {
+pub(crate) struct Reply {
     /// HTTP status (200 for every JSON-RPC answer, errors included, as the specification's HTTP
     /// binding does; 204 when only notifications were received).
     pub status: StatusCode,
@@ -38,7 +39,7 @@ pub struct Reply {
 
 impl Reply {
     /// A 200 with a JSON body, or a 204 for nothing to say.
-    pub fn json(body: Option<Vec<u8>>) -> Self {
+    pub(crate) fn json(body: Option<Vec<u8>>) -> Self {
         match body {
             Some(b) => Reply { status: StatusCode::OK, body: b.into() },
             None => Reply { status: StatusCode::NO_CONTENT, body: Bytes::new() },
@@ -47,9 +48,9 @@ impl Reply {
 }
 
 /// A node role: what to do with one JSON-RPC body.
-pub trait Role: Send + Sync + 'static {
-    /// Serves one request body.
-    fn handle(&self, body: Bytes) -> BoxFuture<Reply>;
+pub(crate) trait Role: Send + Sync + 'static {
+    /// Serves one request body, on behalf of and within the limits of `inbound`.
+    fn handle(&self, body: Bytes, inbound: Inbound) -> BoxFuture<Reply>;
 }
 
 /// Limits that protect a node from oversized or slow clients.
@@ -71,7 +72,7 @@ impl Default for Limits {
 
 /// Everything a node's HTTP server needs.
 #[derive(Clone)]
-pub struct NodeServer {
+pub(crate) struct NodeServer {
     /// What the node does.
     pub role: Arc<dyn Role>,
     /// Who it is.
@@ -87,7 +88,7 @@ pub struct NodeServer {
 }
 
 /// Serves a JSON-RPC node on `connections` until the future is dropped.
-pub async fn serve(connections: Connections, server: Arc<NodeServer>) -> std::io::Result<()> {
+pub(crate) async fn serve(connections: Connections, server: Arc<NodeServer>) -> std::io::Result<()> {
     let limits = server.limits.clone();
     serve_connections(connections, limits, move |req, _peer| handle(server.clone(), req)).await
 }
@@ -95,7 +96,7 @@ pub async fn serve(connections: Connections, server: Arc<NodeServer>) -> std::io
 /// Takes connections until dropped (or until no more will come), serving each on its own task with `handle`; dropping this
 /// future stops them all. The limits close slow-loris connections (the header timeout also covers
 /// idle keep-alive connections) and bound the request head.
-pub async fn serve_connections<F, Fut, B>(
+pub(crate) async fn serve_connections<F, Fut, B>(
     mut connections: Connections,
     limits: Limits,
     handle: F,
@@ -193,6 +194,8 @@ async fn rpc(server: &NodeServer, req: Request<Incoming>) -> Response<Full<Bytes
     } else {
         None
     };
+    // Any caller may say how long it will wait: it can only shorten the work done for it.
+    let deadline = Inbound::deadline_from(req.headers());
     let limit = server.limits.max_body;
     let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
@@ -210,11 +213,10 @@ async fn rpc(server: &NodeServer, req: Request<Incoming>) -> Response<Full<Bytes
             )
         }
     };
-    let serve = super::identity::scope(server.identity.clone(), server.role.handle(body));
-    let reply = match user {
-        Some(user) => as_user(user, serve).await,
-        None => serve.await,
-    };
+    let inbound = Inbound { user, deadline };
+    // `hostname()` in user code reads the identity of the replica serving; in the test harness many
+    // replicas share one process, so it is set per request (a real node sets it once per process).
+    let reply = super::identity::scope(server.identity.clone(), server.role.handle(body, inbound)).await;
     respond(reply.status, "application/json", reply.body)
 }
 

@@ -25,6 +25,7 @@ use serde_json::Value;
 use super::address_book::ResolvedReplica;
 use super::balance::{choose, Load};
 use super::http1::{Http1Pool, SendError};
+use super::inbound::Inbound;
 use crate::wire::headers;
 use crate::wire::jsonrpc::{decode_response, encode_call, RpcError};
 
@@ -34,7 +35,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
 
 /// The HTTP client of one worker: kept-alive connections to every upstream.
 #[derive(Clone)]
-pub struct HttpClient {
+pub(crate) struct HttpClient {
     /// Health probes, which may also go to a program's own server (any HTTP it speaks).
     probes: Client<HttpConnector, Full<Bytes>>,
     /// JSON-RPC calls, which always go to our own nodes.
@@ -44,7 +45,7 @@ pub struct HttpClient {
 
 impl HttpClient {
     /// A client that sends `secret` on every call.
-    pub fn new(secret: &str) -> Self {
+    pub(crate) fn new(secret: &str) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -55,19 +56,31 @@ impl HttpClient {
         Self { probes, calls: Arc::default(), secret: secret.into() }
     }
 
-    async fn post(&self, address: &Arc<str>, body: &[u8]) -> Result<(StatusCode, Bytes), SendError> {
-        // The authenticated user of the request being served travels with it to internal hops.
-        let user = super::auth::current_user().filter(|u| HeaderValue::from_str(u).is_ok());
-        // No per-request allocation for the header list: one slice, the user's entry only when set.
-        let headers = [(headers::SECRET, &*self.secret), (headers::USER, user.as_deref().unwrap_or(""))];
-        let headers = if user.is_some() { &headers[..] } else { &headers[..1] };
-        self.calls.post(address, headers, body).await
+    /// `POST /` of `body` to `address`, on behalf of `user`, telling the node it has `timeout`.
+    async fn post(
+        &self,
+        address: &Arc<str>,
+        body: &[u8],
+        user: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), SendError> {
+        let user = user.filter(|u| HeaderValue::from_str(u).is_ok());
+        let mut millis = [0; 20];
+        let millis = headers::format_millis(timeout.as_millis() as u64, &mut millis);
+        // No per-request allocation for the header list: one array, the user's entry only when set.
+        let all = [
+            (headers::SECRET, &*self.secret),
+            (headers::TIMEOUT, millis),
+            (headers::USER, user.unwrap_or("")),
+        ];
+        let sent = if user.is_some() { &all[..] } else { &all[..2] };
+        self.calls.post(address, sent, body).await
     }
 
     /// Whether the node at `address` (`host:port`) answers `GET /healthz`, quickly, with a status
     /// below 500. Our nodes answer 200; a program's own server (`containerize`) may not serve the
     /// path at all, and a 404 still proves it is up.
-    pub async fn is_healthy(&self, address: &str) -> bool {
+    pub(crate) async fn is_healthy(&self, address: &str) -> bool {
         match format!("http://{address}/healthz").parse::<Uri>() {
             Ok(uri) => self.healthy(&uri).await,
             Err(_) => false,
@@ -96,7 +109,7 @@ struct Replica {
 }
 
 /// The replicas behind one target, and how to choose among them.
-pub struct Pool {
+pub(crate) struct Pool {
     label: String,
     replicas: Vec<Replica>,
     client: HttpClient,
@@ -110,7 +123,7 @@ impl Pool {
     /// A pool over `replicas`, named `label` in errors, with a per-attempt `timeout`.
     ///
     /// `idempotent` requests are also retried when they failed after being sent.
-    pub fn new(
+    pub(crate) fn new(
         label: &str,
         replicas: Vec<ResolvedReplica>,
         client: HttpClient,
@@ -138,7 +151,7 @@ impl Pool {
     }
 
     /// The target's name, for messages.
-    pub fn label(&self) -> &str {
+    pub(crate) fn label(&self) -> &str {
         &self.label
     }
 
@@ -178,16 +191,29 @@ impl Pool {
     }
 
     /// Sends a body to one replica and returns its answer, retrying elsewhere if nothing was sent
-    /// (or, for idempotent services, if the connection failed after sending).
-    pub async fn forward(&self, body: Bytes) -> Result<(StatusCode, Bytes), RpcError> {
+    /// (or, for idempotent services, if the connection failed after sending). Each attempt waits
+    /// at most the pool's timeout, and never past the request's deadline.
+    pub(crate) async fn forward(
+        &self,
+        body: Bytes,
+        inbound: &Inbound,
+    ) -> Result<(StatusCode, Bytes), RpcError> {
         let mut tried = Vec::with_capacity(2);
         let mut last_error = None;
         while let Some(i) = self.choose(&tried) {
             tried.push(i);
             let replica = &self.replicas[i];
-            replica.pending.fetch_add(1, Ordering::Relaxed);
-            let outcome = tokio::time::timeout(self.timeout, self.client.post(&replica.address, &body)).await;
-            replica.pending.fetch_sub(1, Ordering::Relaxed);
+            let timeout = inbound.hop_timeout(self.timeout);
+            if timeout.is_zero() {
+                return Err(RpcError::timeout(&replica.name, self.timeout));
+            }
+            // The guard, not a decrement after the await: a cancelled request (a gather root's leaf
+            // timeout, a caller that hung up) drops this future mid-await and must not leave its
+            // count behind, or the replica would look busier for ever.
+            let in_flight = self.begin(i);
+            let sent = self.client.post(&replica.address, &body, inbound.user.as_deref(), timeout);
+            let outcome = tokio::time::timeout(timeout, sent).await;
+            drop(in_flight);
             match outcome {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(e)) if e.is_not_sent() => {
@@ -200,15 +226,21 @@ impl Pool {
                     last_error = Some(RpcError::unavailable(&replica.name, e.to_string()));
                 }
                 Ok(Err(e)) => return Err(RpcError::unavailable(&replica.name, e.to_string())),
-                Err(_) => return Err(RpcError::timeout(&replica.name, self.timeout)),
+                Err(_) => return Err(RpcError::timeout(&replica.name, timeout)),
             }
         }
         Err(last_error.unwrap_or_else(|| RpcError::unavailable(&self.label, "it has no replicas")))
     }
 
     /// Calls `method` with `request` on one replica and decodes the answer.
-    pub async fn call(&self, method: &str, request: &Value, id: &Value) -> Result<Value, RpcError> {
-        let (status, body) = self.forward(Bytes::from(encode_call(method, request, id))).await?;
+    pub(crate) async fn call(
+        &self,
+        method: &str,
+        request: &Value,
+        id: &Value,
+        inbound: &Inbound,
+    ) -> Result<Value, RpcError> {
+        let (status, body) = self.forward(Bytes::from(encode_call(method, request, id)), inbound).await?;
         if status == StatusCode::FORBIDDEN || (!status.is_success() && body.is_empty()) {
             return Err(RpcError::unavailable(&self.label, format!("it answered HTTP {status}")));
         }

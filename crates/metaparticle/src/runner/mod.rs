@@ -8,10 +8,10 @@
 //! | `kubernetes` | pods of Deployments and StatefulSets | the cluster (objects labelled `metaparticle.io/app`) |
 
 #[cfg(feature = "docker")]
-pub mod docker;
+pub(crate) mod docker;
 #[cfg(feature = "kubernetes")]
-pub mod kubernetes;
-pub mod local;
+pub(crate) mod kubernetes;
+pub(crate) mod local;
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -20,7 +20,7 @@ use crate::model::Plan;
 
 /// What `up` was asked to deploy, beyond the plan.
 #[derive(Clone, Debug)]
-pub struct Deploy {
+pub(crate) struct Deploy {
     /// The app name (default: the program's file name).
     pub app: String,
     /// The first exposed port (default 3000).
@@ -38,7 +38,10 @@ pub struct Deploy {
 impl Deploy {
     /// Where each exposed node's replicas are published, in plan order: the first gets `port`,
     /// the next the port after it. Every runner publishes the same way, so `--port` means one thing.
-    pub fn exposed_addresses<'p>(&self, plan: &'p Plan) -> Vec<(&'p crate::model::Node, usize, SocketAddr)> {
+    pub(crate) fn exposed_addresses<'p>(
+        &self,
+        plan: &'p Plan,
+    ) -> Vec<(&'p crate::model::Node, usize, SocketAddr)> {
         let mut next = self.port;
         let mut out = Vec::new();
         for node in plan.exposed() {
@@ -51,7 +54,7 @@ impl Deploy {
     }
 
     /// Fails with a clear message if a port an exposed service needs is already taken on this machine.
-    pub fn check_exposed_ports(&self, plan: &Plan) -> Result<()> {
+    pub(crate) fn check_exposed_ports(&self, plan: &Plan) -> Result<()> {
         for (node, _, address) in self.exposed_addresses(plan) {
             if !port_free(&address.to_string()) {
                 return Err(port_taken(&node.service, address));
@@ -62,7 +65,7 @@ impl Deploy {
 }
 
 /// The error for an exposed port something else holds.
-pub fn port_taken(service: &str, address: SocketAddr) -> Error {
+pub(crate) fn port_taken(service: &str, address: SocketAddr) -> Error {
     Error::Runner(format!(
         "cannot expose '{service}': port {} on {} is already in use; stop what uses it or deploy with --port <another>",
         address.port(),
@@ -71,12 +74,12 @@ pub fn port_taken(service: &str, address: SocketAddr) -> Error {
 }
 
 /// Whether a TCP address can be bound now (std sets SO_REUSEADDR, so TIME_WAIT does not count).
-pub fn port_free(address: &str) -> bool {
+pub(crate) fn port_free(address: &str) -> bool {
     std::net::TcpListener::bind(address).is_ok()
 }
 
 /// The address a client on this machine uses for a bound address (0.0.0.0 → 127.0.0.1).
-pub fn connect_address(addr: SocketAddr) -> SocketAddr {
+pub(crate) fn connect_address(addr: SocketAddr) -> SocketAddr {
     if addr.ip().is_unspecified() {
         SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
     } else {
@@ -85,6 +88,6 @@ pub fn connect_address(addr: SocketAddr) -> SocketAddr {
 }
 
 /// A fresh per-deployment secret that internal hops must present (256 random bits, hex).
-pub fn random_secret() -> String {
+pub(crate) fn random_secret() -> String {
     (0..4).map(|_| format!("{:016x}", rand::random::<u64>())).collect()
 }

@@ -29,21 +29,21 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A [`Store`] in one SQLite database file.
 #[derive(Clone)]
-pub struct FileStore {
+pub(crate) struct FileStore {
     path: PathBuf,
     connection: Arc<Mutex<Connection>>,
 }
 
 impl FileStore {
     /// Opens (creating if needed, with a private parent folder) the database at `path`.
-    pub fn open(path: &Path) -> Result<Self, StorageError> {
+    pub(crate) fn open(path: &Path) -> Result<Self, StorageError> {
         let unavailable = |detail: String| StorageError::Unavailable {
             backend: "file",
             address: path.display().to_string(),
             detail,
         };
         if let Some(dir) = path.parent() {
-            crate::deployments::create_private_dir(dir).map_err(|e| unavailable(e.to_string()))?;
+            create_private_dir(dir).map_err(|e| unavailable(e.to_string()))?;
         }
         let connection = Connection::open(path).map_err(|e| unavailable(e.to_string()))?;
         connection.busy_timeout(BUSY_TIMEOUT).map_err(|e| unavailable(e.to_string()))?;
@@ -159,6 +159,12 @@ impl Store for FileStore {
     fn describe(&self) -> String {
         format!("file {}", self.path.display())
     }
+}
+
+/// Creates the store's folder (and parents) readable only by this user, as the data is theirs.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
 #[cfg(test)]

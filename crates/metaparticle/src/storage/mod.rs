@@ -14,19 +14,19 @@
 //! Versions start at 1 for the first write; version 0 means "absent", so the first writer
 //! of a key calls `compare_and_swap(key, 0, value)`, and of two first writers one wins.
 
-pub mod file;
+pub(crate) mod file;
 #[cfg(feature = "redis")]
-pub mod redis;
+pub(crate) mod redis;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::future::BoxFuture;
 
 /// A stored value and the version it had when read.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Versioned {
+pub(crate) struct Versioned {
     /// The bytes stored (scopes store JSON).
     pub value: Vec<u8>,
     /// The version: 1 after the first write, one more after every write.
@@ -35,7 +35,7 @@ pub struct Versioned {
 
 /// What [`Store::swap_or_load`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Swapped {
+pub(crate) enum Swapped {
     /// The value was written.
     Written,
     /// Another writer came first; nothing was written. This is the value now stored.
@@ -43,7 +43,7 @@ pub enum Swapped {
 }
 
 /// A key-value store with versioned compare-and-swap; see the [module docs](self).
-pub trait Store: Send + Sync + 'static {
+pub(crate) trait Store: Send + Sync + 'static {
     /// The value under `key` with its version, or `None` if nothing was ever written there.
     fn load(&self, key: &str) -> BoxFuture<Result<Option<Versioned>, StorageError>>;
 
@@ -126,18 +126,10 @@ pub enum StorageConfig {
 }
 
 impl StorageConfig {
-    /// The default file store of `app`: `$METAPARTICLE_HOME/storage/<app>.sqlite`.
-    ///
-    /// It sits outside the app's runtime folder on purpose, so that `delete` keeps the data and a
-    /// re-deploy finds it; `delete --purge` removes it.
-    pub fn file_for(app: &str) -> Self {
-        StorageConfig::File(file_path(app))
-    }
-
     /// The Redis server named by the environment, as a Rust user of Redis expects: `REDIS_URL`
     /// (`redis://[:password@]host:port[/db]`), else `REDIS_HOST` (default `127.0.0.1`) and
     /// `REDIS_PORT` (default `6379`).
-    pub fn redis_from_env() -> Result<Self, StorageError> {
+    pub(crate) fn redis_from_env() -> Result<Self, StorageError> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         if let Some(url) = var("REDIS_URL") {
             return Self::parse(url.trim());
@@ -163,7 +155,7 @@ impl StorageConfig {
     }
 
     /// Reads the form [`StorageConfig::to_env`] writes: `file:/abs/path.sqlite` or a `redis://` URL.
-    pub fn parse(text: &str) -> Result<Self, StorageError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, StorageError> {
         if let Some(path) = text.strip_prefix("file:") {
             let path = PathBuf::from(path);
             if !path.is_absolute() {
@@ -185,7 +177,7 @@ impl StorageConfig {
     }
 
     /// The text carried in `MP_STORAGE`.
-    pub fn to_env(&self) -> String {
+    pub(crate) fn to_env(&self) -> String {
         match self {
             StorageConfig::File(path) => format!("file:{}", path.display()),
             StorageConfig::Redis(url) => url.clone(),
@@ -195,7 +187,7 @@ impl StorageConfig {
     /// Opens the backend. Opening is cheap and does not wait for a server: the Redis store
     /// connects on first use (and reconnects by itself), so a node starts even while Redis is
     /// down and answers `-32003` until it is back.
-    pub fn open(&self) -> Result<Arc<dyn Store>, StorageError> {
+    pub(crate) fn open(&self) -> Result<Arc<dyn Store>, StorageError> {
         match self {
             StorageConfig::File(path) => Ok(Arc::new(file::FileStore::open(path)?)),
             #[cfg(feature = "redis")]
@@ -205,6 +197,31 @@ impl StorageConfig {
                 "this program was built without the 'redis' feature of metaparticle".into(),
             )),
         }
+    }
+
+    /// The JSON stored under `key` (a scope's storage key, such as
+    /// `server6/replicated-storage-service/global`), or `None` if nothing was ever written there.
+    /// For tests and inspection; it never writes.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), metaparticle::StorageError> {
+    /// let store = metaparticle::StorageConfig::Redis("redis://127.0.0.1:6379".into());
+    /// let count = store.read_json("server6/replicated-storage-service/global").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn read_json(&self, key: &str) -> Result<Option<serde_json::Value>, StorageError> {
+        let store = self.open()?;
+        let Some(stored) = store.load(key).await? else { return Ok(None) };
+        let (backend, address) = match self {
+            StorageConfig::File(path) => ("file", path.display().to_string()),
+            StorageConfig::Redis(url) => ("redis", redact(url)),
+        };
+        serde_json::from_slice(&stored.value).map(Some).map_err(|e| StorageError::Corrupt {
+            backend,
+            address,
+            key: key.to_string(),
+            detail: e.to_string(),
+        })
     }
 }
 
@@ -217,17 +234,11 @@ impl fmt::Display for StorageConfig {
     }
 }
 
-/// Where the file store of `app` lives.
-pub fn file_path(app: &str) -> PathBuf {
-    crate::deployments::home().join("storage").join(format!("{app}.sqlite"))
-}
-
-/// Removes the file store of `app` (with its WAL side files); true if there was one.
-pub fn purge_file(app: &str) -> std::io::Result<bool> {
-    let path = file_path(app);
+/// Removes the file store at `path` (with its WAL side files); true if there was one.
+pub(crate) fn purge_file(path: &Path) -> std::io::Result<bool> {
     let mut removed = false;
     for suffix in ["", "-wal", "-shm"] {
-        let mut p = path.clone().into_os_string();
+        let mut p = path.as_os_str().to_owned();
         p.push(suffix);
         match std::fs::remove_file(&p) {
             Ok(()) => removed = true,

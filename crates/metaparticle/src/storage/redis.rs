@@ -19,7 +19,7 @@ use super::{StorageError, Store, Swapped, Versioned};
 use crate::future::BoxFuture;
 
 /// Every key this store touches starts with this, so `redis-cli --scan --pattern 'metaparticle:*'` finds them.
-pub const KEY_PREFIX: &str = "metaparticle:";
+pub(crate) const KEY_PREFIX: &str = "metaparticle:";
 
 /// Compare-and-swap: `KEYS[1]` is the key, `ARGV` the expected version, the new version and the
 /// value. Returns `{1, '', ''}` if written; if the version moved on, `{0, version, value}` of what
@@ -72,7 +72,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A [`Store`] on a Redis server.
 #[derive(Clone)]
-pub struct RedisStore {
+pub(crate) struct RedisStore {
     address: String,
     connection: ConnectionManager,
     cas: redis::Script,
@@ -84,7 +84,7 @@ impl RedisStore {
     /// first use, so this never waits and never fails for a server that is down.
     ///
     /// Must be called inside a tokio runtime: the connection manager lives on it.
-    pub fn open(url: &str) -> Result<Self, StorageError> {
+    pub(crate) fn open(url: &str) -> Result<Self, StorageError> {
         let client = redis::Client::open(url)
             .map_err(|e| StorageError::Config(format!("'{}' is not a Redis URL: {e}", super::redact(url))))?;
         let address = client.get_connection_info().addr().to_string();
@@ -110,7 +110,7 @@ impl RedisStore {
     /// Deletes every scope of `app` (`delete --purge --storage redis`); how many keys went.
     ///
     /// Walks the keyspace with `SCAN`, which never blocks the server the way `KEYS` would.
-    pub async fn purge_app(&self, app: &str) -> Result<usize, StorageError> {
+    pub(crate) async fn purge_app(&self, app: &str) -> Result<usize, StorageError> {
         // App names are letters, digits, '-' and '_' (checked by the command line), so the name
         // needs no escaping in a SCAN pattern; the '/' keeps "app" from matching "app-2".
         let pattern = format!("{KEY_PREFIX}{app}/*");

@@ -101,6 +101,9 @@ impl RpcError {
 
     /// `-32001`, naming the node that was too slow.
     pub fn timeout(node: &str, after: std::time::Duration) -> Self {
+        // Whole milliseconds, rounded up: a deadline carried across hops is a few microseconds
+        // short of the timeout the user configured, and the message should show the latter.
+        let after = std::time::Duration::from_millis(after.as_nanos().div_ceil(1_000_000) as u64);
         Self::new(Self::TIMEOUT, format!("node '{node}' did not answer within {after:?}"))
     }
 
@@ -147,7 +150,7 @@ impl std::error::Error for RpcError {}
 
 /// One decoded request.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Call {
+pub(crate) struct Call {
     /// `None` for a notification (no response is sent).
     pub id: Option<Value>,
     /// The method, which is the service's name.
@@ -169,7 +172,7 @@ struct ResponseWire {
 }
 
 /// Encodes one response object.
-pub fn encode_response(id: &Value, outcome: Result<Value, RpcError>) -> Value {
+pub(crate) fn encode_response(id: &Value, outcome: Result<Value, RpcError>) -> Value {
     let (result, error) = match outcome {
         Ok(v) => (Some(v), None),
         Err(e) => (None, Some(e)),
@@ -179,7 +182,7 @@ pub fn encode_response(id: &Value, outcome: Result<Value, RpcError>) -> Value {
 }
 
 /// Encodes a request for `method` with `request` as the single positional parameter.
-pub fn encode_call(method: &str, request: &Value, id: &Value) -> Vec<u8> {
+pub(crate) fn encode_call(method: &str, request: &Value, id: &Value) -> Vec<u8> {
     #[derive(Serialize)]
     struct CallWire<'a> {
         jsonrpc: &'static str,
@@ -192,7 +195,7 @@ pub fn encode_call(method: &str, request: &Value, id: &Value) -> Vec<u8> {
 }
 
 /// Decodes a single (non-batch) response into its result or error.
-pub fn decode_response(body: &[u8]) -> Result<Value, RpcError> {
+pub(crate) fn decode_response(body: &[u8]) -> Result<Value, RpcError> {
     let wire: ResponseWire = serde_json::from_slice(body).map_err(|e| {
         RpcError::internal(format!(
             "an upstream answered with something that is not a JSON-RPC response: {e}"
@@ -207,7 +210,7 @@ pub fn decode_response(body: &[u8]) -> Result<Value, RpcError> {
 
 /// A request that cannot be served: the id to answer with (null if unreadable) and why.
 #[derive(Debug)]
-pub struct InvalidCall {
+pub(crate) struct InvalidCall {
     /// The id to answer with.
     pub id: Value,
     /// Why the call is invalid.
@@ -219,7 +222,7 @@ fn invalid(id: Value, error: RpcError) -> Box<InvalidCall> {
 }
 
 /// Validates one element of a request (or a whole single request).
-pub fn decode_call(value: Value) -> Result<Call, Box<InvalidCall>> {
+pub(crate) fn decode_call(value: Value) -> Result<Call, Box<InvalidCall>> {
     let Value::Object(mut obj) = value else {
         return Err(invalid(Value::Null, RpcError::invalid_request("a request must be a JSON object")));
     };
@@ -263,11 +266,11 @@ pub fn decode_call(value: Value) -> Result<Call, Box<InvalidCall>> {
 }
 
 /// What [`dispatch`] produced: a body to send, or nothing (only notifications were received).
-pub type Dispatched = Option<Vec<u8>>;
+pub(crate) type Dispatched = Option<Vec<u8>>;
 
 /// Decodes a body (single or batch), checks each call's method against `service`, runs `handle` on
 /// each valid call (batch elements concurrently), and encodes the responses.
-pub async fn dispatch<F, Fut>(body: &[u8], service: &str, handle: F) -> Dispatched
+pub(crate) async fn dispatch<F, Fut>(body: &[u8], service: &str, handle: F) -> Dispatched
 where
     F: Fn(Call) -> Fut,
     Fut: Future<Output = Result<Value, RpcError>>,
@@ -311,14 +314,14 @@ where
 }
 
 /// Serializes a response value.
-pub fn to_bytes(value: &Value) -> Vec<u8> {
+pub(crate) fn to_bytes(value: &Value) -> Vec<u8> {
     serde_json::to_vec(value).expect("JSON values always serialize")
 }
 
 /// Reads the ids of a body that could not be served, to answer each with an error.
 ///
 /// Used on the balancer's error path only, so the fast path never parses JSON.
-pub fn error_for_body(body: &[u8], error: RpcError) -> Vec<u8> {
+pub(crate) fn error_for_body(body: &[u8], error: RpcError) -> Vec<u8> {
     let id_of = |v: &Value| v.as_object().and_then(|o: &Map<String, Value>| o.get("id")).cloned();
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Array(items)) if !items.is_empty() => {

@@ -5,7 +5,7 @@
 //! other module of the crate, so the model, the data plane, the runners and the client can all
 //! speak it without importing each other.
 
-pub mod headers;
-pub mod jsonrpc;
+pub(crate) mod headers;
+pub(crate) mod jsonrpc;
 
 pub use jsonrpc::RpcError;

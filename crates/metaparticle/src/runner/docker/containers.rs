@@ -42,7 +42,7 @@ const HEALTH_DEADLINE: Duration = Duration::from_secs(60);
 const RESTARTS_BEFORE_GIVING_UP: i64 = 3;
 
 /// One container to run.
-pub struct Replica {
+pub(crate) struct Replica {
     /// The node it serves as.
     pub node: Node,
     /// Its index.
@@ -54,7 +54,11 @@ pub struct Replica {
 }
 
 /// Every replica of `plan`, named, with the host addresses of exposed ones.
-pub fn replicas(app: &str, plan: &Plan, published: &[(String, usize, SocketAddr)]) -> Result<Vec<Replica>> {
+pub(crate) fn replicas(
+    app: &str,
+    plan: &Plan,
+    published: &[(String, usize, SocketAddr)],
+) -> Result<Vec<Replica>> {
     let mut out = Vec::new();
     for node in &plan.nodes {
         for replica in 0..node.replicas {
@@ -74,7 +78,7 @@ pub fn replicas(app: &str, plan: &Plan, published: &[(String, usize, SocketAddr)
 }
 
 /// The address book as seen inside the app network: each replica by its container name.
-pub fn address_book(replicas: &[Replica]) -> AddressBook {
+pub(crate) fn address_book(replicas: &[Replica]) -> AddressBook {
     let mut book = AddressBook::default();
     let mut by_node: Vec<(String, Vec<String>)> = Vec::new();
     for r in replicas {
@@ -91,7 +95,7 @@ pub fn address_book(replicas: &[Replica]) -> AddressBook {
 }
 
 /// Creates the app's network.
-pub async fn create_network(docker: &Docker, app: &str) -> Result<String> {
+pub(crate) async fn create_network(docker: &Docker, app: &str) -> Result<String> {
     let name = labels::network_name(app);
     docker
         .create_network(NetworkCreateRequest {
@@ -109,7 +113,7 @@ pub async fn create_network(docker: &Docker, app: &str) -> Result<String> {
 const CONTAINER_STATE_DIR: &str = "/metaparticle-state";
 
 /// Creates and starts one replica's container.
-pub async fn start(
+pub(crate) async fn start(
     docker: &Docker,
     deploy: &Deploy,
     image: &str,
@@ -195,7 +199,7 @@ pub async fn start(
 }
 
 /// Waits until every replica answers `/healthz`; on failure names the replica and shows its last log lines.
-pub async fn wait_healthy(
+pub(crate) async fn wait_healthy(
     docker: &Docker,
     network: &str,
     replicas: &[Replica],
@@ -249,7 +253,7 @@ pub async fn wait_healthy(
 }
 
 /// What `status` and the health wait need to know about a container.
-pub struct State {
+pub(crate) struct State {
     /// `running`, `restarting`, `exited`, ...
     pub status: String,
     /// How many times the engine restarted it.
@@ -261,7 +265,7 @@ pub struct State {
 }
 
 /// Reads a container's state and its address on `network`.
-pub async fn inspect(docker: &Docker, name: &str, network: &str) -> Result<State> {
+pub(crate) async fn inspect(docker: &Docker, name: &str, network: &str) -> Result<State> {
     let info = docker
         .inspect_container(name, None::<bollard::query_parameters::InspectContainerOptions>)
         .await
@@ -283,7 +287,7 @@ pub async fn inspect(docker: &Docker, name: &str, network: &str) -> Result<State
 }
 
 /// The last `n` lines a container wrote (stdout and stderr), for error messages.
-pub async fn last_log_lines(docker: &Docker, name: &str, n: usize) -> String {
+pub(crate) async fn last_log_lines(docker: &Docker, name: &str, n: usize) -> String {
     let options = LogsOptionsBuilder::default().stdout(true).stderr(true).tail(&n.to_string()).build();
     let mut stream = docker.logs(name, Some(options));
     let mut text = String::new();
@@ -294,7 +298,7 @@ pub async fn last_log_lines(docker: &Docker, name: &str, n: usize) -> String {
 }
 
 /// Every container of `app`, running or not, sorted by name.
-pub async fn list(docker: &Docker, app: &str) -> Result<Vec<ContainerSummary>> {
+pub(crate) async fn list(docker: &Docker, app: &str) -> Result<Vec<ContainerSummary>> {
     let options = ListContainersOptionsBuilder::default().all(true).filters(&labels::app_filter(app)).build();
     let mut containers = docker
         .list_containers(Some(options))
@@ -305,7 +309,7 @@ pub async fn list(docker: &Docker, app: &str) -> Result<Vec<ContainerSummary>> {
 }
 
 /// A container's name without the engine's leading slash.
-pub fn container_name(container: &ContainerSummary) -> String {
+pub(crate) fn container_name(container: &ContainerSummary) -> String {
     container
         .names
         .as_ref()
@@ -317,7 +321,7 @@ pub fn container_name(container: &ContainerSummary) -> String {
 
 /// What `remove_all` removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Removed {
+pub(crate) struct Removed {
     /// Containers.
     pub containers: usize,
     /// Networks.
@@ -328,7 +332,7 @@ pub struct Removed {
 
 /// Removes every container, network and volume that carries the app's label (images stay, so
 /// the next `up` of the same binary starts without a build).
-pub async fn remove_all(docker: &Docker, app: &str) -> Result<Removed> {
+pub(crate) async fn remove_all(docker: &Docker, app: &str) -> Result<Removed> {
     let mut removed = Removed::default();
     let force = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
     // Remove concurrently: each removal waits for its container to be killed.

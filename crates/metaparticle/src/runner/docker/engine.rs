@@ -19,7 +19,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connects to the engine `DOCKER_HOST` names (default: the local socket) and agrees on an API
 /// version both sides speak (engines as old as 20.10 answer only up to API 1.41).
-pub async fn connect() -> Result<Docker> {
+pub(crate) async fn connect() -> Result<Docker> {
     let host = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
     let socket = match host.as_deref() {
         None => Some(DEFAULT_SOCKET.to_string()),
@@ -60,7 +60,7 @@ fn check_socket(path: &str) -> Result<()> {
 }
 
 /// An engine error, with what was being done.
-pub fn failed(context: impl std::fmt::Display, error: DockerError) -> Error {
+pub(crate) fn failed(context: impl std::fmt::Display, error: DockerError) -> Error {
     match error {
         DockerError::DockerResponseServerError { status_code, message } => {
             Error::Runner(format!("{context}: the Docker engine refused ({status_code}): {}", message.trim()))
@@ -71,12 +71,12 @@ pub fn failed(context: impl std::fmt::Display, error: DockerError) -> Error {
 }
 
 /// Whether the engine said the object does not exist (a 404), which teardown treats as done.
-pub fn is_not_found(error: &DockerError) -> bool {
+pub(crate) fn is_not_found(error: &DockerError) -> bool {
     matches!(error, DockerError::DockerResponseServerError { status_code: 404, .. })
 }
 
 /// Whether the engine refused to publish a port because something holds it.
-pub fn is_port_taken(error: &DockerError) -> bool {
+pub(crate) fn is_port_taken(error: &DockerError) -> bool {
     match error {
         DockerError::DockerResponseServerError { message, .. } => {
             message.contains("port is already allocated") || message.contains("address already in use")

@@ -26,13 +26,13 @@ use super::progress::Progress;
 use crate::error::{Error, Result};
 
 /// Where the program sits inside the image.
-pub const BINARY_IN_IMAGE: &str = "/app";
+pub(crate) const BINARY_IN_IMAGE: &str = "/app";
 
 /// The environment variable naming a registry to tag and push the image to (as in the seeds).
-pub const REGISTRY_ENV: &str = "DOCKER_REGISTRY";
+pub(crate) const REGISTRY_ENV: &str = "DOCKER_REGISTRY";
 
 /// A build context ready to send, and the tag its content gives.
-pub struct Context {
+pub(crate) struct Context {
     /// The tar bytes.
     pub tar: Vec<u8>,
     /// `metaparticle/<app>:<first 16 hex digits of the context's SHA-256>`.
@@ -42,7 +42,7 @@ pub struct Context {
 }
 
 /// Assembles the build context of `binary` for `app`.
-pub fn context(app: &str, binary: &Path) -> Result<Context> {
+pub(crate) fn context(app: &str, binary: &Path) -> Result<Context> {
     let mut files: Vec<(String, PathBuf)> = vec![(BINARY_IN_IMAGE.to_string(), binary.to_path_buf())];
     for library in shared_libraries(binary)? {
         files.push((library.to_string_lossy().into_owned(), library));
@@ -67,7 +67,7 @@ pub fn context(app: &str, binary: &Path) -> Result<Context> {
 }
 
 /// The image repository of an app (Docker requires lowercase).
-pub fn repository(app: &str) -> String {
+pub(crate) fn repository(app: &str) -> String {
     format!("metaparticle/{}", app.to_ascii_lowercase())
 }
 
@@ -95,7 +95,7 @@ fn append(builder: &mut tar::Builder<Vec<u8>>, path: &str, bytes: &[u8], mode: u
 /// `ldd` is glibc's loader run in list mode: it resolves the binary's needs exactly as a start
 /// would (search paths, `ld.so.cache`, transitive dependencies), which parsing the ELF by hand
 /// would have to re-implement.
-pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
     let output = std::process::Command::new("ldd").arg(binary).output().map_err(|e| {
         Error::io("running ldd to find the program's shared libraries (is glibc's ldd installed?)", e)
     })?;
@@ -144,7 +144,7 @@ fn parse_ldd(text: &str) -> Result<Vec<PathBuf>, String> {
 }
 
 /// Whether the engine already holds an image with this tag.
-pub async fn exists(docker: &Docker, tag: &str) -> Result<bool> {
+pub(crate) async fn exists(docker: &Docker, tag: &str) -> Result<bool> {
     match docker.inspect_image(tag).await {
         Ok(_) => Ok(true),
         Err(e) if engine::is_not_found(&e) => Ok(false),
@@ -153,7 +153,7 @@ pub async fn exists(docker: &Docker, tag: &str) -> Result<bool> {
 }
 
 /// Builds the image of `context`, showing the engine's steps; a failure carries the engine's message.
-pub async fn build(docker: &Docker, app: &str, context: Context, progress: &Progress) -> Result<()> {
+pub(crate) async fn build(docker: &Docker, app: &str, context: Context, progress: &Progress) -> Result<()> {
     let options = BuildImageOptionsBuilder::default()
         .dockerfile("Dockerfile")
         .t(&context.tag)
@@ -195,7 +195,7 @@ pub async fn build(docker: &Docker, app: &str, context: Context, progress: &Prog
 /// Removes the app's older images, kept one build back at most by a crash: a rebuilt debug
 /// binary is ~70 MB, and a dev loop of `cargo run -- --runner docker` would otherwise pile them up.
 /// Best effort: an image a container still uses is refused by the engine and stays.
-pub async fn prune_older(docker: &Docker, app: &str, keep: &str) -> usize {
+pub(crate) async fn prune_older(docker: &Docker, app: &str, keep: &str) -> usize {
     let options = ListImagesOptionsBuilder::default().filters(&labels::app_filter(app)).build();
     let Ok(images) = docker.list_images(Some(options)).await else { return 0 };
     let mut removed = 0;
@@ -210,7 +210,7 @@ pub async fn prune_older(docker: &Docker, app: &str, keep: &str) -> usize {
 
 /// Tags `tag` for `registry` and pushes it; returns the pushed name. Credentials come from the
 /// engine's side (a registry without auth, or one the engine is logged in to).
-pub async fn push(docker: &Docker, tag: &str, registry: &str, progress: &Progress) -> Result<String> {
+pub(crate) async fn push(docker: &Docker, tag: &str, registry: &str, progress: &Progress) -> Result<String> {
     let (repo, version) = tag.rsplit_once(':').unwrap_or((tag, "latest"));
     let name = repo.rsplit('/').next().unwrap_or(repo);
     let target_repo = format!("{}/{name}", registry.trim_end_matches('/'));
@@ -235,7 +235,7 @@ pub async fn push(docker: &Docker, tag: &str, registry: &str, progress: &Progres
 }
 
 /// The registry to push to, if the user named one.
-pub fn registry() -> Option<String> {
+pub(crate) fn registry() -> Option<String> {
     std::env::var(REGISTRY_ENV).ok().filter(|r| !r.trim().is_empty())
 }
 

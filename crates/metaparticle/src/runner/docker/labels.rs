@@ -9,27 +9,27 @@ use std::collections::HashMap;
 use crate::model::Node;
 
 /// The label every object of an app carries: its value is the app name.
-pub const APP: &str = "io.metaparticle.app";
+pub(crate) const APP: &str = "io.metaparticle.app";
 /// The node a container serves as.
-pub const NODE: &str = "io.metaparticle.node";
+pub(crate) const NODE: &str = "io.metaparticle.node";
 /// The replica index a container serves as.
-pub const REPLICA: &str = "io.metaparticle.replica";
+pub(crate) const REPLICA: &str = "io.metaparticle.replica";
 /// The node's role (`leaf`, `balancer`, ...), for people reading `docker ps`.
-pub const ROLE: &str = "io.metaparticle.role";
+pub(crate) const ROLE: &str = "io.metaparticle.role";
 /// Which runner created the object (`docker`).
-pub const RUNNER: &str = "io.metaparticle.runner";
+pub(crate) const RUNNER: &str = "io.metaparticle.runner";
 
 /// The port every node listens on inside its container: each container has its own address on
 /// the app network, so all can use the seeds' port.
-pub const CONTAINER_PORT: u16 = 3000;
+pub(crate) const CONTAINER_PORT: u16 = 3000;
 
 /// The labels of an app-wide object (image, network, volume).
-pub fn app_labels(app: &str) -> HashMap<String, String> {
+pub(crate) fn app_labels(app: &str) -> HashMap<String, String> {
     HashMap::from([(APP.to_string(), app.to_string()), (RUNNER.to_string(), "docker".to_string())])
 }
 
 /// The labels of one replica's container.
-pub fn replica_labels(app: &str, node: &Node, replica: usize) -> HashMap<String, String> {
+pub(crate) fn replica_labels(app: &str, node: &Node, replica: usize) -> HashMap<String, String> {
     let mut labels = app_labels(app);
     labels.insert(NODE.to_string(), node.name.clone());
     labels.insert(REPLICA.to_string(), replica.to_string());
@@ -38,23 +38,23 @@ pub fn replica_labels(app: &str, node: &Node, replica: usize) -> HashMap<String,
 }
 
 /// The engine's filter that selects every object of `app`.
-pub fn app_filter(app: &str) -> HashMap<String, Vec<String>> {
+pub(crate) fn app_filter(app: &str) -> HashMap<String, Vec<String>> {
     HashMap::from([("label".to_string(), vec![format!("{APP}={app}")])])
 }
 
 /// The app's network.
-pub fn network_name(app: &str) -> String {
+pub(crate) fn network_name(app: &str) -> String {
     format!("mp-{app}")
 }
 
 /// A replica's container name, also its hostname and its DNS name on the app network:
 /// `server2-replicated-service-replica-0`. Dots become dashes so the name is one DNS label.
-pub fn container_name(app: &str, node: &str, replica: usize) -> String {
+pub(crate) fn container_name(app: &str, node: &str, replica: usize) -> String {
     format!("{app}-{}-{replica}", node.replace('.', "-"))
 }
 
 /// The longest name a DNS label (and so a hostname the embedded DNS resolves) may have.
-pub const MAX_DNS_LABEL: usize = 63;
+pub(crate) const MAX_DNS_LABEL: usize = 63;
 
 #[cfg(test)]
 mod tests {

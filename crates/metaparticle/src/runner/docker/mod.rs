@@ -15,11 +15,11 @@
 //!
 //! Requires a local Linux engine for the health probes of internal nodes (see [`containers`]).
 
-pub mod containers;
-pub mod engine;
-pub mod image;
-pub mod labels;
-pub mod progress;
+pub(crate) mod containers;
+pub(crate) mod engine;
+pub(crate) mod image;
+pub(crate) mod labels;
+pub(crate) mod progress;
 
 use std::time::Instant;
 
@@ -34,7 +34,7 @@ use containers::Replica;
 use progress::Progress;
 
 /// Deploys `plan` as containers; replaces the app's containers if it is already running.
-pub async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
+pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
     if deploy.attach {
         return Err(Error::Runner(
             "--attach is not supported by the docker runner; deploy, then follow the logs with `logs --follow`".into(),
@@ -112,7 +112,7 @@ pub async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
 
 /// Builds this program's image and pushes it to `DOCKER_REGISTRY`, for runners whose nodes run
 /// elsewhere (Kubernetes); returns the reference pushed.
-pub async fn publish_image(app: &str) -> Result<String> {
+pub(crate) async fn publish_image(app: &str) -> Result<String> {
     let docker = engine::connect().await?;
     let progress = Progress::new();
     let (_, pushed) = ensure_image(&docker, app, &progress).await?;
@@ -206,7 +206,7 @@ async fn remove_app(docker: &Docker, app: &str) -> Result<containers::Removed> {
 }
 
 /// Removes every container, network and volume of the app (found by label) and its record.
-pub async fn delete(app: &str) -> Result<()> {
+pub(crate) async fn delete(app: &str) -> Result<()> {
     let started = Instant::now();
     let docker = engine::connect().await?;
     let removed = remove_app(&docker, app).await?;
@@ -226,7 +226,7 @@ pub async fn delete(app: &str) -> Result<()> {
 }
 
 /// Prints every container of the app: node, replica, state, restarts, address and health.
-pub async fn status(app: &str) -> Result<()> {
+pub(crate) async fn status(app: &str) -> Result<()> {
     let docker = engine::connect().await?;
     let found = containers::list(&docker, app).await?;
     if found.is_empty() {
@@ -281,7 +281,7 @@ pub async fn status(app: &str) -> Result<()> {
 
 /// Prints every container's log, each line prefixed by its container name; with `follow`, keeps
 /// printing new lines (interleaved as they come) until interrupted.
-pub async fn logs(app: &str, follow: bool) -> Result<()> {
+pub(crate) async fn logs(app: &str, follow: bool) -> Result<()> {
     let docker = engine::connect().await?;
     let found = containers::list(&docker, app).await?;
     if found.is_empty() {

@@ -7,13 +7,13 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Reports the stages of one `up`.
-pub struct Progress {
+pub(crate) struct Progress {
     bar: Option<ProgressBar>,
 }
 
 impl Progress {
     /// A bar when stderr is a terminal, plain lines on stdout otherwise.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new_spinner();
             bar.enable_steady_tick(Duration::from_millis(120));
@@ -23,7 +23,7 @@ impl Progress {
     }
 
     /// Starts a stage with no known length.
-    pub fn stage(&self, message: impl Into<String>) {
+    pub(crate) fn stage(&self, message: impl Into<String>) {
         let message = message.into();
         match &self.bar {
             Some(bar) => {
@@ -39,7 +39,7 @@ impl Progress {
     }
 
     /// Starts a stage of `total` steps (containers started, containers healthy).
-    pub fn counted(&self, message: impl Into<String>, total: usize) {
+    pub(crate) fn counted(&self, message: impl Into<String>, total: usize) {
         let message = message.into();
         match &self.bar {
             Some(bar) => {
@@ -57,14 +57,14 @@ impl Progress {
     }
 
     /// One step of a counted stage is done.
-    pub fn step(&self) {
+    pub(crate) fn step(&self) {
         if let Some(bar) = &self.bar {
             bar.inc(1);
         }
     }
 
     /// A detail line (a build step); on a terminal it replaces the bar's message.
-    pub fn detail(&self, line: &str) {
+    pub(crate) fn detail(&self, line: &str) {
         match &self.bar {
             Some(bar) => bar.set_message(line.to_string()),
             None => println!("  {line}"),
@@ -72,7 +72,7 @@ impl Progress {
     }
 
     /// Removes the bar (before the final summary or an error is printed).
-    pub fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }

@@ -37,7 +37,7 @@ impl<K> Kind for K where
 
 /// The secret of an app already deployed in `namespace`, so a re-`up` keeps it (a new secret
 /// would roll every pod for nothing).
-pub async fn existing_secret(client: &Client, namespace: &str, app: &str) -> Result<Option<String>> {
+pub(crate) async fn existing_secret(client: &Client, namespace: &str, app: &str) -> Result<Option<String>> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let name = names::secret_name(app);
     let secret =
@@ -51,7 +51,12 @@ pub async fn existing_secret(client: &Client, namespace: &str, app: &str) -> Res
 }
 
 /// Applies every object; returns how many were applied.
-pub async fn apply_all(client: &Client, namespace: &str, app: &str, manifests: &Manifests) -> Result<usize> {
+pub(crate) async fn apply_all(
+    client: &Client,
+    namespace: &str,
+    app: &str,
+    manifests: &Manifests,
+) -> Result<usize> {
     let mut applied = 0;
     applied += apply(client, namespace, app, std::slice::from_ref(&manifests.secret)).await?;
     applied += apply(client, namespace, app, &manifests.services).await?;
@@ -86,12 +91,17 @@ async fn apply<K: Kind>(client: &Client, namespace: &str, app: &str, objects: &[
 }
 
 /// Deletes the app's objects that `keep` does not contain; returns `Kind/name` of each.
-pub async fn prune(client: &Client, namespace: &str, app: &str, keep: &Manifests) -> Result<Vec<String>> {
+pub(crate) async fn prune(
+    client: &Client,
+    namespace: &str,
+    app: &str,
+    keep: &Manifests,
+) -> Result<Vec<String>> {
     delete_except(client, namespace, app, &keep.summary()).await
 }
 
 /// Deletes every object labelled with the app; returns `Kind/name` of each.
-pub async fn delete_all(client: &Client, namespace: &str, app: &str) -> Result<Vec<String>> {
+pub(crate) async fn delete_all(client: &Client, namespace: &str, app: &str) -> Result<Vec<String>> {
     delete_except(client, namespace, app, &[]).await
 }
 

@@ -13,12 +13,12 @@ use kube::{Client, Config};
 use crate::error::{Error, Result};
 
 /// How long the first request to the API server may take before we give up.
-pub const REACH_TIMEOUT: Duration = Duration::from_secs(8);
+pub(crate) const REACH_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// The namespace to use: the flag, else the kubeconfig's current context's namespace, else the
 /// namespace Kubernetes itself defaults to for a context without one (`default`, as kubectl does).
 /// Reads files only; never contacts a cluster.
-pub fn namespace(flag: Option<&str>) -> Result<String> {
+pub(crate) fn namespace(flag: Option<&str>) -> Result<String> {
     if let Some(ns) = flag {
         return Ok(ns.to_string());
     }
@@ -33,7 +33,7 @@ pub fn namespace(flag: Option<&str>) -> Result<String> {
 }
 
 /// A client for the kubeconfig's current context, proven to reach its API server.
-pub async fn connect() -> Result<Client> {
+pub(crate) async fn connect() -> Result<Client> {
     let mut config = Config::from_kubeconfig(&KubeConfigOptions::default()).await.map_err(|e| {
         Error::Runner(format!(
             "cannot load a kubeconfig ({e}); point KUBECONFIG at your cluster's config (kubectl uses the same)"

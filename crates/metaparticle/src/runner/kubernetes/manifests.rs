@@ -52,18 +52,18 @@ use crate::model::{Node, Plan, Role};
 use crate::plane::AddressBook;
 
 /// The port every node listens on inside its pod.
-pub const POD_PORT: u16 = 3000;
+pub(crate) const POD_PORT: u16 = 3000;
 /// The key of the app's Secret that holds `MP_SECRET`.
-pub const SECRET_KEY: &str = "secret";
+pub(crate) const SECRET_KEY: &str = "secret";
 /// The pod-template annotation that changes when the secret does, so a new secret rolls every
 /// pod instead of splitting the app between old and new secrets.
-pub const SECRET_CHECKSUM_ANNOTATION: &str = "metaparticle.io/secret-checksum";
+pub(crate) const SECRET_CHECKSUM_ANNOTATION: &str = "metaparticle.io/secret-checksum";
 /// The label Kubernetes (1.28+) puts on a StatefulSet pod with its ordinal; `MP_REPLICA` reads it.
 const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 
 /// How exposed services are published.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum ExposeAs {
+pub(crate) enum ExposeAs {
     /// A cloud load balancer with an external address.
     #[default]
     #[value(name = "LoadBalancer", alias = "load-balancer")]
@@ -78,7 +78,7 @@ pub enum ExposeAs {
 
 impl ExposeAs {
     /// The Service `type`.
-    pub fn service_type(self) -> &'static str {
+    pub(crate) fn service_type(self) -> &'static str {
         match self {
             ExposeAs::LoadBalancer => "LoadBalancer",
             ExposeAs::NodePort => "NodePort",
@@ -89,7 +89,7 @@ impl ExposeAs {
 
 /// Resource requests and limits of every node's container (Kubernetes quantities).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Resources {
+pub(crate) struct Resources {
     /// CPU request (default `50m`): small, so a whole topology schedules on a small cluster.
     pub cpu_request: String,
     /// Memory request (default `32Mi`): a node is one small Rust process.
@@ -113,7 +113,7 @@ impl Default for Resources {
 
 /// Everything the objects depend on besides the plan.
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// The app name.
     pub app: String,
     /// The namespace every object goes to.
@@ -134,7 +134,7 @@ pub struct Settings {
 
 /// Why a plan cannot become manifests.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ManifestError {
+pub(crate) enum ManifestError {
     /// Two nodes map to one object name.
     #[error(
         "nodes '{0}' and '{1}' would both be named '{2}' on Kubernetes (dots become dashes); rename one service"
@@ -158,7 +158,7 @@ pub enum ManifestError {
 
 /// The objects of one app, in the order they are applied.
 #[derive(Clone, Debug, Default)]
-pub struct Manifests {
+pub(crate) struct Manifests {
     /// The secret of internal hops.
     pub secret: Secret,
     /// One Service per node that is called or is a service's front.
@@ -171,7 +171,7 @@ pub struct Manifests {
 
 impl Manifests {
     /// Every object as one multi-document YAML stream, ready for `kubectl apply -f -`.
-    pub fn to_yaml(&self) -> Result<String, serde_norway::Error> {
+    pub(crate) fn to_yaml(&self) -> Result<String, serde_norway::Error> {
         let mut out = String::new();
         let mut push = |doc: String| {
             out.push_str("---\n");
@@ -191,7 +191,7 @@ impl Manifests {
     }
 
     /// `kind/name` of every object, in apply order.
-    pub fn summary(&self) -> Vec<String> {
+    pub(crate) fn summary(&self) -> Vec<String> {
         let mut out = vec![format!("Secret/{}", name_of(&self.secret.metadata))];
         out.extend(self.services.iter().map(|s| format!("Service/{}", name_of(&s.metadata))));
         out.extend(self.stateful_sets.iter().map(|s| format!("StatefulSet/{}", name_of(&s.metadata))));
@@ -216,7 +216,7 @@ struct Placement {
 }
 
 /// Builds every object of `plan`.
-pub fn generate(plan: &Plan, settings: &Settings) -> Result<Manifests, ManifestError> {
+pub(crate) fn generate(plan: &Plan, settings: &Settings) -> Result<Manifests, ManifestError> {
     validate(settings)?;
     let placements = place(plan, settings)?;
     let checksum = format!("{:016x}", names::fnv1a(&settings.secret));
@@ -562,7 +562,7 @@ fn validate(settings: &Settings) -> Result<(), ManifestError> {
 
 /// Whether `text` is a Kubernetes quantity: a decimal number and an optional suffix (the
 /// common forms; exponents like `1e3` are refused, which costs nothing in practice).
-pub fn is_quantity(text: &str) -> bool {
+pub(crate) fn is_quantity(text: &str) -> bool {
     const SUFFIXES: [&str; 14] = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "m", "k", "M", "G", "T", "P", "E", ""];
     SUFFIXES.iter().any(|s| {
         text.strip_suffix(s).is_some_and(|number| {

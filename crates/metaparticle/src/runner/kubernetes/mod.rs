@@ -17,11 +17,11 @@
 //! runner's builder makes it (FROM scratch, tagged by content) and pushes it to `DOCKER_REGISTRY`.
 //! [`resolve_image`] decides which; everything downstream takes an image reference.
 
-pub mod apply;
-pub mod cluster;
-pub mod manifests;
-pub mod names;
-pub mod rollout;
+pub(crate) mod apply;
+pub(crate) mod cluster;
+pub(crate) mod manifests;
+pub(crate) mod names;
+pub(crate) mod rollout;
 
 use std::time::{Duration, Instant};
 
@@ -33,16 +33,16 @@ use crate::error::{Error, Result};
 use crate::model::Plan;
 use crate::runner::random_secret;
 use crate::runner::Deploy;
-pub use manifests::{generate, ExposeAs, Manifests, Resources, Settings};
+pub(crate) use manifests::{generate, ExposeAs, Resources, Settings};
 
 /// The image `manifests` names when no `--image` is given: an unresolvable host (`.invalid` is
 /// reserved by RFC 2606), so a manifest applied by mistake fails visibly instead of pulling
 /// something else.
-pub const PLACEHOLDER_REGISTRY: &str = "image.invalid";
+pub(crate) const PLACEHOLDER_REGISTRY: &str = "image.invalid";
 
 /// The Kubernetes runner's settings, from the command line.
 #[derive(Clone, Debug)]
-pub struct Options {
+pub(crate) struct Options {
     /// The namespace (default: the kubeconfig's).
     pub namespace: Option<String>,
     /// An image already pushed (or loaded into the cluster) to run, instead of building one.
@@ -65,7 +65,7 @@ pub struct Options {
 ///
 /// Refuses without a registry: a cluster can only pull from one, and this machine's local
 /// images are invisible to it.
-pub fn resolve_image(app: &str, options: &Options) -> Result<ImageSource> {
+pub(crate) fn resolve_image(app: &str, options: &Options) -> Result<ImageSource> {
     match (&options.image, &options.registry) {
         (Some(image), _) => Ok(ImageSource::Given(image.clone())),
         (None, None) => Err(Error::Runner(format!(
@@ -79,7 +79,7 @@ pub fn resolve_image(app: &str, options: &Options) -> Result<ImageSource> {
 
 /// Where the image of a Kubernetes deployment comes from.
 #[derive(Debug, PartialEq, Eq)]
-pub enum ImageSource {
+pub(crate) enum ImageSource {
     /// `--image`: already pushed or loaded into the cluster.
     Given(String),
     /// Built from this program as the Docker runner builds it, and pushed to `DOCKER_REGISTRY`.
@@ -102,7 +102,7 @@ async fn image_reference(app: &str, source: ImageSource) -> Result<String> {
 /// Refuses a storage backend that cannot work across pods: the file backend locks a file on
 /// one machine's disk, and pods on different nodes (or restarted ones) do not share it.
 /// Only plans that keep state are affected.
-pub fn check_storage(storage: &str, plan: &Plan) -> Result<()> {
+pub(crate) fn check_storage(storage: &str, plan: &Plan) -> Result<()> {
     let pods = plan.process_count();
     if storage == "file" && pods > 1 && plan.uses_state() {
         return Err(Error::Runner(format!(
@@ -139,7 +139,7 @@ fn manifest_error(e: manifests::ManifestError) -> Error {
 
 /// Prints every object of the app as YAML and changes nothing. Needs no cluster: the namespace
 /// comes from `--namespace` or the kubeconfig file.
-pub fn print_manifests(deploy: &Deploy, plan: &Plan, options: &Options) -> Result<()> {
+pub(crate) fn print_manifests(deploy: &Deploy, plan: &Plan, options: &Options) -> Result<()> {
     let namespace = cluster::namespace(options.namespace.as_deref())?;
     let image = match &options.image {
         Some(image) => image.clone(),
@@ -166,7 +166,7 @@ pub fn print_manifests(deploy: &Deploy, plan: &Plan, options: &Options) -> Resul
 }
 
 /// Deploys (or updates in place) the app on the cluster and waits for it to roll out.
-pub async fn up(deploy: &Deploy, plan: &Plan, options: &Options) -> Result<()> {
+pub(crate) async fn up(deploy: &Deploy, plan: &Plan, options: &Options) -> Result<()> {
     let started = Instant::now();
     let source = resolve_image(&deploy.app, options)?;
     let namespace = cluster::namespace(options.namespace.as_deref())?;
@@ -211,7 +211,7 @@ pub async fn up(deploy: &Deploy, plan: &Plan, options: &Options) -> Result<()> {
 }
 
 /// Deletes every object labelled with the app.
-pub async fn delete(app: &str, options: &Options) -> Result<()> {
+pub(crate) async fn delete(app: &str, options: &Options) -> Result<()> {
     let namespace = cluster::namespace(options.namespace.as_deref())?;
     let client = cluster::connect().await?;
     let deleted = apply::delete_all(&client, &namespace, app).await?;
@@ -224,7 +224,7 @@ pub async fn delete(app: &str, options: &Options) -> Result<()> {
 }
 
 /// Prints each workload of the app and how many of its pods are ready.
-pub async fn status(app: &str, options: &Options) -> Result<()> {
+pub(crate) async fn status(app: &str, options: &Options) -> Result<()> {
     let namespace = cluster::namespace(options.namespace.as_deref())?;
     let client = cluster::connect().await?;
     let selector = ListParams::default().labels(&names::app_selector(app));

@@ -18,16 +18,16 @@ const SERVICE_NAME_MAX: usize = 63;
 pub(crate) const STATEFULSET_NAME_MAX: usize = 52;
 
 /// The label every object of an app carries; `delete` removes everything that has it.
-pub const APP_LABEL: &str = "metaparticle.io/app";
+pub(crate) const APP_LABEL: &str = "metaparticle.io/app";
 /// The label naming the node (its object name) an object or pod belongs to.
-pub const NODE_LABEL: &str = "metaparticle.io/node";
+pub(crate) const NODE_LABEL: &str = "metaparticle.io/node";
 /// The label naming the node's role (`leaf`, `balancer`, `router`, `gather`).
-pub const ROLE_LABEL: &str = "metaparticle.io/role";
+pub(crate) const ROLE_LABEL: &str = "metaparticle.io/role";
 /// The field manager of server-side apply, and the `app.kubernetes.io/managed-by` value.
-pub const MANAGER: &str = "metaparticle";
+pub(crate) const MANAGER: &str = "metaparticle";
 
 /// The object name of a node: a DNS-1035 label of at most `max` characters.
-pub fn object_name(node: &str, max: usize) -> String {
+pub(crate) fn object_name(node: &str, max: usize) -> String {
     let mut name: String =
         node.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
     // An app named only of '_' and '-' leaves nothing of itself in `<app>-metaparticle`; an object
@@ -43,17 +43,17 @@ pub fn object_name(node: &str, max: usize) -> String {
 }
 
 /// The name of the app's Secret (the secret of internal hops).
-pub fn secret_name(app: &str) -> String {
+pub(crate) fn secret_name(app: &str) -> String {
     object_name(&format!("{}-metaparticle", label_value(app)), SERVICE_NAME_MAX)
 }
 
 /// The Service name of a node.
-pub fn service_name(node: &str) -> String {
+pub(crate) fn service_name(node: &str) -> String {
     object_name(node, SERVICE_NAME_MAX)
 }
 
 /// A label value from free text: at most 63 of `[A-Za-z0-9._-]`, starting and ending alphanumeric.
-pub fn label_value(text: &str) -> String {
+pub(crate) fn label_value(text: &str) -> String {
     let value: String =
         text.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect();
     let value: String = value.chars().take(63).collect();
@@ -61,7 +61,7 @@ pub fn label_value(text: &str) -> String {
 }
 
 /// The labels every object of `app` carries.
-pub fn app_labels(app: &str) -> BTreeMap<String, String> {
+pub(crate) fn app_labels(app: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), label_value(app)),
         ("app.kubernetes.io/managed-by".to_string(), MANAGER.to_string()),
@@ -71,12 +71,12 @@ pub fn app_labels(app: &str) -> BTreeMap<String, String> {
 
 /// The labels that select the pods of one node: stable for the node's life (a selector is
 /// immutable once applied), so nothing that may change goes in here.
-pub fn selector_labels(app: &str, object: &str) -> BTreeMap<String, String> {
+pub(crate) fn selector_labels(app: &str, object: &str) -> BTreeMap<String, String> {
     BTreeMap::from([(APP_LABEL.to_string(), label_value(app)), (NODE_LABEL.to_string(), object.to_string())])
 }
 
 /// The labels of a node's objects and pods: the app's, the selector's, and its role.
-pub fn node_labels(app: &str, object: &str, role: &str) -> BTreeMap<String, String> {
+pub(crate) fn node_labels(app: &str, object: &str, role: &str) -> BTreeMap<String, String> {
     let mut labels = app_labels(app);
     labels.extend(selector_labels(app, object));
     labels.insert("app.kubernetes.io/component".to_string(), object.to_string());
@@ -85,7 +85,7 @@ pub fn node_labels(app: &str, object: &str, role: &str) -> BTreeMap<String, Stri
 }
 
 /// The label selector (`metaparticle.io/app=<app>`) that finds every object of an app.
-pub fn app_selector(app: &str) -> String {
+pub(crate) fn app_selector(app: &str) -> String {
     format!("{APP_LABEL}={}", label_value(app))
 }
 

@@ -20,7 +20,7 @@ use super::names;
 use crate::error::{Error, Result};
 
 /// Waits until every workload of `manifests` is rolled out, printing progress as it changes.
-pub async fn wait(
+pub(crate) async fn wait(
     client: &Client,
     namespace: &str,
     app: &str,
@@ -129,7 +129,7 @@ async fn stuck_pods(client: &Client, namespace: &str, app: &str) -> Vec<String> 
 }
 
 /// Prints how to reach each exposed service; waits a little for load balancers' addresses.
-pub async fn print_endpoints(
+pub(crate) async fn print_endpoints(
     client: &Client,
     namespace: &str,
     manifests: &Manifests,

@@ -6,8 +6,8 @@
 //! returns once every replica answers `/healthz`. `delete` stops the supervisor's whole process
 //! group, checks that every port is free again, and removes the app's folder.
 
-pub mod process;
-pub mod supervisor;
+pub(crate) mod process;
+pub(crate) mod supervisor;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -23,7 +23,7 @@ use crate::runner::Deploy;
 use supervisor::{Order, ReplicaStatus, ORDER_ENV};
 
 /// Deploys `plan` as local processes; replaces the app if it is already running.
-pub async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
+pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
     let started = Instant::now();
     // Before anything is stopped or started: an unreachable store fails `up` with nothing deployed.
     check_storage(deploy).await?;
@@ -107,7 +107,7 @@ pub async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
 }
 
 /// Tears an app down and says what it removed.
-pub async fn delete(app: &str) -> Result<()> {
+pub(crate) async fn delete(app: &str) -> Result<()> {
     let Some(record) = Deployment::load(app)? else {
         println!("app '{app}' is not running; nothing to delete");
         return Ok(());
@@ -152,7 +152,7 @@ async fn stop(record: &Deployment) -> Result<usize> {
 }
 
 /// Prints every node, replica, address, process, restart count and health.
-pub async fn status(app: &str) -> Result<()> {
+pub(crate) async fn status(app: &str) -> Result<()> {
     let record = Deployment::load(app)?.ok_or_else(|| Error::NotRunning(app.to_string()))?;
     let statuses: Vec<ReplicaStatus> = std::fs::read(supervisor::status_path(app))
         .ok()
@@ -194,7 +194,7 @@ pub async fn status(app: &str) -> Result<()> {
 }
 
 /// Prints the app's log; with `follow`, keeps printing new lines until interrupted.
-pub async fn logs(app: &str, follow: bool) -> Result<()> {
+pub(crate) async fn logs(app: &str, follow: bool) -> Result<()> {
     if Deployment::load(app)?.is_none() {
         return Err(Error::NotRunning(app.to_string()));
     }
@@ -231,9 +231,9 @@ async fn check_storage(deploy: &Deploy) -> Result<()> {
 }
 
 /// Removes the app's file store (`delete --purge`).
-pub fn purge(app: &str) -> Result<()> {
-    let path = crate::storage::file_path(app);
-    match crate::storage::purge_file(app) {
+pub(crate) fn purge(app: &str) -> Result<()> {
+    let path = deployments::file_store_path(app);
+    match crate::storage::purge_file(&path) {
         Ok(true) => println!("purged the state of app '{app}': removed {}", path.display()),
         Ok(false) => println!("app '{app}' has no file store to purge ({} does not exist)", path.display()),
         Err(e) => return Err(Error::io(format!("removing {}", path.display()), e)),

@@ -7,14 +7,14 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// The descriptor number a replica finds its listening socket at.
-pub const LISTEN_FD: i32 = 3;
+pub(crate) const LISTEN_FD: i32 = 3;
 
 /// Starts `binary` with `env`, its listening socket at fd 3, and a death signal tied to us.
 ///
 /// `PR_SET_PDEATHSIG` makes the kernel kill the replica if the supervisor dies, even by
 /// `kill -9`, so a crashed supervisor never leaves orphans holding ports. It is tied to the
 /// *thread* that forks, which is why the supervisor runs on a single-threaded runtime.
-pub fn spawn_replica(
+pub(crate) fn spawn_replica(
     binary: &Path,
     env: &[(String, String)],
     listener: &std::net::TcpListener,
@@ -50,7 +50,7 @@ pub fn spawn_replica(
 
 /// Makes a spawned command the leader of a new session (and process group), so that the
 /// deploying terminal's Ctrl-C or hang-up does not reach the app it leaves running.
-pub fn detach(command: &mut std::process::Command) {
+pub(crate) fn detach(command: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: setsid is async-signal-safe.
     unsafe {
@@ -64,13 +64,13 @@ pub fn detach(command: &mut std::process::Command) {
 }
 
 /// Sends `signal` to one process; false if it does not exist.
-pub fn signal(pid: u32, signal: i32) -> bool {
+pub(crate) fn signal(pid: u32, signal: i32) -> bool {
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(pid as i32, signal) == 0 }
 }
 
 /// The live (non-zombie) processes of a process group, read from /proc.
-pub fn group_members(pgid: u32) -> Vec<u32> {
+pub(crate) fn group_members(pgid: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .flatten()
@@ -89,7 +89,7 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
 
 /// Stops a whole process group: SIGTERM to its leader, then SIGKILL to all after `grace`.
 /// Returns how many processes were running when it started.
-pub async fn stop_group(pgid: u32, grace: Duration) -> usize {
+pub(crate) async fn stop_group(pgid: u32, grace: Duration) -> usize {
     let initial = group_members(pgid).len();
     signal(pgid, libc::SIGTERM);
     let deadline = Instant::now() + grace;
@@ -106,4 +106,4 @@ pub async fn stop_group(pgid: u32, grace: Duration) -> usize {
     initial
 }
 
-pub use crate::runner::port_free;
+pub(crate) use crate::runner::port_free;

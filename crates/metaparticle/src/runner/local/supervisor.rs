@@ -30,11 +30,11 @@ use crate::runner::{connect_address, random_secret};
 use crate::storage::StorageConfig;
 
 /// Environment variable carrying the [`Order`] to a supervisor process.
-pub const ORDER_ENV: &str = "MP_SUPERVISE";
+pub(crate) const ORDER_ENV: &str = "MP_SUPERVISE";
 
 /// What the deploying command asks the supervisor to run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Order {
+pub(crate) struct Order {
     /// The app name.
     pub app: String,
     /// The first exposed port.
@@ -55,11 +55,11 @@ mod storage_text {
     use crate::storage::StorageConfig;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(config: &StorageConfig, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(config: &StorageConfig, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&config.to_env())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<StorageConfig, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<StorageConfig, D::Error> {
         let text = String::deserialize(d)?;
         StorageConfig::parse(&text).map_err(serde::de::Error::custom)
     }
@@ -67,7 +67,7 @@ mod storage_text {
 
 impl Order {
     /// The order in this process's environment, if it is a supervisor.
-    pub fn from_env() -> Option<Result<Order>> {
+    pub(crate) fn from_env() -> Option<Result<Order>> {
         let text = std::env::var(ORDER_ENV).ok()?;
         Some(serde_json::from_str(&text).map_err(|e| Error::Runner(format!("{ORDER_ENV} is malformed: {e}"))))
     }
@@ -75,7 +75,7 @@ impl Order {
 
 /// A replica's state as `status` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ReplicaStatus {
+pub(crate) struct ReplicaStatus {
     /// The node.
     pub node: String,
     /// The replica index.
@@ -93,12 +93,12 @@ pub struct ReplicaStatus {
 }
 
 /// Path of the status file of an app.
-pub fn status_path(app: &str) -> PathBuf {
+pub(crate) fn status_path(app: &str) -> PathBuf {
     deployments::app_dir(app).join("status.json")
 }
 
 /// Path of the log of an app.
-pub fn log_path(app: &str) -> PathBuf {
+pub(crate) fn log_path(app: &str) -> PathBuf {
     deployments::app_dir(app).join("app.log")
 }
 
@@ -142,7 +142,7 @@ impl Shared {
 }
 
 /// Runs a whole app until SIGTERM or Ctrl-C, then stops every replica and removes its state.
-pub async fn run(order: Order, plan: Plan) -> Result<()> {
+pub(crate) async fn run(order: Order, plan: Plan) -> Result<()> {
     let app = order.app.clone();
     let outcome = supervise(order.clone(), plan).await;
     if let Err(e) = &outcome {
@@ -448,7 +448,7 @@ async fn wait_healthy(client: &HttpClient, shared: &Shared) -> Result<()> {
 }
 
 /// The last `n` lines of the log that belong to `replica`.
-pub fn tail_lines(path: &std::path::Path, replica: &str, n: usize) -> String {
+pub(crate) fn tail_lines(path: &std::path::Path, replica: &str, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mine: Vec<&str> = text.lines().filter(|l| l.starts_with(replica)).collect();
     mine[mine.len().saturating_sub(n)..].join("\n")
@@ -485,6 +485,6 @@ async fn shutdown_signal() {
 }
 
 /// Stops whatever is left of a supervisor's process group (used by `delete`).
-pub async fn stop_supervisor(pid: u32) -> usize {
+pub(crate) async fn stop_supervisor(pid: u32) -> usize {
     stop_group(pid, Duration::from_secs(10)).await
 }

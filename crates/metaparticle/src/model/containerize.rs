@@ -2,7 +2,7 @@
 //! `TcpListener`) without writing JSON-RPC, as the seeds' sharding tutorial does.
 //!
 //! The program hands over a function that serves HTTP on a listener it is given. Outside a
-//! deployment, `containerize` deploys the program (like [`crate::serve`]); inside one, each
+//! deployment, `containerize` deploys the program (like [`crate::serve`]; see [`crate::containerize`]); inside one, each
 //! replica runs the function on the socket its runner bound for it. Because the runner binds the
 //! socket, the program never picks a port, and local replicas never clash over one.
 //!
@@ -14,9 +14,7 @@
 
 use std::future::Future;
 
-use crate::error::{Error, Result};
-use crate::model::topology::{Service, ServiceSettings, Topology};
-use crate::model::url_pattern::UrlPattern;
+use super::topology::{Service, ServiceSettings, Topology, Tree};
 
 /// How to replicate and shard a containerized server.
 ///
@@ -58,52 +56,27 @@ impl ContainerOptions {
         self
     }
 
-    /// The service these options describe around `server`; a clear error for impossible options.
-    pub fn service<F, Fut>(self, server: F) -> Result<Service>
+    /// The service these options describe around `server`. Impossible options (no replica, no
+    /// shard, a pattern that does not compile) are refused, with the reason, when the program
+    /// starts.
+    pub fn service<F, Fut>(self, server: F) -> Service
     where
         F: Fn(tokio::net::TcpListener) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::io::Result<()>> + Send + 'static,
     {
-        if self.replicas == 0 {
-            return Err(Error::Runner(format!("'{}' needs at least one replica", self.name)));
-        }
-        let mut topology = Topology::Server(std::sync::Arc::new(server));
-        if self.replicas > 1 {
-            topology = crate::spread(self.replicas, topology);
+        let mut tree = Tree::Server(std::sync::Arc::new(server));
+        if self.replicas != 1 {
+            tree = Tree::Spread { replicas: self.replicas, inner: Box::new(tree) };
         }
         if let Some((shards, pattern)) = self.shards {
-            if shards == 0 {
-                return Err(Error::Runner(format!("'{}' needs at least one shard", self.name)));
-            }
-            UrlPattern::new(&pattern).map_err(Error::Runner)?;
-            topology = Topology::UrlShard { shards, pattern, inner: Box::new(topology) };
+            tree = Tree::UrlShard { shards, pattern, inner: Box::new(tree) };
         }
-        Ok(Service {
+        Service {
             name: self.name,
-            topology,
+            topology: Topology(tree),
             exposed: self.public,
             settings: ServiceSettings::default(),
             auth: None,
-        })
+        }
     }
-}
-
-/// Deploys (outside a deployment) or serves (inside one) a program's own HTTP server.
-///
-/// ```no_run
-/// use metaparticle as mp;
-/// fn main() -> mp::Result<()> {
-///     mp::containerize(mp::ContainerOptions::new("web").replicas(3), |listener: tokio::net::TcpListener| async move {
-///         // e.g. axum::serve(listener, app).await
-///         # let _ = listener;
-///         Ok(())
-///     })
-/// }
-/// ```
-pub fn containerize<F, Fut>(options: ContainerOptions, server: F) -> Result<()>
-where
-    F: Fn(tokio::net::TcpListener) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = std::io::Result<()>> + Send + 'static,
-{
-    crate::serve([options.service(server)?])
 }

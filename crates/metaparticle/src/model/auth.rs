@@ -1,23 +1,48 @@
-//! Who is calling: HTTP Basic authentication at an exposed node, and the authenticated user's
-//! name carried to the nodes behind it.
+//! Who may call: the HTTP Basic credentials an exposed service accepts.
 //!
 //! Only an exposed node with [`BasicAuth`] checks credentials; a wrong or missing password gets
 //! HTTP 401 with a JSON-RPC error body before any role runs, so no state is touched. The user it
-//! authenticated travels to internal hops in the [`crate::wire::headers::USER`] header. Internal nodes trust that
-//! header only because they already refuse every call without the app's secret (see
-//! [`super::server`]); an exposed node ignores it from outside.
+//! authenticated travels to internal hops in the [`crate::wire::headers::USER`] header. Internal
+//! nodes trust that header only because they already refuse every call without the app's secret
+//! (see the data plane's server); an exposed node ignores it from outside.
 //!
 //! Passwords are compared in constant time ([`crate::wire::headers::constant_time_eq`]): the comparison
 //! never stops at the first wrong byte, so timing reveals at most a password's length.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 
 use base64::Engine;
 use hyper::header::HeaderValue;
 
-use crate::error::{Error, Result};
+/// Why credentials could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// An entry is not `user:password`.
+    #[error("{source_name}: entry {entry} is not 'user:password' (both non-empty)")]
+    BadEntry {
+        /// Where the credentials came from (a variable or a file).
+        source_name: String,
+        /// The entry's number, from 1.
+        entry: usize,
+    },
+    /// No credentials at all.
+    #[error("{0} holds no 'user:password' entries")]
+    NoUsers(String),
+    /// The environment variable is not set.
+    #[error("{0} is not set; set it to 'user:password[,user:password...]'")]
+    Unset(String),
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Unreadable {
+        /// The file.
+        path: String,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+}
 use crate::wire::headers::constant_time_eq;
 
 /// HTTP Basic credentials an exposed service accepts.
@@ -47,7 +72,7 @@ impl BasicAuth {
 
     /// Credentials from text: one `user:password` per line or separated by commas; blank lines
     /// and lines starting with `#` are skipped. `source` names the text in errors.
-    pub fn parse(text: &str, source: &str) -> Result<Self> {
+    pub fn parse(text: &str, source: &str) -> Result<Self, AuthError> {
         let mut users = HashMap::new();
         for (n, entry) in text.lines().flat_map(|l| l.split(',')).map(str::trim).enumerate() {
             if entry.is_empty() || entry.starts_with('#') {
@@ -57,33 +82,26 @@ impl BasicAuth {
                 Some((user, password)) if !user.is_empty() && !password.is_empty() => {
                     users.insert(user.to_string(), password.to_string());
                 }
-                _ => {
-                    return Err(Error::Runner(format!(
-                        "{source}: entry {} is not 'user:password' (both non-empty)",
-                        n + 1
-                    )))
-                }
+                _ => return Err(AuthError::BadEntry { source_name: source.to_string(), entry: n + 1 }),
             }
         }
         if users.is_empty() {
-            return Err(Error::Runner(format!("{source} holds no 'user:password' entries")));
+            return Err(AuthError::NoUsers(source.to_string()));
         }
         Ok(Self { users })
     }
 
     /// Credentials from the environment variable `var` (`alice:pw1,bob:pw2`).
-    pub fn from_env(var: &str) -> Result<Self> {
-        let text = std::env::var(var).map_err(|_| {
-            Error::Runner(format!("{var} is not set; set it to 'user:password[,user:password...]'"))
-        })?;
+    pub fn from_env(var: &str) -> Result<Self, AuthError> {
+        let text = std::env::var(var).map_err(|_| AuthError::Unset(var.to_string()))?;
         Self::parse(&text, var)
     }
 
     /// Credentials from a file with one `user:password` per line.
-    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, AuthError> {
         let path = path.as_ref();
-        let text =
-            std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| AuthError::Unreadable { path: path.display().to_string(), source })?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -103,31 +121,12 @@ impl BasicAuth {
     }
 }
 
-/// `Authorization` header value for `user` and `password` (for clients and tests).
-pub fn basic_header(user: &str, password: &str) -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
-}
-
-tokio::task_local! {
-    static USER: Arc<str>;
-}
-
-/// The authenticated user of the request being served, if its service is behind authentication.
-pub fn current_user() -> Option<Arc<str>> {
-    USER.try_with(Arc::clone).ok()
-}
-
-/// Runs `fut` on behalf of `user`: handlers see it, and calls to other nodes carry it.
-pub(crate) async fn as_user<F: std::future::Future>(user: Arc<str>, fut: F) -> F::Output {
-    USER.scope(user, fut).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn header(user: &str, password: &str) -> HeaderValue {
-        HeaderValue::from_str(&basic_header(user, password)).unwrap()
+        HeaderValue::from_str(&crate::client::basic_auth_header(user, password)).unwrap()
     }
 
     #[test]
