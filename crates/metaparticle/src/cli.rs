@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::model::Plan;
 #[cfg(feature = "kubernetes")]
 use crate::runner::kubernetes as k8s;
-use crate::runner::{local, Deploy};
+use crate::runner::{local, Deploy, DeployError};
 use crate::storage::StorageConfig;
 
 /// Deploys, inspects and tears down the topology this program defines.
@@ -176,9 +176,12 @@ impl Cli {
             // Replacing an app in place is each runner's job; moving it between runners would
             // orphan what the other runner started, so ask for a delete first.
             if self.runner.is_some_and(|r| r != old) {
-                return Err(Error::Runner(format!(
-                    "app '{app}' is running on the {old:?} runner; delete it first (`{invocation} delete`), then deploy it here"
-                )));
+                return Err(DeployError::OtherRunner {
+                    app,
+                    runner: format!("{old:?}").to_lowercase(),
+                    invocation,
+                }
+                .into());
             }
         }
         let storage = match self.storage {
@@ -206,12 +209,12 @@ impl Cli {
             (RunnerKind::Local, Command::Delete { .. }) => local::delete(&app).await,
             (RunnerKind::Local, Command::Status) => local::status(&app).await,
             (RunnerKind::Local, Command::Logs { follow }) => local::logs(&app, follow).await,
-            (RunnerKind::Docker, Command::Up { attach }) => docker::up(&deploy(attach), &plan).await,
-            (RunnerKind::Docker, Command::Delete { .. }) => docker::delete(&app).await,
-            (RunnerKind::Docker, Command::Status) => docker::status(&app).await,
-            (RunnerKind::Docker, Command::Logs { follow }) => docker::logs(&app, follow).await,
+            (RunnerKind::Docker, Command::Up { attach }) => Ok(docker::up(&deploy(attach), &plan).await?),
+            (RunnerKind::Docker, Command::Delete { .. }) => Ok(docker::delete(&app).await?),
+            (RunnerKind::Docker, Command::Status) => Ok(docker::status(&app).await?),
+            (RunnerKind::Docker, Command::Logs { follow }) => Ok(docker::logs(&app, follow).await?),
             #[cfg(feature = "kubernetes")]
-            (RunnerKind::Local | RunnerKind::Docker, Command::Manifests) => Err(Error::Runner(
+            (RunnerKind::Local | RunnerKind::Docker, Command::Manifests) => Err(Error::Usage(
                 "manifests describe a Kubernetes deployment: add --runner kubernetes".into(),
             )),
             #[cfg(feature = "kubernetes")]
@@ -223,7 +226,7 @@ impl Cli {
                         k8s::check_storage(storage_kind, &plan)?;
                         k8s::print_manifests(&deploy(false), &plan, &options)
                     }
-                    Command::Up { attach: true } => Err(Error::Runner(
+                    Command::Up { attach: true } => Err(Error::Usage(
                         "--attach is for the local runner; on Kubernetes follow logs with \
                          `kubectl logs -f -l metaparticle.io/app=<app>`"
                             .into(),
@@ -234,7 +237,7 @@ impl Cli {
                     }
                     Command::Delete { .. } => k8s::delete(&app, &options).await,
                     Command::Status => k8s::status(&app, &options).await,
-                    Command::Logs { .. } => Err(Error::Runner(format!(
+                    Command::Logs { .. } => Err(Error::Usage(format!(
                         "on Kubernetes, read the logs with `kubectl logs --prefix -l {} --all-containers`",
                         k8s::names::app_selector(&app)
                     ))),
@@ -271,7 +274,7 @@ async fn purge_redis(app: &str, url: &str) -> Result<()> {
     #[cfg(not(feature = "redis"))]
     {
         let _ = (app, url);
-        Err(Error::Runner("this program was built without the 'redis' feature of metaparticle".into()))
+        Err(Error::FeatureMissing { feature: "redis", wanted: "--storage redis" })
     }
 }
 
@@ -286,9 +289,7 @@ mod docker {
     use crate::runner::Deploy;
 
     fn missing<T>() -> Result<T> {
-        Err(Error::Runner(
-            "this program was built without the `docker` feature of metaparticle; enable it to use --runner docker".into(),
-        ))
+        Err(Error::FeatureMissing { feature: "docker", wanted: "--runner docker" })
     }
     pub async fn up(_: &Deploy, _: &Plan) -> Result<()> {
         missing()
@@ -304,16 +305,14 @@ mod docker {
     }
 }
 
-fn validate_app_name(app: &str) -> Result<()> {
+fn validate_app_name(app: &str) -> Result<(), DeployError> {
     let ok = !app.is_empty()
         && app.len() <= 40
         && app.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok {
         Ok(())
     } else {
-        Err(Error::Runner(format!(
-            "app name '{app}' must be 1-40 characters of letters, digits, '-' and '_'; choose one with --app"
-        )))
+        Err(DeployError::BadAppName(app.to_string()))
     }
 }
 

@@ -10,7 +10,35 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+/// An app's record could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// The record is not what a runner wrote.
+    #[error("{} is damaged ({source}); remove it by hand", path.display())]
+    Damaged {
+        /// The record's file.
+        path: PathBuf,
+        /// Why it does not read.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The file system refused; `context` says what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(context: impl Into<String>, source: std::io::Error) -> RecordError {
+    RecordError::Io { context: context.into(), source }
+}
+
+type Result<T, E = RecordError> = std::result::Result<T, E>;
 use crate::model::Plan;
 use crate::plane::AddressBook;
 
@@ -79,20 +107,20 @@ impl Deployment {
         create_private_dir(&dir)?;
         let tmp = dir.join("deployment.json.tmp");
         let text = serde_json::to_vec_pretty(self).expect("a deployment record serializes");
-        std::fs::write(&tmp, text).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+        std::fs::write(&tmp, text).map_err(|e| io(format!("writing {}", tmp.display()), e))?;
         std::fs::rename(&tmp, record_path(&self.app))
-            .map_err(|e| Error::io(format!("writing the record of app '{}'", self.app), e))
+            .map_err(|e| io(format!("writing the record of app '{}'", self.app), e))
     }
 
     /// The record of `app`, if it is deployed.
     pub fn load(app: &str) -> Result<Option<Deployment>> {
         let path = record_path(app);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                Error::Runner(format!("{} is damaged ({e}); remove it by hand", path.display()))
-            }),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| RecordError::Damaged { path, source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+            Err(e) => Err(io(format!("reading {}", path.display()), e)),
         }
     }
 
@@ -120,7 +148,7 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))
+        .map_err(|e| io(format!("creating {}", dir.display()), e))
 }
 
 /// Seconds since the Unix epoch.

@@ -6,6 +6,7 @@
 
 use crate::model::auth::AuthError;
 use crate::model::plan::PlanError;
+use crate::plane::launch_error::LaunchError;
 use crate::storage::StorageError;
 use crate::wire::jsonrpc::RpcError;
 
@@ -40,63 +41,42 @@ pub enum Error {
     /// A runner could not do what was asked; the message says why and what to do.
     #[error("{0}")]
     Runner(String),
+    /// A deploy, teardown or inspection failed for a reason every runner shares.
+    #[error(transparent)]
+    Deploy(#[from] crate::runner::DeployError),
+    /// An app's record could not be read or written.
+    #[error(transparent)]
+    Record(#[from] crate::deployments::RecordError),
+    /// The Docker runner could not do what was asked.
+    #[cfg(feature = "docker")]
+    #[error(transparent)]
+    Docker(#[from] crate::runner::docker::DockerError),
     /// The storage backend is misconfigured or unreachable.
     #[error(transparent)]
     Storage(#[from] StorageError),
     /// The app is not deployed.
     #[error("app '{0}' is not running")]
     NotRunning(String),
-}
-
-/// Why a process could not become the node its runner started it as. Fixing it means fixing the
-/// runner's environment or the program, never retrying.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum LaunchError {
-    /// A variable of the launch contract is missing or malformed.
-    #[error("this node was started with a bad environment: {variable}: {reason}")]
-    Environment {
-        /// The variable (`MP_REPLICA`, `MP_ADDRESS_BOOK`, ...).
-        variable: &'static str,
-        /// What is wrong with it.
-        reason: String,
+    /// The command line asks for something this runner does not do; the message says what to do.
+    #[error("{0}")]
+    Usage(String),
+    /// The program was built without the cargo feature a command needs.
+    #[error(
+        "this program was built without the `{feature}` feature of metaparticle; enable it to use {wanted}"
+    )]
+    FeatureMissing {
+        /// The cargo feature of `metaparticle`.
+        feature: &'static str,
+        /// What needed it.
+        wanted: &'static str,
     },
-    /// The runner asked for a node this program does not define (it was started from another build).
-    #[error("this program has no node '{0}'; was it started from another build?")]
-    UnknownNode(String),
-    /// The plan names a role for which the program registered no code.
-    #[error("node '{node}' ({role}) has no code registered")]
-    NoCode {
-        /// The node.
-        node: String,
-        /// Its role.
-        role: &'static str,
-    },
-    /// The address book does not say where a node this one calls listens.
-    #[error("the address book has no {0}")]
-    Unaddressed(String),
-    /// The node's store could not be opened.
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-    /// A URL pattern in the plan does not compile.
-    #[error(transparent)]
-    Pattern(#[from] PlanError),
 }
 
 // `main` returning `Err` prints `Debug`; make that the message a person needs, not a struct dump.
+// Each message already says its cause in words; the typed causes stay reachable through `source()`.
 impl std::fmt::Debug for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(self, f)?;
-        let mut cause = std::error::Error::source(self);
-        // Causes the message does not already include are listed, as `anyhow` does.
-        while let Some(e) = cause {
-            let text = e.to_string();
-            if !self.to_string().contains(&text) {
-                write!(f, "\n  caused by: {text}")?;
-            }
-            cause = e.source();
-        }
-        Ok(())
+        std::fmt::Display::fmt(self, f)
     }
 }
 

@@ -33,7 +33,8 @@
 //! | launch a whole topology inside a test | [`testing`] |
 //!
 //! Errors outside a request are one [`Error`], whose variants wrap each subsystem's own error
-//! ([`PlanError`], [`StorageError`], [`LaunchError`], and each runner's).
+//! ([`PlanError`], [`StorageError`], [`LaunchError`], [`AuthError`], [`DeployError`] and each
+//! runner's own, [`deployments::RecordError`]).
 //!
 //! ## Layout
 //!
@@ -66,7 +67,7 @@ mod storage;
 pub mod testing;
 mod wire;
 
-pub use error::{Error, LaunchError, Result};
+pub use error::{Error, Result};
 pub use model::auth::{AuthError, BasicAuth};
 pub use model::containerize::ContainerOptions;
 pub use model::context::Context;
@@ -79,6 +80,10 @@ pub use model::topology::{
     scatter, service, shard, spread, IntoTopology, Merge, Scatter, ScatterPolicy, Service, Topology,
 };
 pub use plane::identity::hostname;
+pub use plane::launch_error::LaunchError;
+#[cfg(feature = "docker")]
+pub use runner::docker::DockerError;
+pub use runner::DeployError;
 pub use serve::{containerize, exit_quietly_on_closed_pipe, serve};
 pub use storage::{StorageConfig, StorageError};
 pub use wire::RpcError;

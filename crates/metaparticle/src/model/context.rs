@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::identity::Identity;
-use super::state::Transactions;
+use super::transactions::Transactions;
 
 /// The request being served: who serves it, on whose behalf, until when.
 ///

@@ -9,6 +9,7 @@ pub(crate) mod plan;
 pub(crate) mod shard_key;
 pub(crate) mod state;
 pub(crate) mod topology;
+pub(crate) mod transactions;
 pub(crate) mod url_pattern;
 
 pub(crate) use plan::{compile, Behaviour, Node, Plan, Registry, Role, Target};

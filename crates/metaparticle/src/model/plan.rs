@@ -327,7 +327,8 @@ fn check_protocols(topology: &Tree) -> Result<(), PlanError> {
         )),
         Tree::Scatter { leaf, .. } => check_protocols(leaf),
         Tree::UrlShard { pattern, inner, .. } => {
-            super::url_pattern::UrlPattern::new(pattern)?;
+            super::url_pattern::UrlPattern::new(pattern)
+                .map_err(|source| PlanError::BadPattern { pattern: pattern.clone(), source })?;
             if !is_http(inner) {
                 return Err(PlanError::MixedProtocols("a URL shard needs an HTTP server inside".into()));
             }

@@ -6,7 +6,6 @@
 
 use regex::Regex;
 
-use super::plan::PlanError;
 use super::shard_key::ShardKey;
 
 /// A compiled URL pattern.
@@ -17,10 +16,8 @@ pub(crate) struct UrlPattern {
 
 impl UrlPattern {
     /// Compiles `pattern`; a bad pattern is an error that quotes it and says what is wrong.
-    pub(crate) fn new(pattern: &str) -> Result<Self, PlanError> {
-        Regex::new(pattern)
-            .map(|regex| Self { regex })
-            .map_err(|source| PlanError::BadPattern { pattern: pattern.to_string(), source })
+    pub(crate) fn new(pattern: &str) -> Result<Self, regex::Error> {
+        Regex::new(pattern).map(|regex| Self { regex })
     }
 
     /// The pattern as written.

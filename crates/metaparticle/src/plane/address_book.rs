@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::LaunchError;
+use super::launch_error::LaunchError;
 use crate::model::Target;
 
 /// Node name → the address (`host:port`) of each replica, in replica order.

@@ -11,6 +11,7 @@ pub(crate) mod http1;
 pub(crate) mod http_proxy;
 pub(crate) mod identity;
 pub(crate) mod inbound;
+pub(crate) mod launch_error;
 pub(crate) mod metrics;
 pub(crate) mod node;
 pub(crate) mod roles;

@@ -22,13 +22,13 @@ use super::accept::Connections;
 use super::address_book::AddressBook;
 use super::http_proxy::{Proxy, Routing};
 use super::identity::Identity;
+use super::launch_error::LaunchError;
 use super::metrics::Metrics;
 use super::roles::{Balancer, Gather, Leaf, Router};
 use super::server::{Limits, NodeServer, Role};
 use super::upstream::{HttpClient, Pool};
-use crate::error::LaunchError;
-use crate::model::state::Transactions;
 use crate::model::topology::ErasedServer;
+use crate::model::transactions::Transactions;
 use crate::model::url_pattern::UrlPattern;
 use crate::model::{Behaviour, Node, Plan, Registry, Role as PlanRole, Target};
 use crate::state::counters::{StateCounters, StateStats};
@@ -233,7 +233,8 @@ pub(crate) fn build(
         }
         (PlanRole::HttpRouter { shards, url_pattern }, _) => {
             let routing = Routing::Shard {
-                pattern: UrlPattern::new(url_pattern)?,
+                pattern: UrlPattern::new(url_pattern)
+                    .map_err(|source| LaunchError::Pattern { pattern: url_pattern.clone(), source })?,
                 shards: shards.iter().map(pool).collect::<Result<_, _>>()?,
             };
             return Ok(NodeProgram::Proxy(Arc::new(Proxy::new(routing, limits))));

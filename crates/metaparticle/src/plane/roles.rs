@@ -21,8 +21,8 @@ use crate::future::BoxFuture;
 use crate::model::context::{Context, ContextParts};
 use crate::model::handler::ErasedHandler;
 use crate::model::identity::Identity;
-use crate::model::state::Transactions;
 use crate::model::topology::{ErasedKey, ErasedMerge, ScatterPolicy};
+use crate::model::transactions::Transactions;
 use crate::wire::jsonrpc::{dispatch, error_for_body, RpcError};
 
 /// The context user code gets for a request: this replica, the request's user and deadline.

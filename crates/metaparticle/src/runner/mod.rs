@@ -15,8 +15,10 @@ pub(crate) mod local;
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::error::{Error, Result};
+mod error;
+
 use crate::model::Plan;
+pub use error::DeployError;
 
 /// What `up` was asked to deploy, beyond the plan.
 #[derive(Clone, Debug)]
@@ -54,7 +56,7 @@ impl Deploy {
     }
 
     /// Fails with a clear message if a port an exposed service needs is already taken on this machine.
-    pub(crate) fn check_exposed_ports(&self, plan: &Plan) -> Result<()> {
+    pub(crate) fn check_exposed_ports(&self, plan: &Plan) -> Result<(), DeployError> {
         for (node, _, address) in self.exposed_addresses(plan) {
             if !port_free(&address.to_string()) {
                 return Err(port_taken(&node.service, address));
@@ -65,12 +67,8 @@ impl Deploy {
 }
 
 /// The error for an exposed port something else holds.
-pub(crate) fn port_taken(service: &str, address: SocketAddr) -> Error {
-    Error::Runner(format!(
-        "cannot expose '{service}': port {} on {} is already in use; stop what uses it or deploy with --port <another>",
-        address.port(),
-        address.ip()
-    ))
+pub(crate) fn port_taken(service: &str, address: SocketAddr) -> DeployError {
+    DeployError::PortTaken { service: service.to_string(), address }
 }
 
 /// Whether a TCP address can be bound now (std sets SO_REUSEADDR, so TIME_WAIT does not count).

@@ -25,7 +25,8 @@ use rand::Rng;
 use serde_json::Value;
 
 use crate::future::BoxFuture;
-use crate::model::state::{Attempt, AttemptError, ScopeId, Transactions, MAX_ATTEMPTS, MAX_BACKOFF};
+use crate::model::state::{MAX_ATTEMPTS, MAX_BACKOFF};
+use crate::model::transactions::{Attempt, AttemptError, ScopeId, Transactions};
 use crate::storage::{StorageError, Store, Swapped};
 use crate::wire::jsonrpc::RpcError;
 use counters::StateCounters;

@@ -26,9 +26,11 @@ use bollard::Docker;
 use futures_util::StreamExt;
 
 use super::engine::{self, failed};
+use super::error::DockerError;
 use super::labels::{self, CONTAINER_PORT};
 use super::progress::Progress;
-use crate::error::{Error, Result};
+
+type Result<T, E = DockerError> = std::result::Result<T, E>;
 use crate::model::{Node, Plan};
 use crate::plane::upstream::HttpClient;
 use crate::plane::{AddressBook, Listen, NodeLaunch};
@@ -64,10 +66,7 @@ pub(crate) fn replicas(
         for replica in 0..node.replicas {
             let name = labels::container_name(app, &node.name, replica);
             if name.len() > labels::MAX_DNS_LABEL {
-                return Err(Error::Runner(format!(
-                    "container name '{name}' is longer than {} characters, so peers could not resolve it; deploy with a shorter --app",
-                    labels::MAX_DNS_LABEL
-                )));
+                return Err(DockerError::NameTooLong { name, limit: labels::MAX_DNS_LABEL });
             }
             let published =
                 published.iter().find(|(n, r, _)| *n == node.name && *r == replica).map(|(_, _, a)| *a);
@@ -129,7 +128,10 @@ pub(crate) async fn start(
     let (storage, binds) = match &deploy.storage {
         StorageConfig::File(path) => {
             let (Some(dir), Some(file)) = (path.parent(), path.file_name()) else {
-                return Err(Error::Runner(format!("the file store path {} has no folder", path.display())));
+                return Err(DockerError::Image(format!(
+                    "the file store path {} has no folder",
+                    path.display()
+                )));
             };
             crate::deployments::create_private_dir(dir)?;
             let inside = Path::new(CONTAINER_STATE_DIR).join(file);
@@ -193,7 +195,9 @@ pub(crate) async fn start(
         .start_container(&replica.name, None::<bollard::query_parameters::StartContainerOptions>)
         .await
         .map_err(|e| match (engine::is_port_taken(&e), replica.published) {
-            (true, Some(address)) => crate::runner::port_taken(&replica.node.service, address),
+            (true, Some(address)) => {
+                DockerError::from(crate::runner::port_taken(&replica.node.service, address))
+            }
             _ => failed(format!("starting container {}", replica.name), e),
         })
 }
@@ -238,7 +242,7 @@ pub(crate) async fn wait_healthy(
             };
             if let Some(why) = gave_up {
                 let tail = last_log_lines(docker, &replica.name, 15).await;
-                return Err(Error::Runner(format!(
+                return Err(DockerError::Unhealthy(format!(
                     "container {} (node '{}', replica {}) never became healthy: {why}; its last log lines:\n{}",
                     replica.name,
                     replica.node.name,

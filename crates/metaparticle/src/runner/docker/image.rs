@@ -21,9 +21,11 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 use super::engine::{self, failed};
+use super::error::DockerError;
 use super::labels;
 use super::progress::Progress;
-use crate::error::{Error, Result};
+
+type Result<T, E = DockerError> = std::result::Result<T, E>;
 
 /// Where the program sits inside the image.
 pub(crate) const BINARY_IN_IMAGE: &str = "/app";
@@ -56,11 +58,11 @@ pub(crate) fn context(app: &str, binary: &Path) -> Result<Context> {
     for (in_image, on_host) in &files {
         // `read` follows symlinks: the loader path is usually a link, the image gets the file.
         let bytes = std::fs::read(on_host)
-            .map_err(|e| Error::io(format!("reading {} for the image", on_host.display()), e))?;
+            .map_err(|e| DockerError::io(format!("reading {} for the image", on_host.display()), e))?;
         append(&mut builder, &format!("rootfs{in_image}"), &bytes, 0o755)?;
         listed.push((in_image.clone(), bytes.len() as u64));
     }
-    let tar = builder.into_inner().map_err(|e| Error::io("assembling the image's build context", e))?;
+    let tar = builder.into_inner().map_err(|e| DockerError::io("assembling the image's build context", e))?;
     let digest = Sha256::digest(&tar);
     let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
     Ok(Context { tar, tag: format!("{}:{hash}", repository(app)), files: listed })
@@ -87,7 +89,7 @@ fn append(builder: &mut tar::Builder<Vec<u8>>, path: &str, bytes: &[u8], mode: u
     header.set_entry_type(tar::EntryType::Regular);
     builder
         .append_data(&mut header, path, bytes)
-        .map_err(|e| Error::io(format!("adding {path} to the image's build context"), e))
+        .map_err(|e| DockerError::io(format!("adding {path} to the image's build context"), e))
 }
 
 /// The shared libraries and loader a dynamically linked binary needs, as absolute paths.
@@ -97,7 +99,7 @@ fn append(builder: &mut tar::Builder<Vec<u8>>, path: &str, bytes: &[u8], mode: u
 /// would have to re-implement.
 pub(crate) fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
     let output = std::process::Command::new("ldd").arg(binary).output().map_err(|e| {
-        Error::io("running ldd to find the program's shared libraries (is glibc's ldd installed?)", e)
+        DockerError::io("running ldd to find the program's shared libraries (is glibc's ldd installed?)", e)
     })?;
     let text = String::from_utf8_lossy(&output.stdout);
     let errors = String::from_utf8_lossy(&output.stderr);
@@ -106,10 +108,10 @@ pub(crate) fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
         if text.contains("not a dynamic executable") || errors.contains("not a dynamic executable") {
             return Ok(Vec::new());
         }
-        return Err(Error::Runner(format!("ldd {} failed: {}", binary.display(), errors.trim())));
+        return Err(DockerError::Image(format!("ldd {} failed: {}", binary.display(), errors.trim())));
     }
     parse_ldd(&text).map_err(|missing| {
-        Error::Runner(format!(
+        DockerError::Image(format!(
             "{} needs shared libraries this machine lacks ({missing}); the image cannot be built",
             binary.display()
         ))
@@ -166,12 +168,18 @@ pub(crate) async fn build(docker: &Docker, app: &str, context: Context, progress
     while let Some(item) = stream.next().await {
         let info = item.map_err(|e| failed(format!("building image {}", context.tag), e))?;
         if let Some(detail) = info.error_detail.and_then(|d| d.message) {
-            return Err(Error::Runner(format!(
-                "building image {} failed; the engine said: {}{}",
-                context.tag,
-                detail.trim(),
-                if last_lines.is_empty() { String::new() } else { format!("\n{}", last_lines.join("\n")) }
-            )));
+            return Err(DockerError::Build {
+                tag: context.tag,
+                message: format!(
+                    "the engine said: {}{}",
+                    detail.trim(),
+                    if last_lines.is_empty() {
+                        String::new()
+                    } else {
+                        format!("\n{}", last_lines.join("\n"))
+                    }
+                ),
+            });
         }
         if let Some(line) = info.stream.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
             progress.detail(line);
@@ -183,11 +191,13 @@ pub(crate) async fn build(docker: &Docker, app: &str, context: Context, progress
     }
     // The stream ends without an error even when the engine gave up early; trust only the tag.
     if !exists(docker, &context.tag).await? {
-        return Err(Error::Runner(format!(
-            "building image {} ended but the engine holds no such image; its last lines:\n{}",
-            context.tag,
-            last_lines.join("\n")
-        )));
+        return Err(DockerError::Build {
+            tag: context.tag,
+            message: format!(
+                "it ended but the engine holds no such image; its last lines:\n{}",
+                last_lines.join("\n")
+            ),
+        });
     }
     Ok(())
 }
@@ -225,7 +235,7 @@ pub(crate) async fn push(docker: &Docker, tag: &str, registry: &str, progress: &
     while let Some(item) = stream.next().await {
         let info = item.map_err(|e| failed(format!("pushing {pushed}"), e))?;
         if let Some(message) = info.error_detail.and_then(|d| d.message) {
-            return Err(Error::Runner(format!("pushing {pushed} failed; the registry said: {message}")));
+            return Err(DockerError::Push { image: pushed, message });
         }
         if let Some(status) = info.status {
             progress.detail(&status);

@@ -17,6 +17,7 @@
 
 pub(crate) mod containers;
 pub(crate) mod engine;
+mod error;
 pub(crate) mod image;
 pub(crate) mod labels;
 pub(crate) mod progress;
@@ -27,7 +28,10 @@ use bollard::Docker;
 use futures_util::StreamExt;
 
 use crate::deployments::{self, now_unix, Deployment, Endpoint};
-use crate::error::{Error, Result};
+use crate::runner::DeployError;
+pub use error::DockerError;
+
+type Result<T, E = DockerError> = std::result::Result<T, E>;
 use crate::model::Plan;
 use crate::runner::{connect_address, random_secret, Deploy};
 use containers::Replica;
@@ -36,9 +40,7 @@ use progress::Progress;
 /// Deploys `plan` as containers; replaces the app's containers if it is already running.
 pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
     if deploy.attach {
-        return Err(Error::Runner(
-            "--attach is not supported by the docker runner; deploy, then follow the logs with `logs --follow`".into(),
-        ));
+        return Err(DockerError::AttachUnsupported);
     }
     let started = Instant::now();
     let docker = engine::connect().await?;
@@ -69,7 +71,7 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
     // Ctrl-C while containers start counts as a failure: it cleans up like one.
     let outcome = tokio::select! {
         outcome = run_containers(&docker, deploy, plan, &image, &replicas, &progress) => outcome,
-        _ = tokio::signal::ctrl_c() => Err(Error::Runner("interrupted; removed what was started".into())),
+        _ = tokio::signal::ctrl_c() => Err(DeployError::Interrupted.into()),
     };
     match outcome {
         Ok(record) => {
@@ -100,10 +102,11 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
             progress.finish();
             // Nothing half-deployed may remain: not a container, not the network, not the record.
             if let Err(cleanup) = remove_app(&docker, &deploy.app).await {
-                return Err(Error::Runner(format!(
-                    "{e}\n(and cleaning up failed too: {cleanup}; run `{} delete`)",
-                    deploy.invocation
-                )));
+                return Err(DockerError::CleanupFailed {
+                    failure: Box::new(e),
+                    cleanup: Box::new(cleanup),
+                    invocation: deploy.invocation.clone(),
+                });
             }
             Err(e)
         }
@@ -117,13 +120,13 @@ pub(crate) async fn publish_image(app: &str) -> Result<String> {
     let progress = Progress::new();
     let (_, pushed) = ensure_image(&docker, app, &progress).await?;
     progress.finish();
-    pushed.ok_or_else(|| Error::Runner(format!("publishing '{app}' needs {} set", image::REGISTRY_ENV)))
+    pushed.ok_or_else(|| DockerError::NoRegistry { app: app.to_string(), variable: image::REGISTRY_ENV })
 }
 
 /// Builds this program's image unless the engine already has it; pushes it when a registry is set.
 /// Returns the local tag, and the pushed reference if it was pushed.
 async fn ensure_image(docker: &Docker, app: &str, progress: &Progress) -> Result<(String, Option<String>)> {
-    let binary = std::env::current_exe().map_err(|e| Error::io("finding this program's binary", e))?;
+    let binary = std::env::current_exe().map_err(|e| DockerError::io("finding this program's binary", e))?;
     progress.stage(format!("hashing {} and its shared libraries", binary.display()));
     let context = image::context(app, &binary)?;
     let tag = context.tag.clone();
@@ -199,7 +202,7 @@ async fn remove_app(docker: &Docker, app: &str) -> Result<containers::Removed> {
     let dir = deployments::app_dir(app);
     match std::fs::remove_dir_all(&dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(Error::io(format!("removing {}", dir.display()), e))
+            Err(DockerError::io(format!("removing {}", dir.display()), e))
         }
         _ => Ok(removed),
     }
@@ -230,7 +233,7 @@ pub(crate) async fn status(app: &str) -> Result<()> {
     let docker = engine::connect().await?;
     let found = containers::list(&docker, app).await?;
     if found.is_empty() {
-        return Err(Error::NotRunning(app.to_string()));
+        return Err(DeployError::NotRunning(app.to_string()).into());
     }
     let record = Deployment::load(app)?;
     let network = labels::network_name(app);
@@ -285,7 +288,7 @@ pub(crate) async fn logs(app: &str, follow: bool) -> Result<()> {
     let docker = engine::connect().await?;
     let found = containers::list(&docker, app).await?;
     if found.is_empty() {
-        return Err(Error::NotRunning(app.to_string()));
+        return Err(DeployError::NotRunning(app.to_string()).into());
     }
     let names: Vec<String> = found.iter().map(containers::container_name).collect();
     let width = names.iter().map(String::len).max().unwrap_or(0);

@@ -91,7 +91,7 @@ async fn image_reference(app: &str, source: ImageSource) -> Result<String> {
     match source {
         ImageSource::Given(image) => Ok(image),
         #[cfg(feature = "docker")]
-        ImageSource::BuildAndPush => crate::runner::docker::publish_image(app).await,
+        ImageSource::BuildAndPush => Ok(crate::runner::docker::publish_image(app).await?),
         #[cfg(not(feature = "docker"))]
         ImageSource::BuildAndPush => Err(Error::Runner(format!(
             "building '{app}' needs the `docker` feature of metaparticle; pass --image <ref> instead"
