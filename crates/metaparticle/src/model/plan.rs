@@ -154,11 +154,6 @@ impl Plan {
         self.nodes.iter().filter(|n| n.exposed)
     }
 
-    /// The front node of a service (the one a client calls), exposed or not.
-    pub fn front(&self, service: &str) -> Option<&Node> {
-        self.nodes.iter().find(|n| n.name == service)
-    }
-
     /// Whether any node keeps state in storage.
     pub fn uses_state(&self) -> bool {
         self.nodes.iter().any(|n| n.stateful)

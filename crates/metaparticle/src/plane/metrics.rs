@@ -1,7 +1,6 @@
 //! Prometheus metrics of one node, served at `GET /metrics`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -97,7 +96,7 @@ impl InFlight<'_> {
     /// Records the request's outcome.
     pub(crate) fn finish(self, status: u16) {
         self.metrics.requests.get_or_create(&StatusLabel { status }).inc();
-        self.metrics.duration.observe(elapsed_secs(self.started.elapsed()));
+        self.metrics.duration.observe(self.started.elapsed().as_secs_f64());
     }
 }
 
@@ -105,8 +104,4 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.metrics.in_flight.dec();
     }
-}
-
-fn elapsed_secs(d: Duration) -> f64 {
-    d.as_secs_f64()
 }

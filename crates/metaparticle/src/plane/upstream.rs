@@ -273,3 +273,39 @@ async fn probe_forever(pool: Weak<Pool>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replica that accepts connections and never answers.
+    async fn silent_replica() -> (tokio::net::TcpListener, ResolvedReplica) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        (listener, ResolvedReplica { name: "silent-0".into(), address })
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_request_leaves_no_load_behind() {
+        let (listener, replica) = silent_replica().await;
+        let _held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                open.push(stream);
+            }
+        });
+        let pool = Pool::new("silent", vec![replica], HttpClient::new("s"), Duration::from_secs(10), false);
+        // The caller gives up first (as a gather root's leaf timeout or a client hanging up does),
+        // which drops the forwarding future in the middle of its await.
+        let inbound = Inbound::default();
+        for _ in 0..3 {
+            let forward = pool.forward(Bytes::from_static(b"{}"), &inbound);
+            assert!(tokio::time::timeout(Duration::from_millis(50), forward).await.is_err());
+        }
+        assert_eq!(
+            pool.replicas[0].pending.load(Ordering::Relaxed),
+            0,
+            "cancelled requests still count as load"
+        );
+    }
+}

@@ -249,6 +249,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn each_stateful_node_counts_only_its_own_updates() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let app = crate::testing::launch([counter("a"), counter("b")]).await.unwrap();
+        for _ in 0..3 {
+            app.call::<_, u64>("a", 1).await.unwrap();
+        }
+        assert_eq!(app.state_stats("a").requests, 3);
+        assert_eq!(app.state_stats("b").requests, 0, "b ran nothing");
+        let mut stream = tokio::net::TcpStream::connect(app.address("b")).await.unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut metrics = String::new();
+        stream.read_to_string(&mut metrics).await.unwrap();
+        let updates = metrics.lines().find(|l| l.starts_with("metaparticle_state_updates_total{")).unwrap();
+        assert!(updates.ends_with(" 0"), "b's /metrics counts a's updates: {updates}");
+    }
+
+    #[tokio::test]
     async fn a_json_map_scope_reads_like_the_seeds() {
         // mp.scope.global.requests++ in the seeds, with an untyped scope.
         let svc = service(

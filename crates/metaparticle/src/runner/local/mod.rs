@@ -131,7 +131,7 @@ async fn stop(record: &Deployment) -> Result<usize> {
     };
     let deadline = Instant::now() + Duration::from_secs(5);
     for address in record.book.all_addresses() {
-        while !process::port_free(address) {
+        while !crate::runner::port_free(address) {
             if Instant::now() > deadline {
                 return Err(Error::Runner(format!(
                     "app '{}' was stopped but {address} is still in use by another process",

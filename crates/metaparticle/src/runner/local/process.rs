@@ -105,5 +105,3 @@ pub(crate) async fn stop_group(pgid: u32, grace: Duration) -> usize {
     }
     initial
 }
-
-pub(crate) use crate::runner::port_free;
