@@ -291,16 +291,16 @@ mod docker {
     fn missing<T>() -> Result<T> {
         Err(Error::FeatureMissing { feature: "docker", wanted: "--runner docker" })
     }
-    pub async fn up(_: &Deploy, _: &Plan) -> Result<()> {
+    pub(super) async fn up(_: &Deploy, _: &Plan) -> Result<()> {
         missing()
     }
-    pub async fn delete(_: &str) -> Result<()> {
+    pub(super) async fn delete(_: &str) -> Result<()> {
         missing()
     }
-    pub async fn status(_: &str) -> Result<()> {
+    pub(super) async fn status(_: &str) -> Result<()> {
         missing()
     }
-    pub async fn logs(_: &str, _: bool) -> Result<()> {
+    pub(super) async fn logs(_: &str, _: bool) -> Result<()> {
         missing()
     }
 }

@@ -56,10 +56,3 @@ pub enum DeployError {
         source: std::io::Error,
     },
 }
-
-impl DeployError {
-    /// An I/O error with what was being done.
-    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        DeployError::Io { context: context.into(), source }
-    }
-}

@@ -14,6 +14,7 @@
 //! Versions start at 1 for the first write; version 0 means "absent", so the first writer
 //! of a key calls `compare_and_swap(key, 0, value)`, and of two first writers one wins.
 
+#[cfg(feature = "sqlite")]
 pub(crate) mod file;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
@@ -189,7 +190,13 @@ impl StorageConfig {
     /// down and answers `-32003` until it is back.
     pub(crate) fn open(&self) -> Result<Arc<dyn Store>, StorageError> {
         match self {
+            #[cfg(feature = "sqlite")]
             StorageConfig::File(path) => Ok(Arc::new(file::FileStore::open(path)?)),
+            #[cfg(not(feature = "sqlite"))]
+            StorageConfig::File(_) => Err(StorageError::Config(
+                "this program was built without the 'sqlite' feature of metaparticle, which `--storage file` needs"
+                    .into(),
+            )),
             #[cfg(feature = "redis")]
             StorageConfig::Redis(url) => Ok(Arc::new(redis::RedisStore::open(url)?)),
             #[cfg(not(feature = "redis"))]

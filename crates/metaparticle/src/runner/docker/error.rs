@@ -90,7 +90,7 @@ impl From<crate::deployments::RecordError> for DockerError {
 impl DockerError {
     /// An I/O error with what was being done.
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        DockerError::Deploy(DeployError::io(context, source))
+        DockerError::Deploy(DeployError::Io { context: context.into(), source })
     }
 }
 
