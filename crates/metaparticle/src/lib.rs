@@ -27,7 +27,7 @@
 //! | fail a request on purpose | [`HandlerError`]; every error a caller sees is an [`RpcError`] |
 //! | require passwords at an exposed service | [`BasicAuth`], [`Service::with_basic_auth`] |
 //! | replicate or shard any HTTP server by URL | [`containerize`], [`ContainerOptions`] |
-//! | deploy, inspect, tear down (the program's command line) | [`serve`] |
+//! | deploy, inspect, tear down (the program's command line) | [`serve()`] |
 //! | look at the compiled topology | [`plan`] |
 //! | call a deployed service from Rust | [`client`] |
 //! | launch a whole topology inside a test | [`testing`] |

@@ -2,7 +2,7 @@
 //! `TcpListener`) without writing JSON-RPC, as the seeds' sharding tutorial does.
 //!
 //! The program hands over a function that serves HTTP on a listener it is given. Outside a
-//! deployment, `containerize` deploys the program (like [`crate::serve`]; see [`crate::containerize`]); inside one, each
+//! deployment, `containerize` deploys the program (like [`crate::serve()`]; see [`crate::containerize`]); inside one, each
 //! replica runs the function on the socket its runner bound for it. Because the runner binds the
 //! socket, the program never picks a port, and local replicas never clash over one.
 //!

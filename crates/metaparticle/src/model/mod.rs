@@ -1,4 +1,5 @@
-//! The model: what a user describes, compiled into what runners deploy. Pure: no I/O here.
+//! The model: what a user describes, compiled into what runners deploy. Pure: no I/O here, and
+//! nothing from the layers above (the state runtime reaches in through the `Transactions` port).
 
 pub(crate) mod auth;
 pub(crate) mod containerize;

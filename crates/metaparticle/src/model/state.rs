@@ -1,53 +1,7 @@
-//! State: handlers that read and change a scope that outlives the request.
-//!
-//! The seeds promise that "metaparticle is reading data out of storage, executing your code and
-//! detecting changed values, then storing those back in with optimistic concurrency to eliminate
-//! races". [`stateful`] and [`stateful_user`] keep that promise for any serde type:
-//!
-//! 1. load the scope and its version from the store (`--storage file` or `redis`);
-//! 2. run the handler on it;
-//! 3. if the scope's serialized form changed, write it back with compare-and-swap on the version;
-//!    a handler that only reads writes nothing;
-//! 4. if another replica wrote first, go back to 1 (at most [`MAX_ATTEMPTS`] times; the first
-//!    retry at once, then after a random sleep below a bound that doubles from 1 ms up to
-//!    [`MAX_BACKOFF`]), then fail with
-//!    `-32002` ([`RpcError::CONFLICT`]). Storage that cannot be reached, or a scope that does not
-//!    decode, is `-32003` ([`RpcError::STORAGE`]); nothing is written.
-//!
-//! **The handler may run more than once per request**, so it should only compute from its
-//! request and its scope: a side effect (a call, a log line that matters) could repeat. It is
-//! synchronous on purpose: it holds no lock, but the shorter the read-modify-write window, the
-//! fewer the conflicts. If it returns an error or panics, nothing is written.
-//!
-//! Within one process, updates of one key also queue on an in-process lane before they read, so
-//! concurrent requests to the same replica do not conflict with each other; compare-and-swap
-//! is still what makes them correct, across replicas and processes.
-//!
-//! Every scope has its own key, `<app>/<service>/global` or `<app>/<service>/user/<name>`, so two
-//! services, or two apps on one Redis, never share a counter by accident.
-//!
-//! ```
-//! use metaparticle as mp;
-//! use serde::{Deserialize, Serialize};
-//! use serde_json::{json, Value};
-//!
-//! #[derive(Serialize, Deserialize, Default)]
-//! struct Global { requests: u64 }
-//!
-//! let svc = mp::service("simple-storage", mp::stateful(|_req: Value, global: &mut Global| {
-//!     global.requests += 1;
-//!     json!({ "requests": global.requests })
-//! }));
-//! # let _ = svc;
-//! ```
-//!
-//! A scope that cannot be stored does not compile:
-//!
-//! ```compile_fail
-//! use metaparticle as mp;
-//! struct NotSerializable { requests: u64 }
-//! let svc = mp::service("simple-storage", mp::stateful(|_req: serde_json::Value, s: &mut NotSerializable| s.requests));
-//! ```
+//! Stateful handlers, described: [`stateful`] and [`stateful_user`] turn a handler over a scope
+//! into an *attempt* (scope bytes in, reply and new bytes out) that the state runtime runs with
+//! optimistic concurrency through the [`Transactions`](super::transactions::Transactions) port.
+//! Pure: the I/O is the runtime's (`crate::state`).
 
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
@@ -107,11 +61,61 @@ impl<U> DerefMut for User<U> {
 
 /// A handler over the app's global scope for its service: `|request, &mut state| reply`.
 ///
-/// See the [module docs](self) for what happens on every call, and that the handler **may run
-/// more than once per request**. (Do not mark a service that changes state
-/// [idempotent](crate::Service::idempotent): a retried request would change it twice.) `G` is any `Serialize + Deserialize + Default` type (a struct, a
-/// `HashMap`, a `serde_json::Map`); it starts as `G::default()`. The result is an ordinary
-/// topology, so `spread(3, stateful(f))` and `shard(4, key, stateful(f))` work.
+/// `G` is any `Serialize + Deserialize + Default` type (a struct, a `HashMap`, a
+/// `serde_json::Map`); it starts as `G::default()`. The result is an ordinary topology, so
+/// `spread(3, stateful(f))` and `shard(4, key, stateful(f))` work. (Do not mark a service that
+/// changes state [idempotent](crate::Service::idempotent): a retried request would change it twice.)
+///
+/// State: handlers that read and change a scope that outlives the request.
+///
+/// The seeds promise that "metaparticle is reading data out of storage, executing your code and
+/// detecting changed values, then storing those back in with optimistic concurrency to eliminate
+/// races". [`stateful`] and [`stateful_user`] keep that promise for any serde type:
+///
+/// 1. load the scope and its version from the store (`--storage file` or `redis`);
+/// 2. run the handler on it;
+/// 3. if the scope's serialized form changed, write it back with compare-and-swap on the version;
+///    a handler that only reads writes nothing;
+/// 4. if another replica wrote first, go back to 1 (at most `MAX_ATTEMPTS` (32) times; the first
+///    retry at once, then after a random sleep below a bound that doubles from 1 ms up to
+///    32 ms), then fail with
+///    `-32002` ([`RpcError::CONFLICT`]). Storage that cannot be reached, or a scope that does not
+///    decode, is `-32003` ([`RpcError::STORAGE`]); nothing is written.
+///
+/// **The handler may run more than once per request**, so it should only compute from its
+/// request and its scope: a side effect (a call, a log line that matters) could repeat. It is
+/// synchronous on purpose: it holds no lock, but the shorter the read-modify-write window, the
+/// fewer the conflicts. If it returns an error or panics, nothing is written.
+///
+/// Within one process, updates of one key also queue on an in-process lane before they read, so
+/// concurrent requests to the same replica do not conflict with each other; compare-and-swap
+/// is still what makes them correct, across replicas and processes.
+///
+/// Every scope has its own key, `<app>/<service>/global` or `<app>/<service>/user/<name>`, so two
+/// services, or two apps on one Redis, never share a counter by accident.
+///
+/// ```
+/// use metaparticle as mp;
+/// use serde::{Deserialize, Serialize};
+/// use serde_json::{json, Value};
+///
+/// #[derive(Serialize, Deserialize, Default)]
+/// struct Global { requests: u64 }
+///
+/// let svc = mp::service("simple-storage", mp::stateful(|_req: Value, global: &mut Global| {
+///     global.requests += 1;
+///     json!({ "requests": global.requests })
+/// }));
+/// # let _ = svc;
+/// ```
+///
+/// A scope that cannot be stored does not compile:
+///
+/// ```compile_fail
+/// use metaparticle as mp;
+/// struct NotSerializable { requests: u64 }
+/// let svc = mp::service("simple-storage", mp::stateful(|_req: serde_json::Value, s: &mut NotSerializable| s.requests));
+/// ```
 pub fn stateful<F, Req, G, Out, R>(handler: F) -> Topology
 where
     F: Fn(Req, &mut G) -> Out + Send + Sync + 'static,

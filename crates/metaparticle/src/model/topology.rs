@@ -35,7 +35,7 @@ use crate::wire::jsonrpc::RpcError;
 
 /// A described (not yet running) piece of a distributed service: what [`spread`], [`shard`],
 /// [`scatter`] and [`crate::stateful`] return, and what a handler becomes where a topology is
-/// expected. It is opaque: a tree is checked as a whole when it is compiled ([`crate::serve`],
+/// expected. It is opaque: a tree is checked as a whole when it is compiled ([`crate::serve()`],
 /// [`crate::plan::compile`]), so none can bypass validation.
 #[derive(Clone)]
 pub struct Topology(pub(crate) Tree);
@@ -108,7 +108,8 @@ pub enum ScatterPolicy {
     /// The whole request fails with the first leaf error, naming the leaf (the seeds' behaviour).
     #[default]
     FailFast,
-    /// Merge the leaves that answered in time; the merge can ask [`crate::missing_leaves`] which
+    /// Merge the leaves that answered in time; a merge that takes the [`crate::Context`] can ask
+    /// [`missing_leaves`](crate::Context::missing_leaves) which
     /// did not, and the gather root counts them in `/metrics` and logs them.
     Partial,
 }

@@ -1,7 +1,7 @@
 //! Shard keys taken from a request's URL path with a regular expression (the seeds' `urlPattern`).
 //!
 //! Capture group 1 is the key (the whole match if the pattern has no group). The key is hashed and
-//! placed like any string [`ShardKey`](super::shard_key::ShardKey): stable FNV-1a, then jump
+//! placed like any string [`ShardKey`]: stable FNV-1a, then jump
 //! consistent hashing, so the same key always reaches the same shard and keys spread evenly.
 
 use regex::Regex;

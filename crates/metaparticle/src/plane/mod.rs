@@ -1,7 +1,10 @@
-//! The data plane: the node roles, the JSON-RPC codec, and how nodes find and call each other.
+//! The data plane: the node roles, a node's HTTP server, and how nodes find and call each other.
 //!
-//! A node learns who it is and where its peers are only from a [`node::NodeLaunch`]; it never
-//! knows which runner started it.
+//! A node learns who it is and where its peers are only from a [`node::NodeLaunch`] (the launch
+//! contract every runner writes); it never knows which runner started it. It uses the model (what
+//! to run), the state runtime (for stateful handlers), the stores and the wire vocabulary, and
+//! nothing above it: runners, the harness and the command line use the data plane, never the
+//! reverse.
 
 pub(crate) mod accept;
 pub(crate) mod address_book;

@@ -83,7 +83,7 @@ pub(crate) struct NodeServer {
     pub limits: Limits,
     /// `Some(secret)` for internal nodes: calls without it are refused.
     pub required_secret: Option<String>,
-    /// Credentials an exposed node requires of its callers (see [`super::auth`]).
+    /// Credentials an exposed node requires of its callers (see [`crate::model::auth`]).
     pub auth: Option<Arc<BasicAuth>>,
 }
 

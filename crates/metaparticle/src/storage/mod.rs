@@ -4,12 +4,12 @@
 //! optimistic concurrency, and that needs exactly two operations from a backend: read a value
 //! with its version, and replace it only if the version is still the one read. Every backend
 //! implements [`Store`] and nothing more, so the concurrency logic lives once, in
-//! [`crate::model::state`], and a backend is easy to check on its own.
+//! the state runtime ([`crate::state`]), and a backend is easy to check on its own.
 //!
 //! | backend | `--storage` | where the data is | use it for |
 //! |---|---|---|---|
-//! | [`file::FileStore`] | `file` (default) | `$METAPARTICLE_HOME/storage/<app>.sqlite` | one machine: nothing to install, safe across every process of a local deployment |
-//! | [`redis::RedisStore`] | `redis` | a Redis server (`REDIS_URL`, or `REDIS_HOST`/`REDIS_PORT`) | replicas on several machines |
+//! | `file::FileStore` (feature `sqlite`) | `file` (default) | the path it is given (runners give `$METAPARTICLE_HOME/storage/<app>.sqlite`) | one machine: nothing to install, safe across every process of a local deployment |
+//! | `redis::RedisStore` (feature `redis`) | `redis` | a Redis server (`REDIS_URL`, or `REDIS_HOST`/`REDIS_PORT`) | replicas on several machines |
 //!
 //! Versions start at 1 for the first write; version 0 means "absent", so the first writer
 //! of a key calls `compare_and_swap(key, 0, value)`, and of two first writers one wins.
