@@ -22,7 +22,7 @@
 //! |---|---|
 //! | name a service, expose it, set its timeout | [`service`], [`Service`] |
 //! | replicate, shard, scatter/gather (nest freely) | [`spread`], [`shard`], [`scatter`] ([`Scatter`]) |
-//! | keep state across requests and restarts | [`stateful`], [`stateful_user`] ([`User`]) |
+//! | keep state across requests and restarts | [`stateful`], [`stateful_keyed`], [`stateful_user`] ([`User`]) |
 //! | know who serves a request, for whom, until when | [`Context`] (a handler's optional first argument), [`hostname`] |
 //! | fail a request on purpose | [`HandlerError`]; every error a caller sees is an [`RpcError`] |
 //! | require passwords at an exposed service | [`BasicAuth`], [`Service::with_basic_auth`] |
@@ -75,7 +75,7 @@ pub use model::handler::{Handler, HandlerError, IntoReply};
 pub use model::identity::Identity;
 pub use model::plan::PlanError;
 pub use model::shard_key::ShardKey;
-pub use model::state::{stateful, stateful_user, User};
+pub use model::state::{stateful, stateful_keyed, stateful_user, User};
 pub use model::topology::{
     scatter, service, shard, spread, IntoTopology, Merge, Scatter, ScatterPolicy, Service, Topology,
 };

@@ -14,7 +14,7 @@ use crate::model::topology::Service;
 use crate::model::{compile, Plan, Registry};
 use crate::plane::accept::deal;
 use crate::plane::identity::set_process_identity;
-use crate::plane::node::{build, listener, NodeLaunch, ReplicaCounters, Timeouts};
+use crate::plane::node::{build, listener, NodeLaunch, ReplicaShared, Timeouts};
 use crate::plane::server::Limits;
 use crate::plane::upstream::HttpClient;
 use crate::runner::local::supervisor::Order;
@@ -77,14 +77,19 @@ fn run_node(plan: Plan, registry: Registry, launch: NodeLaunch) -> Result<()> {
     let own_server = plan.node(&launch.node).is_some_and(|n| n.role == crate::model::Role::Server);
     let workers = if own_server { 1 } else { node_threads() };
     tracing::info!(node = %launch.node, replica = launch.replica, %address, workers, "serving");
-    let counters = ReplicaCounters::new(&registry, &launch.node, &launch.identity());
+    // The program's own server accepts for itself, on a multi-threaded runtime: it may spawn work
+    // of its own. Other nodes run share-nothing single-threaded workers (below).
+    let main_runtime = runtime(!own_server)?;
+    // Built once for all workers, inside a runtime: a store may start its connection task here.
+    let shared = {
+        let _entered = main_runtime.enter();
+        ReplicaShared::new(&plan, &registry, &launch, &Limits::default())?
+    };
     if own_server {
-        // The program's own server accepts for itself, on a multi-threaded runtime: it may spawn
-        // work of its own.
-        return runtime(false)?.block_on(until_terminated(async move {
+        return main_runtime.block_on(until_terminated(async move {
             let listener = tokio::net::TcpListener::from_std(listener)
                 .map_err(|e| Error::io("registering the listener", e))?;
-            let node = build_worker(&plan, &registry, &launch, &counters)?;
+            let node = build_worker(&plan, &registry, &launch, &shared)?;
             node.run(listener).await.map_err(|e| Error::io("serving", e))
         }));
     }
@@ -95,14 +100,14 @@ fn run_node(plan: Plan, registry: Registry, launch: NodeLaunch) -> Result<()> {
     let (accept_loop, mut shares) = deal(listener, workers);
     let first = shares.remove(0);
     for (worker, connections) in (1..).zip(shares) {
-        let (plan, registry, launch, counters) =
-            (plan.clone(), registry.clone(), launch.clone(), counters.clone());
+        let (plan, registry, launch, shared) =
+            (plan.clone(), registry.clone(), launch.clone(), shared.clone());
         std::thread::Builder::new()
             .name(format!("worker-{worker}"))
             .spawn(move || {
                 let outcome = runtime(true).and_then(|rt| {
                     rt.block_on(async {
-                        let node = build_worker(&plan, &registry, &launch, &counters)?;
+                        let node = build_worker(&plan, &registry, &launch, &shared)?;
                         node.run(connections).await.map_err(|e| Error::io("serving", e))
                     })
                 });
@@ -113,8 +118,8 @@ fn run_node(plan: Plan, registry: Registry, launch: NodeLaunch) -> Result<()> {
             })
             .map_err(|e| Error::io("starting a worker thread", e))?;
     }
-    runtime(true)?.block_on(until_terminated(async move {
-        let node = build_worker(&plan, &registry, &launch, &counters)?;
+    main_runtime.block_on(until_terminated(async move {
+        let node = build_worker(&plan, &registry, &launch, &shared)?;
         tokio::select! {
             accepted = accept_loop => accepted.map_err(|e| Error::io("accepting connections", e)),
             served = node.run(first) => served.map_err(|e| Error::io("serving", e)),
@@ -127,10 +132,10 @@ fn build_worker(
     plan: &Plan,
     registry: &Registry,
     launch: &NodeLaunch,
-    counters: &ReplicaCounters,
+    shared: &ReplicaShared,
 ) -> Result<crate::plane::node::NodeProgram> {
     let client = HttpClient::new(&launch.secret);
-    Ok(build(plan, registry, launch, &client, Timeouts::default(), Limits::default(), counters)?)
+    Ok(build(plan, registry, launch, &client, Timeouts::default(), Limits::default(), shared)?)
 }
 
 /// Runs `serving` until it ends or the process is told to stop (SIGTERM or SIGINT).

@@ -39,7 +39,7 @@ use crate::error::{Error, Result};
 use crate::model::topology::Service;
 use crate::model::{compile, Plan};
 pub use crate::plane::node::Timeouts;
-use crate::plane::node::{build, Listen, NodeLaunch, NodeProgram, ReplicaCounters};
+use crate::plane::node::{build, Listen, NodeLaunch, NodeProgram, ReplicaShared};
 pub use crate::plane::server::Limits;
 use crate::plane::upstream::HttpClient;
 use crate::plane::AddressBook;
@@ -71,7 +71,7 @@ impl Drop for Scratch {
 struct Replica {
     handle: AbortHandle,
     server: NodeProgram,
-    counters: ReplicaCounters,
+    shared: ReplicaShared,
 }
 
 /// Data-plane defaults for a test app.
@@ -148,11 +148,11 @@ pub async fn launch_with(services: impl IntoIterator<Item = Service>, options: O
             secret: secret.clone(),
             storage: Some(storage.clone()),
         };
-        let counters = ReplicaCounters::new(&registry, &launch.node, &launch.identity());
+        let shared = ReplicaShared::new(&plan, &registry, &launch, &options.limits)?;
         let server =
-            build(&plan, &registry, &launch, &client, options.timeouts, options.limits.clone(), &counters)?;
+            build(&plan, &registry, &launch, &client, options.timeouts, options.limits.clone(), &shared)?;
         let handle = nodes.spawn(server.clone().run(listener).map(|_| ()));
-        replicas.insert((launch.node, replica), Replica { handle, server, counters });
+        replicas.insert((launch.node, replica), Replica { handle, server, shared });
     }
     Ok(TestApp {
         plan,
@@ -242,14 +242,10 @@ impl TestApp {
     /// `/metrics`.
     pub fn state_stats(&self, node: &str) -> StateStats {
         let replicas = self.replicas.lock().expect("replica table");
-        replicas.iter().filter(|((name, _), _)| name == node).fold(StateStats::default(), |sum, (_, r)| {
-            let s = r.counters.state_stats();
-            StateStats {
-                requests: sum.requests + s.requests,
-                retries: sum.retries + s.retries,
-                gave_up: sum.gave_up + s.gave_up,
-            }
-        })
+        replicas
+            .iter()
+            .filter(|((name, _), _)| name == node)
+            .fold(StateStats::default(), |sum, (_, r)| sum + r.shared.state_stats())
     }
 
     /// Posts a raw body to a node's replica and returns the HTTP status and body.

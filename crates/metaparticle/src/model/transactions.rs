@@ -19,6 +19,8 @@ pub(crate) enum ScopeId {
     Global,
     /// The scope of one authenticated user.
     User(Arc<str>),
+    /// The scope a key function chose from the request (a cart, an account, a document).
+    Keyed(Arc<str>),
 }
 
 /// What one attempt of a stateful request did to the scope it was given.

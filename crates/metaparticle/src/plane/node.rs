@@ -180,30 +180,45 @@ impl NodeProgram {
     }
 }
 
-/// What every worker of one replica shares: its metrics and, on a stateful node, the state
-/// counters its `/metrics` reports.
+/// What every worker of one replica shares: its metrics and, on a stateful node, its state
+/// runtime (one queue per key for the whole process, whichever worker a connection was dealt to).
 #[derive(Clone)]
-pub(crate) struct ReplicaCounters {
+pub(crate) struct ReplicaShared {
     /// The replica's Prometheus metrics.
-    pub metrics: Arc<Metrics>,
-    state: StateCounters,
+    pub(crate) metrics: Arc<Metrics>,
+    state: Option<Arc<StateRuntime>>,
+    counters: StateCounters,
 }
 
-impl ReplicaCounters {
-    /// The counters of one replica of `node`: a node that runs a stateful handler also reports
-    /// its state updates.
-    pub(crate) fn new(registry: &Registry, node: &str, identity: &Identity) -> Self {
-        let state = StateCounters::default();
-        let metrics = match registry.get(node) {
-            Behaviour::Handler(h) if h.uses_state() => Metrics::with_state(identity, &state),
-            _ => Metrics::new(identity),
-        };
-        Self { metrics, state }
+impl ReplicaShared {
+    /// What the workers of one replica of `launch.node` share; a stateful node opens its store here.
+    pub(crate) fn new(
+        plan: &Plan,
+        registry: &Registry,
+        launch: &NodeLaunch,
+        limits: &Limits,
+    ) -> Result<Self, LaunchError> {
+        let node = plan.node(&launch.node).ok_or_else(|| LaunchError::UnknownNode(launch.node.clone()))?;
+        let identity = launch.identity();
+        let counters = StateCounters::default();
+        let stateful = matches!(registry.get(&node.name), Behaviour::Handler(h) if h.uses_state());
+        if !stateful {
+            return Ok(Self { metrics: Metrics::new(&identity), state: None, counters });
+        }
+        // Every runner names the store; a node never guesses one (a guess would split state).
+        let config = launch.storage.as_ref().ok_or(LaunchError::Environment {
+            variable: "MP_STORAGE",
+            reason: "not set, and this node keeps state".into(),
+        })?;
+        let store = config.open()?;
+        let state =
+            StateRuntime::new(store, &launch.app, &node.service, counters.clone(), limits.max_state_group);
+        Ok(Self { metrics: Metrics::with_state(&identity, &counters), state: Some(state), counters })
     }
 
     /// The replica's state updates so far (zero on a node without state).
     pub(crate) fn state_stats(&self) -> StateStats {
-        self.state.stats()
+        self.counters.stats()
     }
 }
 
@@ -215,9 +230,9 @@ pub(crate) fn build(
     client: &HttpClient,
     timeouts: Timeouts,
     limits: Limits,
-    counters: &ReplicaCounters,
+    shared: &ReplicaShared,
 ) -> Result<NodeProgram, LaunchError> {
-    let metrics = counters.metrics.clone();
+    let metrics = shared.metrics.clone();
     let node = plan.node(&launch.node).ok_or_else(|| LaunchError::UnknownNode(launch.node.clone()))?;
     let identity = Arc::new(launch.identity());
     let call_timeout = node.settings.call_timeout.unwrap_or(timeouts.call);
@@ -240,19 +255,8 @@ pub(crate) fn build(
             return Ok(NodeProgram::Proxy(Arc::new(Proxy::new(routing, limits))));
         }
         (PlanRole::Leaf, Behaviour::Handler(handler)) => {
-            // Only a stateful handler opens storage; every other leaf carries nothing extra.
-            let state = if handler.uses_state() {
-                // Every runner names the store; a node never guesses one (a guess would split state).
-                let config = launch.storage.as_ref().ok_or(LaunchError::Environment {
-                    variable: "MP_STORAGE",
-                    reason: "not set, and this node keeps state".into(),
-                })?;
-                let store = config.open()?;
-                let runtime = StateRuntime::new(store, &launch.app, &node.service, counters.state.clone());
-                Some(runtime as Arc<dyn Transactions>)
-            } else {
-                None
-            };
+            // Only a stateful handler has a state runtime; every other leaf carries nothing extra.
+            let state = shared.state.clone().map(|runtime| runtime as Arc<dyn Transactions>);
             Arc::new(Leaf { service: node.service.clone(), handler, identity: identity.clone(), state })
         }
         (PlanRole::Balancer { upstream }, _) => {

@@ -60,13 +60,21 @@ pub struct Limits {
     pub max_body: usize,
     /// Time a client gets to send its request headers (default 10 s); then the connection closes.
     pub header_timeout: Duration,
+    /// Most requests for one state key a replica commits together with one compare-and-swap
+    /// (default 64; 1 commits each request on its own).
+    pub max_state_group: usize,
     /// Largest request head (request line and headers) accepted, in bytes (default 64 KiB).
     pub max_head: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_body: 1024 * 1024, header_timeout: Duration::from_secs(10), max_head: 64 * 1024 }
+        Self {
+            max_body: 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            max_head: 64 * 1024,
+            max_state_group: 64,
+        }
     }
 }
 

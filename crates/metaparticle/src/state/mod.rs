@@ -1,135 +1,165 @@
 //! The state runtime: how a node keeps the promise of [`crate::stateful`] handlers.
 //!
-//! The model describes what a stateful handler does to its scope (an attempt: bytes in, reply and
+//! The model describes what a stateful request does to its scope (an attempt: bytes in, reply and
 //! new bytes out); this module does the I/O around it, once for every backend:
 //!
-//! 1. wait for the key's in-process lane ([`lanes`]), so requests to one replica do not conflict
-//!    with each other;
-//! 2. load the scope and its version from the [store](crate::storage);
-//! 3. run the attempt; if it changed the scope, write it back with compare-and-swap on the version;
-//! 4. if another writer came first, run the attempt again on the value that won (at most
-//!    [`MAX_ATTEMPTS`] times; the first retry at once, then after a random sleep below a bound
-//!    that doubles from 1 ms up to [`MAX_BACKOFF`]), then fail with `-32002`. Storage that cannot be
+//! 1. requests for one key queue in their replica ([`StateRuntime::transact`]); one task at a time
+//!    commits a key, taking every request queued on it as one group (at most
+//!    [`Limits::max_state_group`](crate::testing::Limits::max_state_group));
+//! 2. the group's attempts run one after another on the scope, each seeing the changes of the
+//!    ones before it, and the result is stored with one compare-and-swap ([`group`]);
+//! 3. if another writer came first, the group runs again on the value that won (at most
+//!    `MAX_ATTEMPTS` times; the first retry at once, then after a random sleep below a bound that
+//!    doubles from 1 ms up to `MAX_BACKOFF`), then fails with `-32002`. Storage that cannot be
 //!    reached, or a scope that does not decode, is `-32003`; nothing is written.
 //!
-//! It sits beside the data plane: the leaf role hands each request's [`Context`](crate::Context)
-//! a [`StateRuntime`], and the node's `/metrics` reports its [`counters`].
+//! The commit runs in a task of its own, so a caller that hangs up does not cancel the update of
+//! the others in its group. One runtime serves every worker thread of a replica, so requests for
+//! one key meet in one queue however the connections were dealt.
 
+mod cache;
 pub(crate) mod counters;
-pub(crate) mod lanes;
+mod group;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use rand::Rng;
 use serde_json::Value;
 
 use crate::future::BoxFuture;
-use crate::model::state::{MAX_ATTEMPTS, MAX_BACKOFF};
-use crate::model::transactions::{Attempt, AttemptError, ScopeId, Transactions};
-use crate::storage::{StorageError, Store, Swapped};
+use crate::model::transactions::{Attempt, ScopeId, Transactions};
+use crate::storage::Store;
 use crate::wire::jsonrpc::RpcError;
+use cache::Cache;
 use counters::StateCounters;
-use lanes::Lanes;
+use group::Pending;
 
-/// The state of one service on one replica: its store, whose scopes they are, and its counters.
+/// The state of one service on one replica: its store, whose scopes they are, the requests
+/// waiting on each key, and its counters.
 pub(crate) struct StateRuntime {
     store: Arc<dyn Store>,
     app: String,
     service: String,
-    lanes: Lanes,
+    /// Requests waiting on a key; a key is present while a commit task runs for it.
+    queues: Mutex<HashMap<String, Vec<Pending>>>,
+    cache: Cache,
     counters: StateCounters,
+    max_group: usize,
 }
 
 impl StateRuntime {
-    /// The runtime of `service` of `app` on `store`, counting into `counters`.
-    pub(crate) fn new(store: Arc<dyn Store>, app: &str, service: &str, counters: StateCounters) -> Arc<Self> {
-        Arc::new(Self { store, app: app.into(), service: service.into(), lanes: Lanes::default(), counters })
+    /// The runtime of `service` of `app` on `store`, counting into `counters`, committing at
+    /// most `max_group` requests together (1: each request on its own).
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        app: &str,
+        service: &str,
+        counters: StateCounters,
+        max_group: usize,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            app: app.into(),
+            service: service.into(),
+            queues: Mutex::default(),
+            cache: Cache::default(),
+            counters,
+            max_group: max_group.max(1),
+        })
     }
 
-    /// The storage key of a scope: `<app>/<service>/global` or `<app>/<service>/user/<name>`.
+    /// The storage key of a scope: `<app>/<service>/global`, `<app>/<service>/user/<name>` or
+    /// `<app>/<service>/key/<key>`.
     fn key(&self, scope: &ScopeId) -> String {
         match scope {
             ScopeId::Global => format!("{}/{}/global", self.app, self.service),
             ScopeId::User(user) => format!("{}/{}/user/{}", self.app, self.service, escape(user)),
+            ScopeId::Keyed(key) => format!("{}/{}/key/{}", self.app, self.service, escape(key)),
         }
     }
 
-    /// Load, run, compare-and-swap, retry: the one place optimistic concurrency is implemented.
-    async fn run(&self, key: String, mut attempt: Attempt) -> Result<Value, RpcError> {
-        let _lane = self.lanes.lock(&key).await;
-        let store = &*self.store;
-        self.counters.requests.inc();
-        let mut backoff_bound = Duration::from_millis(1);
-        let mut loaded = store.load(&key).await.map_err(storage_error)?;
-        for tries in 1..=MAX_ATTEMPTS {
-            let version = loaded.as_ref().map_or(0, |v| v.version);
-            let attempted = match attempt(loaded.as_ref().map(|v| v.value.as_slice())) {
-                Ok(attempted) => attempted,
-                Err(AttemptError::Handler(e)) => return Err(e),
-                Err(AttemptError::Undecodable(why)) => return Err(undecodable(store, &key, &why)),
-            };
-            let Some(write) = attempted.write else { return Ok(attempted.reply) };
-            // A lost swap hands back the value that won, so the retry needs no separate load.
-            match store.swap_or_load(&key, version, write).await.map_err(storage_error)? {
-                Swapped::Written => return Ok(attempted.reply),
-                Swapped::Lost(current) => loaded = current,
-            }
-            if tries == MAX_ATTEMPTS {
-                break;
-            }
-            self.counters.retries.inc();
-            // The first retry is immediate: the writer that won has just finished, so the key is
-            // most likely quiet now (and a timer cannot sleep less than a millisecond anyway).
-            // After that, full jitter (a random sleep below a doubling bound) spreads contenders apart.
-            if tries > 1 {
-                let sleep = rand::rng().random_range(Duration::ZERO..=backoff_bound);
-                tokio::time::sleep(sleep).await;
-                backoff_bound = (backoff_bound * 2).min(MAX_BACKOFF);
-                // After a sleep the value the lost swap returned is likely stale: read it fresh
-                // rather than spend an attempt on it.
-                loaded = store.load(&key).await.map_err(storage_error)?;
-            }
+    /// Commits the groups queued on `key` until none is left.
+    async fn lead(self: Arc<Self>, key: String) {
+        let mut leading = Leading { runtime: &self, key: &key };
+        while let Some(group) = leading.next_group() {
+            group::commit(&*self.store, &self.cache, &self.counters, &key, group).await;
         }
-        self.counters.gave_up.inc();
-        Err(RpcError::conflict(&key, MAX_ATTEMPTS))
+    }
+}
+
+/// The commit task of one key. Dropped early (a panic, the runtime shutting down), it removes the
+/// key's queue, so the requests in it are answered with an error instead of waiting for ever.
+struct Leading<'a> {
+    runtime: &'a StateRuntime,
+    key: &'a str,
+}
+
+impl Leading<'_> {
+    /// The next group to commit, or `None` once the queue is empty (the key is then released:
+    /// the next request for it starts a new commit task).
+    fn next_group(&mut self) -> Option<Vec<Pending>> {
+        let mut queues = self.runtime.queues.lock().expect("state queues");
+        let waiting = queues.get_mut(self.key)?;
+        if waiting.is_empty() {
+            queues.remove(self.key);
+            return None;
+        }
+        let take = waiting.len().min(self.runtime.max_group);
+        Some(waiting.drain(..take).collect())
+    }
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut queues) = self.runtime.queues.lock() {
+            queues.remove(self.key);
+        }
     }
 }
 
 impl Transactions for StateRuntime {
     fn transact(self: Arc<Self>, scope: ScopeId, attempt: Attempt) -> BoxFuture<Result<Value, RpcError>> {
         let key = self.key(&scope);
-        Box::pin(async move { self.run(key, attempt).await })
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let lead = {
+            let mut queues = self.queues.lock().expect("state queues");
+            match queues.get_mut(&key) {
+                Some(waiting) => {
+                    waiting.push(Pending { attempt, done });
+                    false
+                }
+                None => {
+                    queues.insert(key.clone(), vec![Pending { attempt, done }]);
+                    true
+                }
+            }
+        };
+        if lead {
+            tokio::spawn(self.lead(key));
+        }
+        Box::pin(async move {
+            answer
+                .await
+                .unwrap_or_else(|_| Err(RpcError::internal("the state update was abandoned by its node")))
+        })
     }
 }
 
-/// Keeps user names from forging another key's path: `/` and `%` are percent-encoded.
-fn escape(user: &str) -> String {
-    user.replace('%', "%25").replace('/', "%2F")
-}
-
-fn undecodable(store: &dyn Store, key: &str, why: &str) -> RpcError {
-    RpcError::storage(format!(
-        "storage {}: the value under key '{key}' does not decode as this handler's state ({why}); \
-         it was left untouched: remove or repair it",
-        store.describe()
-    ))
-}
-
-fn storage_error(e: StorageError) -> RpcError {
-    tracing::warn!(error = %e, "storage failed");
-    RpcError::storage(e)
+/// Keeps user names and keys from forging another key's path: `/` and `%` are percent-encoded.
+fn escape(name: &str) -> String {
+    name.replace('%', "%25").replace('/', "%2F")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::state::{stateful, stateful_user, User};
-    use crate::storage::{StorageConfig, Versioned};
+    use crate::storage::{StorageConfig, StorageError, Versioned};
     use crate::testing::{launch_with, Options, RedisServer, TestApp};
     use crate::{service, HandlerError};
     use serde::{Deserialize, Serialize};
     use serde_json::json;
+    use std::time::Duration;
 
     #[derive(Serialize, Deserialize, Default)]
     struct Count {
@@ -265,6 +295,118 @@ mod tests {
         assert!(updates.ends_with(" 0"), "b's /metrics counts a's updates: {updates}");
     }
 
+    /// Fires `n` requests at once at one stateful service and returns their answers.
+    async fn concurrently(
+        app: &std::sync::Arc<TestApp>,
+        service: &'static str,
+        requests: Vec<Value>,
+    ) -> Vec<Result<Value, String>> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, request) in requests.into_iter().enumerate() {
+            let app = app.clone();
+            tasks.spawn(
+                async move { (i, app.call_value(service, &request).await.map_err(|e| e.to_string())) },
+            );
+        }
+        let mut answers: Vec<(usize, Result<Value, String>)> = tasks.join_all().await;
+        answers.sort_by_key(|(i, _)| *i);
+        answers.into_iter().map(|(_, a)| a).collect()
+    }
+
+    #[tokio::test]
+    async fn requests_queued_on_a_key_commit_together_and_each_sees_the_ones_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = file_storage(&dir);
+        let app = std::sync::Arc::new(launch(vec![counter("c")], storage.clone()).await);
+        let answers = concurrently(&app, "c", vec![json!(1); 64]).await;
+        let mut seen: Vec<u64> = answers.into_iter().map(|a| a.unwrap().as_u64().unwrap()).collect();
+        seen.sort_unstable();
+        // One after another: every request saw the count the ones before it left.
+        assert_eq!(seen, (1..=64).collect::<Vec<_>>());
+        assert_eq!(stored(&storage, "app/c/global").await.unwrap().value, b"{\"n\":64}");
+        let stats = app.state_stats("c");
+        assert_eq!(stats.requests, 64);
+        assert!(stats.commits < 64, "no request was grouped with another: {stats:?}");
+    }
+
+    #[tokio::test]
+    async fn a_failing_request_in_a_group_loses_only_its_own_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = file_storage(&dir);
+        let svc = service(
+            "c",
+            stateful(|what: String, c: &mut Count| -> Result<u64, HandlerError> {
+                c.n += 1;
+                match what.as_str() {
+                    "error" => Err(HandlerError::new("refused")),
+                    "panic" => panic!("boom"),
+                    _ => Ok(c.n),
+                }
+            }),
+        )
+        .expose();
+        let app = std::sync::Arc::new(launch(vec![svc], storage.clone()).await);
+        let requests: Vec<Value> = (0..60).map(|i| json!(["ok", "error", "panic"][i % 3])).collect();
+        let answers = concurrently(&app, "c", requests).await;
+        let mut counts = Vec::new();
+        for (i, answer) in answers.into_iter().enumerate() {
+            match (i % 3, answer) {
+                (0, Ok(n)) => counts.push(n.as_u64().unwrap()),
+                (1, Err(e)) => assert!(e.contains("refused"), "{e}"),
+                (2, Err(e)) => assert!(e.contains("boom"), "{e}"),
+                (kind, other) => panic!("request {i} (kind {kind}) answered {other:?}"),
+            }
+        }
+        counts.sort_unstable();
+        assert_eq!(counts, (1..=20).collect::<Vec<_>>(), "only the successful requests counted");
+        assert_eq!(stored(&storage, "app/c/global").await.unwrap().value, b"{\"n\":20}");
+    }
+
+    #[tokio::test]
+    async fn a_keyed_scope_keeps_one_value_per_key_under_its_own_storage_key() {
+        #[derive(Deserialize)]
+        struct Add {
+            cart: String,
+            item: String,
+        }
+        #[derive(Serialize, Deserialize, Default)]
+        struct Cart {
+            items: Vec<String>,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let storage = file_storage(&dir);
+        let carts = service(
+            "cart",
+            crate::shard(
+                3,
+                |r: &Add| r.cart.clone(),
+                crate::stateful_keyed(
+                    |r: &Add| r.cart.clone(),
+                    |r: Add, cart: &mut Cart| {
+                        cart.items.push(r.item);
+                        cart.items.clone()
+                    },
+                ),
+            ),
+        )
+        .expose();
+        let app = launch(vec![carts], storage.clone()).await;
+        for (cart, item) in [("a", "apple"), ("b", "bread"), ("a", "avocado"), ("x/../a", "forged")] {
+            app.call::<_, Value>("cart", json!({ "cart": cart, "item": item })).await.unwrap();
+        }
+        let read = |key: &'static str| {
+            let storage = storage.clone();
+            async move { storage.read_json(key).await.unwrap().unwrap()["items"].clone() }
+        };
+        assert_eq!(read("app/cart/key/a").await, json!(["apple", "avocado"]));
+        assert_eq!(read("app/cart/key/b").await, json!(["bread"]));
+        assert_eq!(
+            read("app/cart/key/x%2F..%2Fa").await,
+            json!(["forged"]),
+            "a key cannot forge another's path"
+        );
+    }
+
     #[tokio::test]
     async fn a_json_map_scope_reads_like_the_seeds() {
         // mp.scope.global.requests++ in the seeds, with an untyped scope.
@@ -296,7 +438,7 @@ mod tests {
 
     #[test]
     fn user_names_cannot_forge_another_key() {
-        let runtime = StateRuntime::new(unused_store(), "app", "svc", StateCounters::default());
+        let runtime = StateRuntime::new(unused_store(), "app", "svc", StateCounters::default(), 64);
         let user = |name: &str| runtime.key(&ScopeId::User(name.into()));
         assert_eq!(user("a/../global"), "app/svc/user/a%2F..%2Fglobal");
         assert_ne!(user("a%2Fb"), user("a/b"));
