@@ -10,6 +10,7 @@ pub mod balance;
 pub mod http1;
 pub mod http_proxy;
 pub mod identity;
+pub mod launch_env;
 pub mod metrics;
 pub mod node;
 pub mod roles;
