@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod node;
 pub mod roles;
 pub mod server;
+pub mod shutdown;
 pub mod upstream;
 
 pub use address_book::AddressBook;
