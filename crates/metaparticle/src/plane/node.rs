@@ -15,6 +15,7 @@ use super::identity::Identity;
 use super::metrics::Metrics;
 use super::roles::{Balancer, Gather, Leaf, Router};
 use super::server::{Limits, NodeServer, Role};
+use super::shutdown::Shutdown;
 use super::upstream::{HttpClient, Pool};
 use crate::model::state::StateContext;
 use crate::model::topology::ErasedServer;
@@ -97,10 +98,28 @@ impl NodeProgram {
     /// A program's own server takes its listener whole (`Connections::Accept`), since it accepts
     /// for itself.
     pub async fn run(self, connections: impl Into<Connections>) -> std::io::Result<()> {
+        self.run_until(connections, Shutdown::never()).await
+    }
+
+    /// [`NodeProgram::run`] until `shutdown` fires, then stops taking connections and lets those
+    /// in flight finish within the signal's drain bound. A program's own server cannot be asked
+    /// to drain: it stops at once.
+    pub async fn run_until(
+        self,
+        connections: impl Into<Connections>,
+        mut shutdown: Shutdown,
+    ) -> std::io::Result<()> {
         match (self, connections.into()) {
-            (NodeProgram::Rpc(server), connections) => super::server::serve(connections, server).await,
-            (NodeProgram::Proxy(proxy), connections) => super::http_proxy::serve(connections, proxy).await,
-            (NodeProgram::Server(server), Connections::Accept(listener)) => server.run(listener).await,
+            (NodeProgram::Rpc(server), connections) => {
+                super::server::serve(connections, server, shutdown).await
+            }
+            (NodeProgram::Proxy(proxy), connections) => {
+                super::http_proxy::serve(connections, proxy, shutdown).await
+            }
+            (NodeProgram::Server(server), Connections::Accept(listener)) => tokio::select! {
+                served = server.run(listener) => served,
+                _ = shutdown.requested() => Ok(()),
+            },
             (NodeProgram::Server(_), Connections::Dealt(_)) => Err(std::io::Error::other(
                 "a program's own server accepts its connections itself; it cannot be dealt them",
             )),

@@ -4,8 +4,9 @@
 //! worker's server), as mini-redis passes its `shutdown` to `run`: nothing reads a global. When
 //! it fires, accept loops close their listeners (new callers are refused at once, so a balancer
 //! in front retries them elsewhere), and each open connection finishes the request it is serving
-//! and closes (hyper's graceful shutdown; idle keep-alive connections close at once). The process
-//! gives all of that [`DRAIN_TIMEOUT`] and then exits whatever is left.
+//! and closes (hyper's graceful shutdown; idle keep-alive connections close at once). All of that
+//! gets the signal's drain bound ([`DRAIN_TIMEOUT`] unless the node's `MP_DRAIN_SECONDS` says
+//! otherwise); whatever is still running then is dropped and the process exits.
 
 use std::time::Duration;
 
@@ -28,28 +29,36 @@ impl Trigger {
 
 /// Whether the node has been asked to stop; cheap to clone and to poll.
 #[derive(Clone, Debug)]
-pub struct Shutdown(Option<watch::Receiver<bool>>);
+pub struct Shutdown {
+    fired: Option<watch::Receiver<bool>>,
+    drain: Duration,
+}
 
 impl Shutdown {
-    /// A shutdown signal and the trigger that fires it.
-    pub fn new() -> (Trigger, Shutdown) {
+    /// A shutdown signal whose drain lasts at most `drain`, and the trigger that fires it.
+    pub fn new(drain: Duration) -> (Trigger, Shutdown) {
         let (tx, rx) = watch::channel(false);
-        (Trigger(tx), Shutdown(Some(rx)))
+        (Trigger(tx), Shutdown { fired: Some(rx), drain })
     }
 
     /// A signal that never fires (in-process test apps, which stop by being dropped).
     pub fn never() -> Shutdown {
-        Shutdown(None)
+        Shutdown { fired: None, drain: DRAIN_TIMEOUT }
+    }
+
+    /// How long requests in flight may take to finish once the signal fired.
+    pub fn drain_timeout(&self) -> Duration {
+        self.drain
     }
 
     /// Whether it has fired.
     pub fn is_requested(&self) -> bool {
-        self.0.as_ref().is_some_and(|rx| *rx.borrow())
+        self.fired.as_ref().is_some_and(|rx| *rx.borrow())
     }
 
     /// Resolves once the signal fires (never, for [`Shutdown::never`] or a dropped trigger).
     pub async fn requested(&mut self) {
-        match &mut self.0 {
+        match &mut self.fired {
             Some(rx) => {
                 if rx.wait_for(|stop| *stop).await.is_err() {
                     std::future::pending::<()>().await
@@ -66,7 +75,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_clone_sees_the_signal_even_after_it_fired() {
-        let (trigger, shutdown) = Shutdown::new();
+        let (trigger, shutdown) = Shutdown::new(DRAIN_TIMEOUT);
         let mut early = shutdown.clone();
         let waiter = tokio::spawn(async move { early.requested().await });
         assert!(!shutdown.is_requested());
