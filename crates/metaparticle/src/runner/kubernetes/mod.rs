@@ -146,7 +146,7 @@ pub fn print_manifests(deploy: &Deploy, plan: &Plan, options: &Options) -> Resul
     );
     let secret = names::secret_name(&deploy.app);
     println!(
-        "# The pods read keys {} of the Secret '{secret}', which `up` creates; applying these by hand",
+        "# The pods read the Secret '{secret}' (keys: {}), which `up` creates. To apply these by hand",
         m.secret_keys.join(", ")
     );
     println!(
