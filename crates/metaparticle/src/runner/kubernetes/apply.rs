@@ -201,5 +201,10 @@ pub(crate) fn api_error(doing: &str, namespace: &str, e: kube::Error) -> Kuberne
         }
         _ => String::new(),
     };
-    KubernetesError::Api { doing: doing.to_string(), namespace: namespace.to_string(), source: e, hint }
+    KubernetesError::Api {
+        doing: doing.to_string(),
+        namespace: namespace.to_string(),
+        source: Box::new(e),
+        hint,
+    }
 }

@@ -22,7 +22,8 @@ pub fn namespace(flag: Option<&str>) -> Result<String> {
     if let Some(ns) = flag {
         return Ok(ns.to_string());
     }
-    let config = Kubeconfig::read().map_err(|source| KubernetesError::NoNamespace { source })?;
+    let config =
+        Kubeconfig::read().map_err(|source| KubernetesError::NoNamespace { source: Box::new(source) })?;
     Ok(context_namespace(&config))
 }
 
@@ -46,14 +47,14 @@ fn context_namespace(config: &Kubeconfig) -> String {
 pub async fn connect() -> Result<Client> {
     let mut config = Config::from_kubeconfig(&KubeConfigOptions::default())
         .await
-        .map_err(|source| KubernetesError::Kubeconfig { source })?;
+        .map_err(|source| KubernetesError::Kubeconfig { source: Box::new(source) })?;
     let server = config.cluster_url.to_string();
     config.connect_timeout = Some(Duration::from_secs(5));
     config.read_timeout = Some(Duration::from_secs(30));
     // Retries of 429/503 are right for a busy server but wrong for one that is not there.
     config.default_retry = false;
     let client = Client::try_from(config)
-        .map_err(|source| KubernetesError::Client { server: server.clone(), source })?;
+        .map_err(|source| KubernetesError::Client { server: server.clone(), source: Box::new(source) })?;
     let unreachable = |why: String| KubernetesError::Unreachable { server: server.clone(), why };
     match tokio::time::timeout(REACH_TIMEOUT, client.apiserver_version()).await {
         Ok(Ok(_)) => Ok(client),

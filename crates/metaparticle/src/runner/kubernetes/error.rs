@@ -30,7 +30,7 @@ pub enum KubernetesError {
     NoNamespace {
         /// What kube said.
         #[source]
-        source: kube::config::KubeconfigError,
+        source: Box<kube::config::KubeconfigError>,
     },
     /// No kubeconfig to read the cluster from.
     #[error(
@@ -39,7 +39,7 @@ pub enum KubernetesError {
     Kubeconfig {
         /// What kube said.
         #[source]
-        source: kube::config::KubeconfigError,
+        source: Box<kube::config::KubeconfigError>,
     },
     /// The kubeconfig names a cluster no client can be built for.
     #[error("cannot build a Kubernetes client for {server}: {source}")]
@@ -48,7 +48,7 @@ pub enum KubernetesError {
         server: String,
         /// What kube said.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// The API server did not answer.
     #[error(
@@ -70,7 +70,7 @@ pub enum KubernetesError {
         namespace: String,
         /// What the server said.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
         /// What to do about it, when we know (starts with a newline), else empty.
         hint: String,
     },
@@ -120,6 +120,8 @@ pub enum KubernetesError {
     #[error("{0}")]
     Unsupported(String),
 }
+
+// The causes are boxed: kube's errors are large, and every `Result` of the crate carries this.
 
 /// `Result` with [`KubernetesError`].
 pub type Result<T, E = KubernetesError> = std::result::Result<T, E>;
