@@ -125,7 +125,7 @@ pub async fn publish_image(app: &str) -> Result<String> {
 /// the local tag. The `image` command prints it, e.g. for `manifests --image`.
 pub async fn image_reference(app: &str) -> Result<String> {
     let docker = engine::connect().await?;
-    let progress = Progress::new();
+    let progress = Progress::on_stderr();
     let (tag, pushed) = ensure_image(&docker, app, &progress).await?;
     image::prune_older(&docker, app, &tag).await;
     progress.finish();
