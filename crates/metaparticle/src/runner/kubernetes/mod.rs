@@ -6,7 +6,7 @@
 //! $ cargo run --example server3 -- --runner kubernetes delete
 //! ```
 //!
-//! - [`manifests`](self::manifests) turns a plan into objects (pure; which kind for which node and why is
+//! - [`manifests`] turns a plan into objects (pure; which kind for which node and why is
 //!   documented there). `manifests` prints them and changes nothing; it needs no cluster, and
 //!   prints the same YAML every time for the same build and flags.
 //! - [`cluster`] finds the kubeconfig's namespace and proves the API server answers, quickly.
