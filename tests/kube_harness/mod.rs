@@ -146,7 +146,7 @@ impl Cluster {
         }
         let results: Vec<Result<Pod, String>> = {
             let this = &*self;
-            let pods: Vec<(PodSpec, Value)> = started.iter().flat_map(|w| this.pods_of(w)).collect();
+            let pods: Vec<(PodSpec, String)> = started.iter().flat_map(|w| this.pods_of(w)).collect();
             // Pods start concurrently, as the StatefulSets' `Parallel` policy and Deployments do.
             std::thread::scope(|scope| {
                 let handles: Vec<_> =
@@ -164,7 +164,7 @@ impl Cluster {
     }
 
     /// The pods a workload's controller creates.
-    fn pods_of<'a>(&'a self, workload: &'a Value) -> Vec<(PodSpec<'a>, Value)> {
+    fn pods_of<'a>(&'a self, workload: &'a Value) -> Vec<(PodSpec<'a>, String)> {
         let name = workload["metadata"]["name"].as_str().unwrap_or_default();
         let kind = workload["kind"].as_str().unwrap_or_default();
         let replicas = workload["spec"]["replicas"].as_u64().unwrap_or(1);
@@ -194,13 +194,13 @@ impl Cluster {
                     spec: &template["spec"],
                     subdomain,
                 };
-                (spec, Value::String(format!("{kind}/{name}")))
+                (spec, describe(workload))
             })
             .collect()
     }
 
     /// Starts one pod's container.
-    fn start(&self, pod: &PodSpec, owner: &Value) -> Result<Pod, String> {
+    fn start(&self, pod: &PodSpec, owner: &str) -> Result<Pod, String> {
         let containers = pod.spec["containers"].as_array().ok_or("a pod template without containers")?;
         let [container] = containers.as_slice() else {
             return Err(format!("{}: this harness runs one container per pod", pod.name));
@@ -288,7 +288,7 @@ impl Cluster {
             container: docker_name,
             labels: pod.labels.clone(),
             spec: pod.spec.clone(),
-            owner: owner.as_str().unwrap_or_default().to_string(),
+            owner: owner.to_string(),
         })
     }
 
@@ -379,22 +379,20 @@ impl Cluster {
         let workload = self
             .workloads
             .iter()
-            .find(|w| {
-                format!(
-                    "{}/{}",
-                    w["kind"].as_str().unwrap_or_default(),
-                    w["metadata"]["name"].as_str().unwrap_or_default()
-                ) == old.owner
-            })
+            .find(|w| describe(w) == old.owner)
             .cloned()
-            .ok_or("no owner")?;
+            .ok_or_else(|| format!("no workload {} owns pod {}", old.owner, old.name))?;
+        let is_deployment = workload["kind"] == "Deployment";
         let (mut spec, owner) = self
             .pods_of(&workload)
             .into_iter()
-            .find(|(s, _)| s.name == old.name || workload["kind"] == "Deployment")
+            .find(|(s, _)| s.name == old.name || is_deployment)
             .ok_or("the controller has no pod to make")?;
-        if workload["kind"] == "Deployment" {
-            spec.name = format!("{}-r", old.name);
+        if is_deployment {
+            // Same template hash, a new random-looking id.
+            let prefix = old.name.rsplit_once('-').map_or(old.name.as_str(), |(p, _)| p);
+            spec.name =
+                format!("{prefix}-{:05x}", fnv1a(&format!("{}{}", old.name, self.pods.len())) & 0xf_ffff);
         }
         let new = self.start(&spec, &owner)?;
         self.pods.push(new.clone());
