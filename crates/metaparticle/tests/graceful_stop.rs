@@ -150,8 +150,12 @@ fn sigterm_lets_the_request_in_flight_finish_refuses_new_ones_and_exits() {
     let terminated = Instant::now();
     node.terminate();
 
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(TcpStream::connect(&node.address).is_err(), "a stopping node refuses new connections");
+    // Well before the request in flight is done, new callers are refused.
+    let refusing = Instant::now() + Duration::from_secs(1);
+    while TcpStream::connect(&node.address).is_ok() {
+        assert!(Instant::now() < refusing, "a stopping node refuses new connections");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (status, answer) = in_flight.join().unwrap().expect("the request in flight gets its answer");
     assert_eq!((status, &answer["result"]), (200, &json!({"slept_ms": 1500})), "{answer}");
     let exited = node.wait_exit(Duration::from_secs(5));
