@@ -425,7 +425,17 @@ impl Drop for Cluster {
                 let _ = docker(&args);
             }
         }
-        let _ = docker(&["network", "rm", &self.network]);
+        // The engine may release a removed container's endpoint a moment later; until then the
+        // network refuses to go ("has active endpoints"), so try a few times. (Docker 20.10 can
+        // also keep a stale endpoint for good; only a daemon restart clears that.)
+        for _ in 0..8 {
+            match docker(&["network", "rm", &self.network]) {
+                Ok(_) => return,
+                Err(e) if e.contains("not found") => return,
+                Err(_) => std::thread::sleep(Duration::from_millis(250)),
+            }
+        }
+        eprintln!("could not remove network {}; remove it with `docker network rm {0}`", self.network);
     }
 }
 
