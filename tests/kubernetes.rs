@@ -1,7 +1,8 @@
 //! The Kubernetes runner as a user drives it, without a cluster (none runs here): every code-walk
 //! example's manifests match their reviewed snapshots and validate against the official
-//! Kubernetes schemas of two versions, and `up`/`delete` fail fast and clearly when there is no
-//! registry or no reachable cluster.
+//! Kubernetes schemas of the oldest and the newest supported version, and `up`/`delete` fail fast
+//! and clearly when there is no registry or no reachable cluster. That the pods these manifests
+//! describe form a working app is shown by running them: `tests/kubernetes_pods.rs`.
 //!
 //! Snapshots live in `tests/snapshots/kubernetes/<example>.yaml`; after an intended change,
 //! regenerate them with `MP_UPDATE_SNAPSHOTS=1 cargo test --test kubernetes` and review the diff.
@@ -20,10 +21,12 @@ use serde_json::json;
 use support::{binary, free_port, Run};
 
 /// Every code-walk example (server4 is histogram under the chapter's own name, so its app differs),
-/// and the sharding tutorial.
-const EXAMPLES: [&str; 6] = ["server1", "server2", "server3", "server4", "histogram", "sharded_http"];
-/// One current version and one older still-supported one.
-const KUBERNETES_VERSIONS: [&str; 2] = ["1.37.0", "1.31.0"];
+/// the sharding tutorial, and the nested topology; server5 keeps state on a volume (server6 and
+/// server7 need Redis: see [`redis_manifests_validate`]).
+const EXAMPLES: [&str; 8] =
+    ["server1", "server2", "server3", "server4", "histogram", "sharded_http", "shard_of_spreads", "server5"];
+/// The oldest and the newest Kubernetes the README names as supported.
+const KUBERNETES_VERSIONS: [&str; 2] = ["1.27.0", "1.37.0"];
 const NAMESPACE: &str = "metaparticle-test";
 
 /// The example program with a sandboxed environment: no kubeconfig, no registry, no node role.
@@ -42,11 +45,13 @@ fn no_kubeconfig() -> PathBuf {
     std::env::temp_dir().join("metaparticle-tests-no-such-kubeconfig")
 }
 
-/// `<example> --runner kubernetes manifests` with a fixed image and namespace.
-fn manifests(name: &str) -> String {
+/// `<example> --runner kubernetes manifests` with a fixed image and namespace, and `extra` flags.
+fn manifests_with(name: &str, extra: &[&str], env: &[(&str, &str)]) -> String {
     let run: Run = example(name, &no_kubeconfig())
         .args(["--runner", "kubernetes", "manifests", "--namespace", NAMESPACE])
         .args(["--image", &format!("registry.example/{name}:test")])
+        .args(extra)
+        .envs(env.iter().copied())
         .output()
         .expect("running the example")
         .into();
@@ -54,23 +59,8 @@ fn manifests(name: &str) -> String {
     run.stdout
 }
 
-/// The manifests with the per-run random secret (and its checksum) replaced by a marker.
-fn normalized(yaml: &str) -> String {
-    yaml.lines()
-        .map(|line| {
-            let trimmed = line.trim_start();
-            let indent = &line[..line.len() - trimmed.len()];
-            if trimmed.starts_with("secret: ") && indent.len() == 2 {
-                format!("{indent}secret: <random>")
-            } else if trimmed.starts_with("metaparticle.io/secret-checksum: ") {
-                format!("{indent}metaparticle.io/secret-checksum: <checksum>")
-            } else {
-                line.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n"
+fn manifests(name: &str) -> String {
+    manifests_with(name, &[], &[])
 }
 
 fn snapshot_path(name: &str) -> PathBuf {
@@ -81,7 +71,7 @@ fn snapshot_path(name: &str) -> PathBuf {
 fn every_examples_manifests_match_the_reviewed_snapshot() {
     let update = std::env::var("MP_UPDATE_SNAPSHOTS").is_ok_and(|v| v == "1");
     for name in EXAMPLES {
-        let actual = normalized(&manifests(name));
+        let actual = manifests(name);
         let path = snapshot_path(name);
         if update {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -104,13 +94,49 @@ fn every_examples_manifests_match_the_reviewed_snapshot() {
 }
 
 #[test]
-fn manifests_hold_the_secret_only_in_the_secret_and_differ_each_run() {
+fn manifests_are_the_same_every_time_and_hold_no_secret() {
     let a = manifests("server2");
     let b = manifests("server2");
-    assert_ne!(a, b, "each run draws a fresh secret");
-    assert_eq!(normalized(&a), normalized(&b), "nothing else varies");
-    assert_eq!(a.matches("kind: Secret").count(), 1);
+    assert_eq!(a, b, "printing twice gives the same YAML (GitOps: no diff, no restart)");
+    assert!(!a.contains("kind: Secret"), "the Secret is created by `up`, or once by hand");
     assert!(a.contains("secretKeyRef"), "pods read MP_SECRET from the Secret");
+    assert!(a.contains("kubectl create secret generic server2-metaparticle"), "says how to create it");
+}
+
+#[test]
+fn redis_storage_reaches_the_stateful_pods_and_a_loopback_redis_is_refused() {
+    let url = [("REDIS_URL", "redis://:hunter2@redis.shop.svc.cluster.local:6379")];
+    let yaml = manifests_with("server6", &["--storage", "redis"], &url);
+    assert_eq!(
+        yaml.matches("value: redis://redis.shop.svc.cluster.local:6379").count(),
+        1,
+        "the replicas' StatefulSet gets MP_STORAGE:\n{yaml}"
+    );
+    assert!(yaml.contains("key: storage-password"), "the password comes from the Secret:\n{yaml}");
+    assert!(!yaml.contains("hunter2"), "never the password itself");
+
+    for host in ["127.0.0.1", "localhost"] {
+        let run: Run = example("server6", &no_kubeconfig())
+            .args(["--runner", "kubernetes", "manifests", "--storage", "redis", "--namespace", NAMESPACE])
+            .env_remove("REDIS_URL")
+            .env("REDIS_HOST", host)
+            .output()
+            .unwrap()
+            .into();
+        assert!(!run.ok, "{host}: {}", run.stdout);
+        assert!(
+            run.stderr.contains("inside a pod that address is the pod itself")
+                && run.stderr.contains("REDIS_HOST"),
+            "{host}: {}",
+            run.stderr
+        );
+    }
+    let run: Run = example("server6", &no_kubeconfig())
+        .args(["--runner", "kubernetes", "manifests", "--namespace", NAMESPACE])
+        .output()
+        .unwrap()
+        .into();
+    assert!(!run.ok && run.stderr.contains("3 pods keep state"), "{}", run.stderr);
 }
 
 /// `kubernetes-validate`, or `None` (with the reason printed) when the test should skip.
@@ -132,14 +158,25 @@ fn validator() -> Option<PathBuf> {
 fn every_examples_manifests_validate_against_the_official_schemas() {
     let Some(validator) = validator() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let files: Vec<PathBuf> = EXAMPLES
+    let redis = [("REDIS_URL", "redis://:pw@redis.shop.svc.cluster.local:6379")];
+    let printed = EXAMPLES
         .iter()
-        .map(|name| {
+        .map(|name| (name.to_string(), manifests(name)))
+        .chain(["server6", "server7"].map(|name| {
+            let users = [redis[0], ("SIMPLE_USER_STORAGE_USERS", "alice:pw")];
+            (format!("{name}-redis"), manifests_with(name, &["--storage", "redis"], &users))
+        }))
+        .chain(std::iter::once((
+            "server2-no-namespace".to_string(),
+            run_manifests_without_namespace("server2"),
+        )));
+    let (names, files): (Vec<String>, Vec<PathBuf>) = printed
+        .map(|(name, yaml)| {
             let file = dir.path().join(format!("{name}.yaml"));
-            std::fs::write(&file, manifests(name)).unwrap();
-            file
+            std::fs::write(&file, yaml).unwrap();
+            (name, file)
         })
-        .collect();
+        .unzip();
     for version in KUBERNETES_VERSIONS {
         // --strict: a field the schema does not know is an error, not a warning. One run per
         // version checks every example's file (loading the schemas is the slow part).
@@ -154,12 +191,12 @@ fn every_examples_manifests_validate_against_the_official_schemas() {
             "manifests do not validate against Kubernetes {version}:\n{}{}",
             run.stdout, run.stderr
         );
-        for (name, file) in EXAMPLES.iter().zip(&files) {
+        for (name, file) in names.iter().zip(&files) {
             let checked =
                 run.stdout.lines().filter(|l| l.starts_with("INFO") && l.contains(file.to_str().unwrap()));
-            // server1 is the smallest: a Secret, a Service and a Deployment.
+            // server1 is the smallest: a Service and a Deployment.
             assert!(
-                checked.count() >= 3,
+                checked.count() >= 2,
                 "{name} on {version}: expected every object checked:\n{}",
                 run.stdout
             );
@@ -227,16 +264,27 @@ fn the_namespace_comes_from_the_kubeconfig_context_without_contacting_it() {
     assert!(!run.stdout.contains("namespace: default"), "{}", run.stdout);
 }
 
-#[test]
-fn manifests_without_namespace_or_kubeconfig_say_what_to_pass() {
-    let run: Run = example("server1", &no_kubeconfig())
-        .args(["--runner", "kubernetes", "manifests"])
+/// `manifests` of `name` with neither `--namespace` nor a kubeconfig.
+fn run_manifests_without_namespace(name: &str) -> String {
+    let run: Run = example(name, &no_kubeconfig())
+        .args(["--runner", "kubernetes", "manifests", "--image", &format!("registry.example/{name}:test")])
         .env("HOME", std::env::temp_dir().join("metaparticle-tests-no-home"))
         .output()
         .unwrap()
         .into();
-    assert!(!run.ok);
-    assert!(run.stderr.contains("--namespace"), "{}", run.stderr);
+    assert!(run.ok, "manifests without a namespace or kubeconfig failed: {}", run.stderr);
+    run.stdout
+}
+
+#[test]
+fn manifests_without_namespace_or_kubeconfig_leave_the_namespace_to_kubectl_apply() {
+    let yaml = run_manifests_without_namespace("server2");
+    assert!(!yaml.contains("namespace:"), "{yaml}");
+    assert!(yaml.contains("kubectl apply -n"), "the header says how to choose one:\n{yaml}");
+    assert!(
+        yaml.contains("replicated-service-replica-2.replicated-service-replica:3000"),
+        "addresses relative to the pods' own namespace:\n{yaml}"
+    );
 }
 
 /// `<example> --runner kubernetes <args>` against the fake API server.
@@ -361,4 +409,92 @@ fn a_rollout_that_cannot_finish_times_out_naming_the_stuck_pods() {
         "{}",
         run.stderr
     );
+}
+
+#[test]
+fn up_creates_the_state_volume_and_only_delete_purge_removes_it() {
+    let fake = FakeApi::start();
+    let dir = tempfile::tempdir().unwrap();
+    let run = against(&fake, dir.path(), "server5", &["up", "--image", "registry.example/server5:test"]);
+    assert!(run.ok, "up failed:\n{}\n{}", run.stdout, run.stderr);
+    let claim = fake.get("persistentvolumeclaims", "server5-state").expect("the state volume is applied");
+    assert_eq!(claim["spec"]["accessModes"], json!(["ReadWriteOnce"]));
+
+    let delete = against(&fake, dir.path(), "server5", &["delete"]);
+    assert!(delete.ok, "{}", delete.stderr);
+    assert!(
+        delete.stdout.contains(
+            "kept the app's state in PersistentVolumeClaim/server5-state (delete --purge removes it)"
+        ),
+        "{}",
+        delete.stdout
+    );
+    assert_eq!(fake.names(), ["persistentvolumeclaims/server5-state"], "everything else is gone");
+
+    let purge = against(&fake, dir.path(), "server5", &["delete", "--purge"]);
+    assert!(purge.ok, "{}", purge.stderr);
+    assert!(
+        purge
+            .stdout
+            .contains("purged the state of app 'server5': deleted PersistentVolumeClaim/server5-state"),
+        "{}",
+        purge.stdout
+    );
+    assert!(fake.names().is_empty(), "{:?}", fake.names());
+}
+
+#[test]
+fn a_secret_created_by_hand_is_used_as_it_is_and_a_missing_key_is_named() {
+    let fake = FakeApi::start();
+    let dir = tempfile::tempdir().unwrap();
+    // As a GitOps user creates it once: `kubectl create secret generic ...`, without our labels.
+    let handmade = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "server6-metaparticle"}, "data": {"secret": "aGFuZG1hZGU="}});
+    fake.insert("secrets", handmade.clone());
+    let up = |fake: &FakeApi| {
+        example("server6", &fake.kubeconfig(dir.path(), "fake-ns"))
+            .args(["--runner", "kubernetes", "up", "--image", "registry.example/server6:test"])
+            .args(["--storage", "redis"])
+            .env("REDIS_URL", "redis://:pw@redis.fake-ns.svc.cluster.local:6379")
+            .output()
+            .unwrap()
+            .into()
+    };
+    let run: Run = up(&fake);
+    assert!(!run.ok, "{}", run.stdout);
+    assert!(
+        run.stderr.contains("Secret/server6-metaparticle")
+            && run.stderr.contains("lacks key(s) storage-password"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(fake.get("secrets", "server6-metaparticle").unwrap(), handmade, "left untouched");
+
+    let complete = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "server6-metaparticle"},
+        "data": {"secret": "aGFuZG1hZGU=", "storage-password": "cHc="}});
+    fake.insert("secrets", complete.clone());
+    let run: Run = up(&fake);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(fake.get("secrets", "server6-metaparticle").unwrap(), complete, "used as it is");
+}
+
+#[test]
+fn up_creates_the_secret_with_the_storage_password_when_absent() {
+    let fake = FakeApi::start();
+    let dir = tempfile::tempdir().unwrap();
+    let run: Run = example("server6", &fake.kubeconfig(dir.path(), "fake-ns"))
+        .args(["--runner", "kubernetes", "up", "--image", "registry.example/server6:test"])
+        .args(["--storage", "redis"])
+        .env("REDIS_URL", "redis://:pw@redis.fake-ns.svc.cluster.local:6379")
+        .output()
+        .unwrap()
+        .into();
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    let secret = fake.get("secrets", "server6-metaparticle").unwrap();
+    assert_eq!(secret["data"]["storage-password"], "cHc=", "base64 of the password: {secret}");
+    assert_eq!(secret["metadata"]["labels"]["metaparticle.io/app"], "server6");
+    let sts = fake.get("statefulsets", "replicated-storage-service-replica").unwrap();
+    let env = sts["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(!env.contains("\"pw\""), "the password is referenced, never inlined: {env}");
 }

@@ -82,6 +82,9 @@ struct KubernetesArgs {
     /// How long `up` waits for every pod to be ready, in seconds.
     #[arg(long, global = true, default_value_t = 300)]
     rollout_timeout: u64,
+    /// The size of the state volume of a stateful pod with `--storage file`.
+    #[arg(long, global = true, default_value = "1Gi")]
+    volume_size: String,
 }
 
 #[cfg(feature = "kubernetes")]
@@ -101,6 +104,7 @@ impl KubernetesArgs {
             },
             cluster_domain: self.cluster_domain.clone(),
             rollout_timeout: std::time::Duration::from_secs(self.rollout_timeout),
+            volume_size: self.volume_size.clone(),
         }
     }
 }
@@ -133,6 +137,9 @@ enum Command {
     /// and change nothing. Needs no cluster.
     #[cfg(feature = "kubernetes")]
     Manifests,
+    /// Build this program's container image (FROM scratch, tagged by content; push it when
+    /// DOCKER_REGISTRY is set) and print its reference, e.g. for `manifests --image`.
+    Image,
 }
 
 /// Where nodes run.
@@ -167,6 +174,10 @@ impl Cli {
         let command = self.command.unwrap_or(Command::Up { attach: false });
         if let Command::Plan = command {
             print!("{plan}");
+            return Ok(());
+        }
+        if let Command::Image = command {
+            println!("{}", docker::image_reference(&app).await?);
             return Ok(());
         }
         // The app's record says which runner deployed it; `--runner` decides when there is none
@@ -204,7 +215,7 @@ impl Cli {
         let purge = matches!(command, Command::Delete { purge: true });
         let deleting = matches!(command, Command::Delete { .. });
         match (runner, command) {
-            (_, Command::Plan) => unreachable!("handled above"),
+            (_, Command::Plan | Command::Image) => unreachable!("handled above"),
             (RunnerKind::Local, Command::Up { attach }) => local::up(&deploy(attach), &plan).await,
             (RunnerKind::Local, Command::Delete { .. }) => local::delete(&app).await,
             (RunnerKind::Local, Command::Status) => local::status(&app).await,
@@ -220,28 +231,22 @@ impl Cli {
             #[cfg(feature = "kubernetes")]
             (RunnerKind::Kubernetes, command) => {
                 let options = self.kubernetes.options();
-                let storage_kind = if self.storage == StorageKind::File { "file" } else { "redis" };
                 match command {
-                    Command::Manifests => {
-                        k8s::check_storage(storage_kind, &plan)?;
-                        k8s::print_manifests(&deploy(false), &plan, &options)
-                    }
+                    Command::Manifests => Ok(k8s::print_manifests(&deploy(false), &plan, &options)?),
                     Command::Up { attach: true } => Err(Error::Usage(
                         "--attach is for the local runner; on Kubernetes follow logs with \
                          `kubectl logs -f -l metaparticle.io/app=<app>`"
                             .into(),
                     )),
-                    Command::Up { attach: false } => {
-                        k8s::check_storage(storage_kind, &plan)?;
-                        k8s::up(&deploy(false), &plan, &options).await
-                    }
-                    Command::Delete { .. } => k8s::delete(&app, &options).await,
-                    Command::Status => k8s::status(&app, &options).await,
+                    Command::Up { attach: false } => Ok(k8s::up(&deploy(false), &plan, &options).await?),
+                    // A cluster keeps the app's state in its volume claim, not on this machine.
+                    Command::Delete { purge } => return Ok(k8s::delete(&app, &options, purge).await?),
+                    Command::Status => Ok(k8s::status(&app, &options).await?),
                     Command::Logs { .. } => Err(Error::Usage(format!(
                         "on Kubernetes, read the logs with `kubectl logs --prefix -l {} --all-containers`",
                         k8s::names::app_selector(&app)
                     ))),
-                    Command::Plan => unreachable!("handled above"),
+                    Command::Plan | Command::Image => unreachable!("handled above"),
                 }
             }
         }?;
@@ -301,6 +306,9 @@ mod docker {
         missing()
     }
     pub(super) async fn logs(_: &str, _: bool) -> Result<()> {
+        missing()
+    }
+    pub(super) async fn image_reference(_: &str) -> Result<String> {
         missing()
     }
 }

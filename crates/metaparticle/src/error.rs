@@ -54,6 +54,10 @@ pub enum Error {
     /// The storage backend is misconfigured or unreachable.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The Kubernetes runner could not do what was asked; the message says why and what to do.
+    #[cfg(feature = "kubernetes")]
+    #[error(transparent)]
+    Kubernetes(#[from] crate::runner::kubernetes::KubernetesError),
     /// The app is not deployed.
     #[error("app '{0}' is not running")]
     NotRunning(String),

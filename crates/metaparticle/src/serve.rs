@@ -16,6 +16,7 @@ use crate::plane::accept::deal;
 use crate::plane::identity::set_process_identity;
 use crate::plane::node::{build, listener, NodeLaunch, ReplicaShared, Timeouts};
 use crate::plane::server::Limits;
+use crate::plane::shutdown::{Shutdown, Trigger, DRAIN_TIMEOUT};
 use crate::plane::upstream::HttpClient;
 use crate::runner::local::supervisor::Order;
 
@@ -85,30 +86,36 @@ fn run_node(plan: Plan, registry: Registry, launch: NodeLaunch) -> Result<()> {
         let _entered = main_runtime.enter();
         ReplicaShared::new(&plan, &registry, &launch, &Limits::default())?
     };
+    // One stop signal for the accept loop and every worker (see `plane::shutdown`).
+    let (trigger, shutdown) = Shutdown::new(drain_timeout());
     if own_server {
-        return main_runtime.block_on(until_terminated(async move {
-            let listener = tokio::net::TcpListener::from_std(listener)
-                .map_err(|e| Error::io("registering the listener", e))?;
-            let node = build_worker(&plan, &registry, &launch, &shared)?;
-            node.run(listener).await.map_err(|e| Error::io("serving", e))
-        }));
+        return main_runtime.block_on(until_terminated(
+            async move {
+                let listener = tokio::net::TcpListener::from_std(listener)
+                    .map_err(|e| Error::io("registering the listener", e))?;
+                let node = build_worker(&plan, &registry, &launch, &shared)?;
+                node.run_until(listener, shutdown).await.map_err(|e| Error::io("serving", e))
+            },
+            trigger,
+        ));
     }
     // Share-nothing workers, as nginx runs them: each thread has its own single-threaded runtime
     // and its own connections to upstreams, and serves the connections dealt to it by the accept
     // loop (see `plane::accept`). On a small machine shared with its replicas this beats one
     // work-stealing runtime, whose cross-thread wake-ups cost more than forwarding a request.
-    let (accept_loop, mut shares) = deal(listener, workers);
+    let (accept_loop, mut shares) = deal(listener, workers, shutdown.clone());
     let first = shares.remove(0);
+    let mut threads = Vec::new();
     for (worker, connections) in (1..).zip(shares) {
-        let (plan, registry, launch, shared) =
-            (plan.clone(), registry.clone(), launch.clone(), shared.clone());
-        std::thread::Builder::new()
+        let (plan, registry, launch, shared, shutdown) =
+            (plan.clone(), registry.clone(), launch.clone(), shared.clone(), shutdown.clone());
+        let thread = std::thread::Builder::new()
             .name(format!("worker-{worker}"))
             .spawn(move || {
                 let outcome = runtime(true).and_then(|rt| {
                     rt.block_on(async {
                         let node = build_worker(&plan, &registry, &launch, &shared)?;
-                        node.run(connections).await.map_err(|e| Error::io("serving", e))
+                        node.run_until(connections, shutdown).await.map_err(|e| Error::io("serving", e))
                     })
                 });
                 if let Err(e) = outcome {
@@ -117,14 +124,32 @@ fn run_node(plan: Plan, registry: Registry, launch: NodeLaunch) -> Result<()> {
                 }
             })
             .map_err(|e| Error::io("starting a worker thread", e))?;
+        threads.push(thread);
     }
-    main_runtime.block_on(until_terminated(async move {
-        let node = build_worker(&plan, &registry, &launch, &shared)?;
-        tokio::select! {
-            accepted = accept_loop => accepted.map_err(|e| Error::io("accepting connections", e)),
-            served = node.run(first) => served.map_err(|e| Error::io("serving", e)),
-        }
-    }))
+    let drain = shutdown.drain_timeout();
+    let served = main_runtime.block_on(until_terminated(
+        async move {
+            let node = build_worker(&plan, &registry, &launch, &shared)?;
+            let serving = node.run_until(first, shutdown);
+            tokio::pin!(accept_loop, serving);
+            tokio::select! {
+                // The accept loop ends well only when told to stop; the drain goes on in `serving`.
+                accepted = &mut accept_loop => {
+                    accepted.map_err(|e| Error::io("accepting connections", e))?;
+                    serving.await.map_err(|e| Error::io("serving", e))
+                }
+                served = &mut serving => served.map_err(|e| Error::io("serving", e)),
+            }
+        },
+        trigger,
+    ));
+    // The other workers drain within the same bound (they started when this one did); the
+    // process ends when they have. The margin only guards against a worker that never ends.
+    let deadline = std::time::Instant::now() + drain + std::time::Duration::from_secs(1);
+    while threads.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    served
 }
 
 /// Assembles the node for one worker, with that worker's own upstream connections.
@@ -138,12 +163,25 @@ fn build_worker(
     Ok(build(plan, registry, launch, &client, Timeouts::default(), Limits::default(), shared)?)
 }
 
-/// Runs `serving` until it ends or the process is told to stop (SIGTERM or SIGINT).
-async fn until_terminated(serving: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+/// Runs `serving` until it ends or the process is told to stop (SIGTERM or SIGINT); then fires
+/// `trigger`, so that `serving` stops taking connections and drains, and waits for it to finish
+/// (it bounds its own drain; a little more is allowed here before giving up on it).
+async fn until_terminated(
+    serving: impl std::future::Future<Output = Result<()>>,
+    trigger: Trigger,
+) -> Result<()> {
+    tokio::pin!(serving);
     tokio::select! {
-        served = serving => served,
-        _ = terminated() => {
-            tracing::info!("stopping");
+        served = &mut serving => return served,
+        _ = terminated() => {}
+    }
+    let drain = drain_timeout();
+    tracing::info!("stopping: taking no new connections, finishing requests in flight (at most {drain:?})");
+    trigger.fire();
+    match tokio::time::timeout(drain + std::time::Duration::from_secs(1), serving).await {
+        Ok(served) => served,
+        Err(_) => {
+            tracing::warn!("requests were still in flight after {drain:?}; stopping anyway");
             Ok(())
         }
     }
@@ -157,6 +195,16 @@ async fn terminated() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+/// How long a stopping node lets requests in flight finish: `MP_DRAIN_SECONDS`, else
+/// [`DRAIN_TIMEOUT`] (Kubernetes pods get a termination grace period longer than that).
+fn drain_timeout() -> std::time::Duration {
+    std::env::var("MP_DRAIN_SECONDS")
+        .ok()
+        .and_then(|n| n.trim().parse().ok())
+        .map(std::time::Duration::from_secs)
+        .unwrap_or(DRAIN_TIMEOUT)
 }
 
 /// Worker threads of a node: `MP_NODE_THREADS`, else one per core up to four.

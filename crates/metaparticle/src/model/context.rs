@@ -121,6 +121,11 @@ impl Context {
         })
     }
 
+    /// The identity, shared (to run user code as this replica elsewhere).
+    pub(crate) fn identity_arc(&self) -> Arc<Identity> {
+        self.inner.identity.clone()
+    }
+
     pub(crate) fn state(&self) -> Option<&Arc<dyn Transactions>> {
         self.inner.state.as_ref()
     }

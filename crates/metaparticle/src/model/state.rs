@@ -292,6 +292,9 @@ where
         };
         let mut first = Some(decoded);
         let run = self.run.clone();
+        // The attempt runs in the state runtime's commit task, away from the request's task:
+        // it runs as the request's replica, so `hostname()` inside the handler is still right.
+        let identity = context.identity_arc();
         let attempt = move |stored: Option<&[u8]>| {
             let mut state: S = match stored {
                 None => S::default(),
@@ -306,10 +309,12 @@ where
                 Some(req) => req,
                 None => decode_request::<Req>(request.clone()).map_err(AttemptError::Handler)?,
             };
-            let reply = std::panic::catch_unwind(AssertUnwindSafe(|| run(req, &mut state, user.as_deref())))
-                .map_err(|panic| RpcError::handler_panicked(&panic))
-                .and_then(IntoReply::<R>::into_reply)
-                .map_err(AttemptError::Handler)?;
+            let reply = super::identity::sync_scope(identity.clone(), || {
+                std::panic::catch_unwind(AssertUnwindSafe(|| run(req, &mut state, user.as_deref())))
+            })
+            .map_err(|panic| RpcError::handler_panicked(&panic))
+            .and_then(IntoReply::<R>::into_reply)
+            .map_err(AttemptError::Handler)?;
             let after = encode_scope(&state)?;
             Ok(Attempted { reply, write: (before != after).then_some(after) })
         };

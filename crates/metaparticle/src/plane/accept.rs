@@ -16,6 +16,8 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
+use super::shutdown::Shutdown;
+
 /// The connections one worker serves.
 pub(crate) enum Connections {
     /// Accepted by the worker itself from its listener.
@@ -48,10 +50,12 @@ impl Connections {
 /// Splits `listener` among `workers`: the accept loop to run, and each worker's connections.
 ///
 /// The accept loop must run on a runtime of its own thread's (typically worker 0's); it ends with
-/// an error only when the listener fails for good or every worker has stopped.
+/// an error only when the listener fails for good or every worker has stopped, and with `Ok` when
+/// `shutdown` fires: it then closes the listener, so new callers are refused at once.
 pub(crate) fn deal(
     listener: std::net::TcpListener,
     workers: usize,
+    mut shutdown: Shutdown,
 ) -> (impl std::future::Future<Output = io::Result<()>>, Vec<Connections>) {
     let (senders, shares): (Vec<UnboundedSender<_>>, Vec<_>) =
         (0..workers.max(1)).map(|_| unbounded_channel()).map(|(tx, rx)| (tx, Connections::Dealt(rx))).unzip();
@@ -59,7 +63,10 @@ pub(crate) fn deal(
         let listener = TcpListener::from_std(listener)?;
         let mut turn = 0usize;
         loop {
-            let (stream, _) = accept(&listener).await?;
+            let (stream, _) = tokio::select! {
+                accepted = accept(&listener) => accepted?,
+                _ = shutdown.requested() => return Ok(()),
+            };
             let mut stream = Some(stream.into_std()?);
             // Deal in turn; a worker that stopped is skipped, and when none is left, so is the node.
             for _ in 0..senders.len() {
@@ -121,7 +128,7 @@ mod tests {
     #[tokio::test]
     async fn connections_are_dealt_to_the_workers_in_turn() {
         let (listener, address) = loopback_listener();
-        let (accept_loop, shares) = deal(listener, 3);
+        let (accept_loop, shares) = deal(listener, 3, Shutdown::never());
         let dealer = tokio::spawn(accept_loop);
         let clients: Vec<_> = (0..6).map(|_| std::net::TcpStream::connect(address).unwrap()).collect();
         for mut share in shares {
@@ -139,7 +146,7 @@ mod tests {
     #[tokio::test]
     async fn the_accept_loop_ends_when_every_worker_has_stopped() {
         let (listener, address) = loopback_listener();
-        let (accept_loop, shares) = deal(listener, 2);
+        let (accept_loop, shares) = deal(listener, 2, Shutdown::never());
         drop(shares);
         let _client = std::net::TcpStream::connect(address).unwrap();
         let outcome = tokio::time::timeout(Duration::from_secs(5), accept_loop).await.expect("ends");

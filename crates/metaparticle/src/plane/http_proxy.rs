@@ -21,6 +21,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::accept::Connections;
 use super::server::{serve_connections, Limits};
+use super::shutdown::Shutdown;
 use super::upstream::Pool;
 use crate::model::url_pattern::UrlPattern;
 
@@ -104,13 +105,22 @@ impl Proxy {
     }
 }
 
-/// Serves the proxy on `listener` until dropped.
-pub(crate) async fn serve(connections: Connections, proxy: Arc<Proxy>) -> std::io::Result<()> {
+/// Serves the proxy on `connections` until `shutdown` (then drains) or the future is dropped.
+pub(crate) async fn serve(
+    connections: Connections,
+    proxy: Arc<Proxy>,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
     let limits = proxy.limits.clone();
-    serve_connections(connections, limits, move |req, peer| {
-        let proxy = proxy.clone();
-        async move { Ok::<_, Infallible>(proxy.forward(req, peer).await) }
-    })
+    serve_connections(
+        connections,
+        limits,
+        move |req, peer| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.forward(req, peer).await) }
+        },
+        shutdown,
+    )
     .await
 }
 

@@ -8,10 +8,6 @@ use std::sync::{Arc, OnceLock};
 
 pub(crate) use crate::model::identity::Identity;
 
-tokio::task_local! {
-    static CURRENT: Arc<Identity>;
-}
-
 static PROCESS: OnceLock<Arc<Identity>> = OnceLock::new();
 
 /// Records the identity of this whole process (a node started by a runner).
@@ -21,12 +17,12 @@ pub(crate) fn set_process_identity(identity: Identity) {
 
 /// Runs `fut` as `identity` (used where several replicas share one process).
 pub(crate) async fn scope<F: std::future::Future>(identity: Arc<Identity>, fut: F) -> F::Output {
-    CURRENT.scope(identity, fut).await
+    crate::model::identity::scope(identity, fut).await
 }
 
 /// The identity of the code running now, if it runs inside a node.
 pub(crate) fn current() -> Option<Arc<Identity>> {
-    CURRENT.try_with(Arc::clone).ok().or_else(|| PROCESS.get().cloned())
+    crate::model::identity::current().or_else(|| PROCESS.get().cloned())
 }
 
 /// The name of the replica answering this request; like `os.hostname()` in the seeds.

@@ -8,17 +8,18 @@
 
 pub(crate) mod accept;
 pub(crate) mod address_book;
-
 pub(crate) mod balance;
 pub(crate) mod http1;
 pub(crate) mod http_proxy;
 pub(crate) mod identity;
 pub(crate) mod inbound;
+pub(crate) mod launch_env;
 pub(crate) mod launch_error;
 pub(crate) mod metrics;
 pub(crate) mod node;
 pub(crate) mod roles;
 pub(crate) mod server;
+pub(crate) mod shutdown;
 pub(crate) mod upstream;
 
 pub(crate) use address_book::AddressBook;

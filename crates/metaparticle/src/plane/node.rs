@@ -1,19 +1,9 @@
 //! Starting one node: the contract between a runner and a process, and assembling the node's role.
 //!
-//! A runner starts the program's own binary with these environment variables; `serve` sees
-//! `MP_NODE` and becomes that node instead of deploying. This is the only interface between the
-//! control plane and the data plane.
-//!
-//! | variable | meaning |
-//! |---|---|
-//! | `MP_APP` | the app name |
-//! | `MP_NODE` | the node name from the plan |
-//! | `MP_REPLICA` | the replica index |
-//! | `MP_HOSTNAME` | the name `hostname()` returns (optional; else the OS hostname) |
-//! | `MP_LISTEN` | `host:port` to bind, or `fd:N` for a listening socket the runner passed in |
-//! | `MP_ADDRESS_BOOK` | JSON: node name → replica addresses |
-//! | `MP_SECRET` | the app's per-deployment secret for internal hops |
-//! | `MP_STORAGE` | where stateful handlers keep their scopes: `file:/abs/path.sqlite` or `redis://host:port` (optional; default: the app's file store) |
+//! A runner starts the program's own binary with the environment [`NodeLaunch::env_vars`] writes
+//! (the variables are listed in [`super::launch_env`]); `serve` sees `MP_NODE` and becomes that
+//! node instead of deploying. This is the only interface between the control plane and the data
+//! plane.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +16,7 @@ use super::launch_error::LaunchError;
 use super::metrics::Metrics;
 use super::roles::{Balancer, Gather, Leaf, Router};
 use super::server::{Limits, NodeServer, Role};
+use super::shutdown::Shutdown;
 use super::upstream::{HttpClient, Pool};
 use crate::model::topology::ErasedServer;
 use crate::model::transactions::Transactions;
@@ -82,65 +73,6 @@ impl Default for Timeouts {
 }
 
 impl NodeLaunch {
-    /// The environment variables that carry this launch to a process.
-    pub(crate) fn to_env(&self) -> Vec<(String, String)> {
-        let mut env = vec![
-            ("MP_APP".to_string(), self.app.clone()),
-            ("MP_NODE".to_string(), self.node.clone()),
-            ("MP_REPLICA".to_string(), self.replica.to_string()),
-            (
-                "MP_LISTEN".to_string(),
-                match &self.listen {
-                    Listen::Address(a) => a.clone(),
-                    Listen::Fd(fd) => format!("fd:{fd}"),
-                },
-            ),
-            ("MP_ADDRESS_BOOK".to_string(), serde_json::to_string(&self.book).expect("serializable")),
-            ("MP_SECRET".to_string(), self.secret.clone()),
-        ];
-        if let Some(h) = &self.hostname {
-            env.push(("MP_HOSTNAME".to_string(), h.clone()));
-        }
-        if let Some(storage) = &self.storage {
-            env.push(("MP_STORAGE".to_string(), storage.to_env()));
-        }
-        env
-    }
-
-    /// Reads a launch from this process's environment; `None` when this process is not a node.
-    pub(crate) fn from_env() -> Option<Result<Self, LaunchError>> {
-        let node = std::env::var("MP_NODE").ok()?;
-        Some(Self::read_env(node))
-    }
-
-    fn read_env(node: String) -> Result<Self, LaunchError> {
-        let bad = |variable, reason: &dyn std::fmt::Display| LaunchError::Environment {
-            variable,
-            reason: reason.to_string(),
-        };
-        let var = |k: &'static str| std::env::var(k).map_err(|_| bad(k, &"not set"));
-        let replica = var("MP_REPLICA")?.parse().map_err(|e| bad("MP_REPLICA", &e))?;
-        let listen = var("MP_LISTEN")?;
-        let listen = match listen.strip_prefix("fd:") {
-            Some(fd) => Listen::Fd(fd.parse().map_err(|e| bad("MP_LISTEN", &e))?),
-            None => Listen::Address(listen),
-        };
-        let book = serde_json::from_str(&var("MP_ADDRESS_BOOK")?).map_err(|e| bad("MP_ADDRESS_BOOK", &e))?;
-        Ok(Self {
-            app: var("MP_APP")?,
-            node,
-            replica,
-            hostname: std::env::var("MP_HOSTNAME").ok(),
-            listen,
-            book,
-            secret: var("MP_SECRET")?,
-            storage: match std::env::var("MP_STORAGE") {
-                Ok(text) => Some(StorageConfig::parse(&text).map_err(|e| bad("MP_STORAGE", &e))?),
-                Err(_) => None,
-            },
-        })
-    }
-
     /// The identity this launch gives the process.
     pub(crate) fn identity(&self) -> Identity {
         Identity {
@@ -169,10 +101,28 @@ impl NodeProgram {
     /// A program's own server takes its listener whole (`Connections::Accept`), since it accepts
     /// for itself.
     pub(crate) async fn run(self, connections: impl Into<Connections>) -> std::io::Result<()> {
+        self.run_until(connections, Shutdown::never()).await
+    }
+
+    /// [`NodeProgram::run`] until `shutdown` fires, then stops taking connections and lets those
+    /// in flight finish within the signal's drain bound. A program's own server cannot be asked
+    /// to drain: it stops at once.
+    pub(crate) async fn run_until(
+        self,
+        connections: impl Into<Connections>,
+        mut shutdown: Shutdown,
+    ) -> std::io::Result<()> {
         match (self, connections.into()) {
-            (NodeProgram::Rpc(server), connections) => super::server::serve(connections, server).await,
-            (NodeProgram::Proxy(proxy), connections) => super::http_proxy::serve(connections, proxy).await,
-            (NodeProgram::Server(server), Connections::Accept(listener)) => server.run(listener).await,
+            (NodeProgram::Rpc(server), connections) => {
+                super::server::serve(connections, server, shutdown).await
+            }
+            (NodeProgram::Proxy(proxy), connections) => {
+                super::http_proxy::serve(connections, proxy, shutdown).await
+            }
+            (NodeProgram::Server(server), Connections::Accept(listener)) => tokio::select! {
+                served = server.run(listener) => served,
+                _ = shutdown.requested() => Ok(()),
+            },
             (NodeProgram::Server(_), Connections::Dealt(_)) => Err(std::io::Error::other(
                 "a program's own server accepts its connections itself; it cannot be dealt them",
             )),

@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use super::identity::Identity;
 use super::inbound::Inbound;
 use super::metrics::Metrics;
+use super::shutdown::Shutdown;
 use crate::future::BoxFuture;
 use crate::model::auth::BasicAuth;
 use crate::wire::headers::{self, constant_time_eq};
@@ -95,19 +96,28 @@ pub(crate) struct NodeServer {
     pub auth: Option<Arc<BasicAuth>>,
 }
 
-/// Serves a JSON-RPC node on `connections` until the future is dropped.
-pub(crate) async fn serve(connections: Connections, server: Arc<NodeServer>) -> std::io::Result<()> {
+/// Serves a JSON-RPC node on `connections` until `shutdown` (then drains) or the future is dropped.
+pub(crate) async fn serve(
+    connections: Connections,
+    server: Arc<NodeServer>,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
     let limits = server.limits.clone();
-    serve_connections(connections, limits, move |req, _peer| handle(server.clone(), req)).await
+    serve_connections(connections, limits, move |req, _peer| handle(server.clone(), req), shutdown).await
 }
 
-/// Takes connections until dropped (or until no more will come), serving each on its own task with `handle`; dropping this
+/// Takes connections until `shutdown` fires (or until no more will come), serving each on its own task with `handle`; dropping this
 /// future stops them all. The limits close slow-loris connections (the header timeout also covers
 /// idle keep-alive connections) and bound the request head.
+///
+/// Once `shutdown` fires, no connection is taken any more (the listener is closed), every open
+/// connection finishes the request it is serving and closes, and this returns when all have, or
+/// after the signal's drain bound, dropping what is left.
 pub(crate) async fn serve_connections<F, Fut, B>(
     mut connections: Connections,
     limits: Limits,
     handle: F,
+    shutdown: Shutdown,
 ) -> std::io::Result<()>
 where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
@@ -117,16 +127,18 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut serving = JoinSet::new();
+    let mut stop = shutdown.clone();
     loop {
         let (stream, peer) = tokio::select! {
             next = connections.next() => match next? {
                 Some(connection) => connection,
-                None => return Ok(()),
+                None => break,
             },
             Some(_) = serving.join_next(), if !serving.is_empty() => continue,
+            _ = stop.requested() => break,
         };
         let _ = stream.set_nodelay(true);
-        let (handle, limits) = (handle.clone(), limits.clone());
+        let (handle, limits, mut stop) = (handle.clone(), limits.clone(), shutdown.clone());
         serving.spawn(async move {
             let mut builder = http1::Builder::new();
             builder
@@ -134,9 +146,30 @@ where
                 .header_read_timeout(limits.header_timeout)
                 .max_buf_size(limits.max_head.max(8192));
             let service = service_fn(move |req| handle(req, peer));
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stop.requested() => {
+                    // Finish the request in flight (its answer says `Connection: close`), or
+                    // close at once if idle.
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
         });
     }
+    // Refuse new callers now (a balancer in front retries them elsewhere), then drain.
+    drop(connections);
+    let drained = async { while serving.join_next().await.is_some() {} };
+    if tokio::time::timeout(shutdown.drain_timeout(), drained).await.is_err() {
+        tracing::warn!(
+            "{} connections still busy after {:?}; dropping them",
+            serving.len(),
+            shutdown.drain_timeout()
+        );
+    }
+    Ok(())
 }
 
 async fn handle(

@@ -123,6 +123,18 @@ pub(crate) async fn publish_image(app: &str) -> Result<String> {
     pushed.ok_or_else(|| DockerError::NoRegistry { app: app.to_string(), variable: image::REGISTRY_ENV })
 }
 
+/// Builds this program's image (unless the engine has it), pushes it when `DOCKER_REGISTRY` is
+/// set, removes the app's older images, and returns the reference to run: the pushed one, else
+/// the local tag. The `image` command prints it, e.g. for `manifests --image`.
+pub(crate) async fn image_reference(app: &str) -> Result<String> {
+    let docker = engine::connect().await?;
+    let progress = Progress::on_stderr();
+    let (tag, pushed) = ensure_image(&docker, app, &progress).await?;
+    image::prune_older(&docker, app, &tag).await;
+    progress.finish();
+    Ok(pushed.unwrap_or(tag))
+}
+
 /// Builds this program's image unless the engine already has it; pushes it when a registry is set.
 /// Returns the local tag, and the pushed reference if it was pushed.
 async fn ensure_image(docker: &Docker, app: &str, progress: &Progress) -> Result<(String, Option<String>)> {

@@ -9,6 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// Reports the stages of one `up`.
 pub(crate) struct Progress {
     bar: Option<ProgressBar>,
+    /// Plain lines go to stderr instead of stdout (for a command whose stdout is its result).
+    to_stderr: bool,
 }
 
 impl Progress {
@@ -19,7 +21,23 @@ impl Progress {
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
-        Self { bar }
+        Self { bar, to_stderr: false }
+    }
+
+    /// Like [`Progress::new`], but plain lines go to stderr: for a command whose stdout is its
+    /// result (`image` prints only the image reference there, for `$(...)` in scripts).
+    pub(crate) fn on_stderr() -> Self {
+        let mut progress = Self::new();
+        progress.to_stderr = true;
+        progress
+    }
+
+    fn line(&self, text: &str) {
+        if self.to_stderr {
+            eprintln!("{text}");
+        } else {
+            println!("{text}");
+        }
     }
 
     /// Starts a stage with no known length.
@@ -34,7 +52,7 @@ impl Progress {
                 bar.set_position(0);
                 bar.set_message(message);
             }
-            None => println!("{message}"),
+            None => self.line(&message),
         }
     }
 
@@ -52,7 +70,7 @@ impl Progress {
                 bar.set_position(0);
                 bar.set_message(message);
             }
-            None => println!("{message} ({total})"),
+            None => self.line(&format!("{message} ({total})")),
         }
     }
 
@@ -67,7 +85,7 @@ impl Progress {
     pub(crate) fn detail(&self, line: &str) {
         match &self.bar {
             Some(bar) => bar.set_message(line.to_string()),
-            None => println!("  {line}"),
+            None => self.line(&format!("  {line}")),
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
-use crate::error::{Error, Result};
+use super::error::{KubernetesError, Result};
 
 /// How long the first request to the API server may take before we give up.
 pub(crate) const REACH_TIMEOUT: Duration = Duration::from_secs(8);
@@ -22,36 +22,40 @@ pub(crate) fn namespace(flag: Option<&str>) -> Result<String> {
     if let Some(ns) = flag {
         return Ok(ns.to_string());
     }
-    let config = Kubeconfig::read().map_err(|e| {
-        Error::Runner(format!(
-            "no namespace given and no kubeconfig to take it from ({e}); pass --namespace <ns> or set KUBECONFIG"
-        ))
-    })?;
+    let config =
+        Kubeconfig::read().map_err(|source| KubernetesError::NoNamespace { source: Box::new(source) })?;
+    Ok(context_namespace(&config))
+}
+
+/// The namespace `manifests` writes: the flag, else the kubeconfig's context's if there is a
+/// kubeconfig, else none (the objects then take the namespace `kubectl apply -n` gives them).
+pub(crate) fn manifest_namespace(flag: Option<&str>) -> Option<String> {
+    match flag {
+        Some(ns) => Some(ns.to_string()),
+        None => Kubeconfig::read().ok().map(|config| context_namespace(&config)),
+    }
+}
+
+/// The current context's namespace, or `default` (as kubectl does for a context without one).
+fn context_namespace(config: &Kubeconfig) -> String {
     let current = config.current_context.as_deref().unwrap_or_default();
     let context = config.contexts.iter().find(|c| c.name == current).and_then(|c| c.context.as_ref());
-    Ok(context.and_then(|c| c.namespace.clone()).unwrap_or_else(|| "default".to_string()))
+    context.and_then(|c| c.namespace.clone()).unwrap_or_else(|| "default".to_string())
 }
 
 /// A client for the kubeconfig's current context, proven to reach its API server.
 pub(crate) async fn connect() -> Result<Client> {
-    let mut config = Config::from_kubeconfig(&KubeConfigOptions::default()).await.map_err(|e| {
-        Error::Runner(format!(
-            "cannot load a kubeconfig ({e}); point KUBECONFIG at your cluster's config (kubectl uses the same)"
-        ))
-    })?;
+    let mut config = Config::from_kubeconfig(&KubeConfigOptions::default())
+        .await
+        .map_err(|source| KubernetesError::Kubeconfig { source: Box::new(source) })?;
     let server = config.cluster_url.to_string();
     config.connect_timeout = Some(Duration::from_secs(5));
     config.read_timeout = Some(Duration::from_secs(30));
     // Retries of 429/503 are right for a busy server but wrong for one that is not there.
     config.default_retry = false;
     let client = Client::try_from(config)
-        .map_err(|e| Error::Runner(format!("cannot build a Kubernetes client for {server}: {e}")))?;
-    let unreachable = |why: String| {
-        Error::Runner(format!(
-            "cannot reach the Kubernetes API server at {server}: {why}\n\
-             is the cluster running, and is the right context selected? (`kubectl cluster-info` checks the same)"
-        ))
-    };
+        .map_err(|source| KubernetesError::Client { server: server.clone(), source: Box::new(source) })?;
+    let unreachable = |why: String| KubernetesError::Unreachable { server: server.clone(), why };
     match tokio::time::timeout(REACH_TIMEOUT, client.apiserver_version()).await {
         Ok(Ok(_)) => Ok(client),
         Ok(Err(e)) => Err(unreachable(error_chain(&e))),

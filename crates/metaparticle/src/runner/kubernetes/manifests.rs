@@ -1,5 +1,5 @@
 //! Plan → typed Kubernetes objects. Pure: no I/O, no cluster; `manifests` prints these and `up`
-//! applies exactly these.
+//! applies exactly these (plus the app's Secret, which `up` creates when absent: see [`secret`]).
 //!
 //! # Which object for which node
 //!
@@ -9,8 +9,23 @@
 //! | spread over by a balancer (`.replica`) | StatefulSet | headless, same name |
 //! | anything else (balancer, router, gather root, a front) | Deployment | ClusterIP; exposed fronts: LoadBalancer/NodePort/ClusterIP by flag |
 //!
-//! Plus one Secret per app holding the secret of internal hops (`MP_SECRET`), which every pod
-//! reads through `secretKeyRef`, so it never appears in a pod spec.
+//! Every pod's environment is the launch contract's ([`NodeLaunch::env_vars`]), the same function
+//! the local and Docker runners call; only its marked values become `valueFrom`: the app's secret
+//! and a storage password from the app's Secret (`secretKeyRef`, so they never appear in a pod
+//! spec or in Git), and a StatefulSet pod's replica from its own name (`fieldRef: metadata.name`,
+//! `<set>-<ordinal>`, which every Kubernetes version gives).
+//!
+//! The output is a function of the plan and the flags only: printing it twice gives the same
+//! YAML, so it can live in Git and re-applying it changes nothing.
+//!
+//! # State
+//!
+//! Nodes whose handler keeps state get `MP_STORAGE`. With `--storage redis` that is the Redis
+//! address (which must not be loopback: a pod's loopback is its own), its password going through
+//! the app's Secret. With `--storage file` the one pod that keeps state gets a
+//! PersistentVolumeClaim mounted at [`STATE_DIR`] (writable through `fsGroup`, whatever HOME is)
+//! and its workload is replaced, never rolled, so two pods never open one database; more than one
+//! pod keeping state with file storage is refused, since pods do not share a disk.
 //!
 //! # Why a balancer's replicas are a StatefulSet, not a Deployment behind a Service
 //!
@@ -20,27 +35,34 @@
 //! but hollow: kube-proxy balances per *connection*, and the balancer keeps connections alive, so
 //! sequential calls stick to one pod (the seeds' "three replicas answer in turn" demo would show
 //! one hostname), and per-replica health and load would be invisible. A StatefulSet with a
-//! headless Service gives each replica a stable DNS name (`<sts>-<i>.<sts>.<ns>.svc.<domain>`),
-//! so the balancer sees exactly what it sees on the local and Docker runners and the data plane
-//! does not change. `podManagementPolicy: Parallel` keeps what a Deployment gives interchangeable
-//! replicas: they start and stop together, not one by one. The cost is that a replica keeps its
-//! name across restarts, which is harmless for a stateless handler.
+//! headless Service gives each replica a stable DNS name (`<sts>-<i>.<sts>`), so the balancer sees
+//! exactly what it sees on the local and Docker runners and the data plane does not change.
+//! `podManagementPolicy: Parallel` keeps what a Deployment gives interchangeable replicas: they
+//! start and stop together, not one by one. The cost is that a replica keeps its name across
+//! restarts, which is harmless for a stateless handler.
 //!
 //! # The address book
 //!
 //! Each node gets only the entries for the nodes it calls (a leaf gets `{}`), inline in its pod
 //! spec: a change to one part of the topology then rolls exactly the pods whose view changed.
-//! Per-replica nodes are listed pod by pod in replica order; others by their Service name.
-//! Headless Services publish not-ready addresses so a pod's DNS name exists from the moment it
-//! has an IP and the data plane's own health probes decide when to send it traffic.
+//! Per-replica nodes are listed pod by pod in replica order; others by their Service name. With a
+//! namespace the names are fully qualified (`<svc>.<ns>.svc.<domain>`); without one they are
+//! relative (`<svc>`, `<pod>.<svc>`) and the pod's DNS search path completes them with the
+//! namespace the objects were applied to (`kubectl apply -n`). Headless Services publish
+//! not-ready addresses so a pod's DNS name exists from the moment it has an IP and the data
+//! plane's own health probes decide when to send it traffic.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, StatefulSet, StatefulSetSpec,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
-    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretKeySelector,
+    SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -49,17 +71,24 @@ use k8s_openapi::ByteString;
 
 use super::names::{self, STATEFULSET_NAME_MAX};
 use crate::model::{Node, Plan, Role};
-use crate::plane::AddressBook;
+use crate::plane::launch_env::{split_password, LaunchValue};
+use crate::plane::{AddressBook, Listen, NodeLaunch};
+use crate::storage::StorageConfig;
 
 /// The port every node listens on inside its pod.
 pub(crate) const POD_PORT: u16 = 3000;
 /// The key of the app's Secret that holds `MP_SECRET`.
 pub(crate) const SECRET_KEY: &str = "secret";
-/// The pod-template annotation that changes when the secret does, so a new secret rolls every
-/// pod instead of splitting the app between old and new secrets.
-pub(crate) const SECRET_CHECKSUM_ANNOTATION: &str = "metaparticle.io/secret-checksum";
-/// The label Kubernetes (1.28+) puts on a StatefulSet pod with its ordinal; `MP_REPLICA` reads it.
-const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
+/// The key of the app's Secret that holds the storage server's password (`MP_STORAGE_PASSWORD`).
+pub(crate) const STORAGE_PASSWORD_KEY: &str = "storage-password";
+/// Where the state volume is mounted in the pod that keeps state with `--storage file`.
+pub(crate) const STATE_DIR: &str = "/var/lib/metaparticle";
+/// The user and group every container runs as (`nobody`): the image is FROM scratch and needs no
+/// privileges; the state volume is made writable for this group through `fsGroup`.
+const POD_USER: i64 = 65534;
+/// Seconds Kubernetes gives a pod between SIGTERM and SIGKILL: the node's own drain bound
+/// ([`crate::plane::shutdown::DRAIN_TIMEOUT`]) plus room to exit.
+pub(crate) const TERMINATION_GRACE_SECONDS: i64 = crate::plane::shutdown::DRAIN_TIMEOUT.as_secs() as i64 + 10;
 
 /// How exposed services are published.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -111,13 +140,26 @@ impl Default for Resources {
     }
 }
 
+/// Where the pods that keep state keep it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum PodStorage {
+    /// An SQLite file on a PersistentVolumeClaim of this size (a Kubernetes quantity).
+    File {
+        /// The claim's size (default `1Gi`).
+        size: String,
+    },
+    /// A Redis server the pods can reach, as a `redis://` URL (its password, if any, goes through
+    /// the app's Secret).
+    Redis(String),
+}
+
 /// Everything the objects depend on besides the plan.
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
     /// The app name.
     pub app: String,
-    /// The namespace every object goes to.
-    pub namespace: String,
+    /// The namespace every object goes to; `None` leaves it to `kubectl apply -n`.
+    pub namespace: Option<String>,
     /// The image every pod runs: this program's own binary.
     pub image: String,
     /// The port exposed Services listen on.
@@ -126,15 +168,16 @@ pub(crate) struct Settings {
     pub expose_as: ExposeAs,
     /// Requests and limits of every container.
     pub resources: Resources,
-    /// The secret of internal hops.
-    pub secret: String,
     /// The cluster's DNS domain (default `cluster.local`).
     pub cluster_domain: String,
+    /// Where stateful handlers keep their scopes.
+    pub storage: PodStorage,
 }
 
 /// Why a plan cannot become manifests.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub(crate) enum ManifestError {
+#[non_exhaustive]
+pub enum ManifestError {
     /// Two nodes map to one object name.
     #[error(
         "nodes '{0}' and '{1}' would both be named '{2}' on Kubernetes (dots become dashes); rename one service"
@@ -154,19 +197,48 @@ pub(crate) enum ManifestError {
     /// A port Kubernetes would reject.
     #[error("port {0} cannot be a Service port (1-65535)")]
     BadPort(u16),
+    /// File storage for state kept by more than one pod.
+    #[error(
+        "--storage file cannot be used on Kubernetes when {pods} pods keep state: each pod has its own disk, \
+         so they would each keep their own state; use --storage redis (with REDIS_HOST naming a Redis the \
+         pods can reach)"
+    )]
+    FileStorageShared {
+        /// How many pods keep state.
+        pods: usize,
+    },
+    /// A storage address that means something else inside a pod.
+    #[error(
+        "--storage redis at {address} cannot work on Kubernetes: inside a pod that address is the pod itself; \
+         set REDIS_HOST (or REDIS_URL) to an address the pods can reach, such as the Service of a Redis in \
+         the cluster (e.g. REDIS_HOST=redis.<namespace>.svc.cluster.local)"
+    )]
+    StorageOnLoopback {
+        /// The address given.
+        address: String,
+    },
+    /// A storage backend the pods cannot use.
+    #[error(
+        "--storage redis at {0} cannot work on Kubernetes: pods reach Redis over TCP (redis:// or rediss://)"
+    )]
+    StorageNotTcp(String),
 }
 
-/// The objects of one app, in the order they are applied.
+/// The objects of one app, in the order they are applied. The app's Secret is not among them: it
+/// holds random and private values, so `up` creates it when absent (see [`secret`]) and a GitOps
+/// user creates it once.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Manifests {
-    /// The secret of internal hops.
-    pub secret: Secret,
+    /// The state volume of the one pod that keeps state with `--storage file`.
+    pub volume_claims: Vec<PersistentVolumeClaim>,
     /// One Service per node that is called or is a service's front.
     pub services: Vec<Service>,
     /// One per per-replica node.
     pub stateful_sets: Vec<StatefulSet>,
     /// One per other node.
     pub deployments: Vec<Deployment>,
+    /// The keys the pods read from the app's Secret.
+    pub secret_keys: Vec<&'static str>,
 }
 
 impl Manifests {
@@ -177,7 +249,9 @@ impl Manifests {
             out.push_str("---\n");
             out.push_str(&doc);
         };
-        push(serde_norway::to_string(&self.secret)?);
+        for c in &self.volume_claims {
+            push(serde_norway::to_string(c)?);
+        }
         for s in &self.services {
             push(serde_norway::to_string(s)?);
         }
@@ -192,7 +266,11 @@ impl Manifests {
 
     /// `kind/name` of every object, in apply order.
     pub(crate) fn summary(&self) -> Vec<String> {
-        let mut out = vec![format!("Secret/{}", name_of(&self.secret.metadata))];
+        let mut out: Vec<String> = self
+            .volume_claims
+            .iter()
+            .map(|c| format!("PersistentVolumeClaim/{}", name_of(&c.metadata)))
+            .collect();
         out.extend(self.services.iter().map(|s| format!("Service/{}", name_of(&s.metadata))));
         out.extend(self.stateful_sets.iter().map(|s| format!("StatefulSet/{}", name_of(&s.metadata))));
         out.extend(self.deployments.iter().map(|d| format!("Deployment/{}", name_of(&d.metadata))));
@@ -218,17 +296,24 @@ struct Placement {
 /// Builds every object of `plan`.
 pub(crate) fn generate(plan: &Plan, settings: &Settings) -> Result<Manifests, ManifestError> {
     validate(settings)?;
+    let storage = pod_storage(plan, settings)?;
     let placements = place(plan, settings)?;
-    let checksum = format!("{:016x}", names::fnv1a(&settings.secret));
-    let mut manifests = Manifests { secret: secret(settings), ..Default::default() };
+    let mut manifests = Manifests { secret_keys: vec![SECRET_KEY], ..Default::default() };
+    if let Some(PodState { claim: Some(claim), .. }) = &storage {
+        manifests.volume_claims.push(claim.clone());
+    }
+    if storage.as_ref().is_some_and(|s| s.password.is_some()) {
+        manifests.secret_keys.push(STORAGE_PASSWORD_KEY);
+    }
     for node in &plan.nodes {
         let placement = &placements[&node.name];
         let book = address_book(plan, node, &placements, settings);
-        let template = pod_template(node, placement, &book, &checksum, settings);
+        let state = storage.as_ref().filter(|_| node.stateful);
+        let template = pod_template(node, placement, &book, state, settings);
         let labels = names::node_labels(&settings.app, &placement.object, node.role.kind());
         let meta = ObjectMeta {
             name: Some(placement.object.clone()),
-            namespace: Some(settings.namespace.clone()),
+            namespace: settings.namespace.clone(),
             labels: Some(labels),
             ..Default::default()
         };
@@ -237,6 +322,8 @@ pub(crate) fn generate(plan: &Plan, settings: &Settings) -> Result<Manifests, Ma
             ..Default::default()
         };
         let replicas = Some(i32::try_from(node.replicas).unwrap_or(i32::MAX));
+        // A pod with a ReadWriteOnce volume cannot overlap with its successor: replace, never roll.
+        let on_volume = state.is_some_and(|s| s.claim.is_some());
         if placement.per_replica {
             manifests.services.push(service(node, placement, &meta, settings, true));
             manifests.stateful_sets.push(StatefulSet {
@@ -262,6 +349,8 @@ pub(crate) fn generate(plan: &Plan, settings: &Settings) -> Result<Manifests, Ma
                     replicas,
                     selector,
                     revision_history_limit: Some(3),
+                    strategy: on_volume
+                        .then(|| DeploymentStrategy { type_: Some("Recreate".into()), ..Default::default() }),
                     template,
                     ..Default::default()
                 },
@@ -270,6 +359,119 @@ pub(crate) fn generate(plan: &Plan, settings: &Settings) -> Result<Manifests, Ma
         }
     }
     Ok(manifests)
+}
+
+/// What the pods that keep state are given.
+#[derive(Clone, Debug)]
+struct PodState {
+    /// `MP_STORAGE`'s configuration, password included (the launch contract splits it off).
+    config: StorageConfig,
+    /// The password, which must be in the app's Secret.
+    password: Option<String>,
+    /// The state volume, for file storage.
+    claim: Option<PersistentVolumeClaim>,
+}
+
+/// The storage of the pods that keep state, or `None` when no node keeps state; refuses what
+/// cannot work on a cluster.
+fn pod_storage(plan: &Plan, settings: &Settings) -> Result<Option<PodState>, ManifestError> {
+    let pods: usize = plan.nodes.iter().filter(|n| n.stateful).map(|n| n.replicas).sum();
+    if pods == 0 {
+        return Ok(None);
+    }
+    match &settings.storage {
+        PodStorage::File { .. } if pods > 1 => Err(ManifestError::FileStorageShared { pods }),
+        PodStorage::File { size } => {
+            let file = format!("{STATE_DIR}/{}.sqlite", names::label_value(&settings.app));
+            Ok(Some(PodState {
+                config: StorageConfig::File(file.into()),
+                password: None,
+                claim: Some(volume_claim(settings, size)),
+            }))
+        }
+        PodStorage::Redis(url) => {
+            check_reachable_from_pods(url)?;
+            let (_, password) = split_password(url);
+            Ok(Some(PodState { config: StorageConfig::Redis(url.clone()), password, claim: None }))
+        }
+    }
+}
+
+/// Refuses a Redis address that cannot mean the same server inside a pod.
+fn check_reachable_from_pods(url: &str) -> Result<(), ManifestError> {
+    let (shown, _) = split_password(url);
+    let Some(rest) = url.strip_prefix("redis://").or_else(|| url.strip_prefix("rediss://")) else {
+        return Err(ManifestError::StorageNotTcp(shown));
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let loopback = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback() || ip.is_unspecified(),
+        Err(_) => host.is_empty() || host == "localhost" || host.ends_with(".localhost"),
+    };
+    if loopback {
+        return Err(ManifestError::StorageOnLoopback { address: shown });
+    }
+    Ok(())
+}
+
+/// The claim of the state volume: one per app (one pod may keep state with file storage).
+fn volume_claim(settings: &Settings, size: &str) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(names::state_claim_name(&settings.app)),
+            namespace: settings.namespace.clone(),
+            labels: Some(names::app_labels(&settings.app)),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), Quantity(size.to_string()))])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The app's Secret as `up` creates it: the secret of internal hops and, when the storage has
+/// one, its password. Not part of [`Manifests`], so the printed YAML carries no secret.
+pub(crate) fn secret(
+    app: &str,
+    namespace: Option<&str>,
+    hop_secret: &str,
+    storage_password: Option<&str>,
+) -> Secret {
+    let mut data = BTreeMap::from([(SECRET_KEY.to_string(), ByteString(hop_secret.as_bytes().to_vec()))]);
+    if let Some(password) = storage_password {
+        data.insert(STORAGE_PASSWORD_KEY.to_string(), ByteString(password.as_bytes().to_vec()));
+    }
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(names::secret_name(app)),
+            namespace: namespace.map(str::to_string),
+            labels: Some(names::app_labels(app)),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+/// The storage password `settings` carries, which `up` puts into the app's Secret.
+pub(crate) fn storage_password(settings: &Settings) -> Option<String> {
+    match &settings.storage {
+        PodStorage::Redis(url) => split_password(url).1,
+        PodStorage::File { .. } => None,
+    }
 }
 
 /// Decides each node's object name and kind, and refuses plans whose names clash.
@@ -334,7 +536,11 @@ fn address_book(
     settings: &Settings,
 ) -> AddressBook {
     let mut book = AddressBook::default();
-    let suffix = format!("{}.svc.{}", settings.namespace, settings.cluster_domain);
+    // Fully qualified with a namespace; else relative, completed by the pod's DNS search path.
+    let suffix = match &settings.namespace {
+        Some(namespace) => format!(".{namespace}.svc.{}", settings.cluster_domain),
+        None => String::new(),
+    };
     for target in node.role.targets() {
         let (Some(called), Some(placement)) = (plan.node(&target.node), placements.get(&target.node)) else {
             continue;
@@ -342,31 +548,14 @@ fn address_book(
         let object = &placement.object;
         let addresses = if placement.per_replica {
             (0..called.replicas)
-                .map(|i| format!("{object}-{i}.{object}.{suffix}:{}", placement.port))
+                .map(|i| format!("{object}-{i}.{object}{suffix}:{}", placement.port))
                 .collect()
         } else {
-            vec![format!("{object}.{suffix}:{}", placement.port)]
+            vec![format!("{object}{suffix}:{}", placement.port)]
         };
         book.insert(target.node.clone(), addresses);
     }
     book
-}
-
-fn secret(settings: &Settings) -> Secret {
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(names::secret_name(&settings.app)),
-            namespace: Some(settings.namespace.clone()),
-            labels: Some(names::app_labels(&settings.app)),
-            ..Default::default()
-        },
-        type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(
-            SECRET_KEY.to_string(),
-            ByteString(settings.secret.clone().into_bytes()),
-        )])),
-        ..Default::default()
-    }
 }
 
 fn service(
@@ -404,55 +593,29 @@ fn service(
     }
 }
 
+/// The pod template of `node`: the launch contract's environment, probes, limits, and the state
+/// volume where this node keeps state on one.
 fn pod_template(
     node: &Node,
     placement: &Placement,
     book: &AddressBook,
-    secret_checksum: &str,
+    state: Option<&PodState>,
     settings: &Settings,
 ) -> PodTemplateSpec {
-    let value =
-        |name: &str, value: String| EnvVar { name: name.into(), value: Some(value), ..Default::default() };
-    let from = |name: &str, source: EnvVarSource| EnvVar {
-        name: name.into(),
-        value_from: Some(source),
-        ..Default::default()
+    let launch = NodeLaunch {
+        app: settings.app.clone(),
+        node: node.name.clone(),
+        replica: 0,
+        // `hostname()` then returns the pod's name.
+        hostname: None,
+        listen: Listen::Address(format!("0.0.0.0:{POD_PORT}")),
+        book: book.clone(),
+        // Marked as the app's secret by the contract, so it becomes a reference below.
+        secret: String::new(),
+        storage: state.map(|s| s.config.clone()),
     };
-    let replica = if placement.per_replica {
-        from(
-            "MP_REPLICA",
-            EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: format!("metadata.labels['{POD_INDEX_LABEL}']"),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        )
-    } else {
-        // A Deployment's pods are interchangeable and have no index; `hostname()` (the pod
-        // name) is what tells them apart.
-        value("MP_REPLICA", "0".into())
-    };
-    // MP_HOSTNAME is left out on purpose: `hostname()` then returns the pod's name.
-    let env = vec![
-        value("MP_APP", settings.app.clone()),
-        value("MP_NODE", node.name.clone()),
-        replica,
-        value("MP_LISTEN", format!("0.0.0.0:{POD_PORT}")),
-        value("MP_ADDRESS_BOOK", serde_json::to_string(book).unwrap_or_else(|_| "{}".into())),
-        from(
-            "MP_SECRET",
-            EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: names::secret_name(&settings.app),
-                    key: SECRET_KEY.into(),
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            },
-        ),
-    ];
+    let env =
+        launch.env_vars().into_iter().map(|var| env_var(var.name, &var.value, placement, settings)).collect();
     // A program's own server (containerize) need not serve /healthz, and the HTTP proxies in
     // front of it forward the path to it, so those nodes are probed by connecting instead.
     let http_level = matches!(node.role, Role::Server | Role::HttpBalancer { .. } | Role::HttpRouter { .. });
@@ -477,6 +640,8 @@ fn pod_template(
             .collect();
         (!map.is_empty()).then_some(map)
     };
+    let claim = state.and_then(|s| s.claim.as_ref()).and_then(|c| c.metadata.name.clone());
+    const STATE_VOLUME: &str = "state";
     let container = Container {
         name: "node".into(),
         image: Some(settings.image.clone()),
@@ -501,15 +666,18 @@ fn pod_template(
             capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
             ..Default::default()
         }),
+        volume_mounts: claim.as_ref().map(|_| {
+            vec![VolumeMount {
+                name: STATE_VOLUME.into(),
+                mount_path: STATE_DIR.into(),
+                ..Default::default()
+            }]
+        }),
         ..Default::default()
     };
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(names::node_labels(&settings.app, &placement.object, node.role.kind())),
-            annotations: Some(BTreeMap::from([(
-                SECRET_CHECKSUM_ANNOTATION.to_string(),
-                secret_checksum.to_string(),
-            )])),
             ..Default::default()
         }),
         spec: Some(PodSpec {
@@ -518,39 +686,90 @@ fn pod_template(
             // find each other: no token, no service-link variables.
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
+            // On SIGTERM a node stops accepting and drains what is in flight; leave it the time.
+            termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
-                run_as_user: Some(65534),
-                run_as_group: Some(65534),
+                run_as_user: Some(POD_USER),
+                run_as_group: Some(POD_USER),
+                // The kubelet makes the state volume writable for this group (a fresh volume's
+                // root is owned by root), and only when its ownership is not already right.
+                fs_group: claim.as_ref().map(|_| POD_USER),
+                fs_group_change_policy: claim.as_ref().map(|_| "OnRootMismatch".to_string()),
                 seccomp_profile: Some(SeccompProfile {
                     type_: "RuntimeDefault".into(),
                     ..Default::default()
                 }),
                 ..Default::default()
             }),
+            volumes: claim.map(|claim_name| {
+                vec![Volume {
+                    name: STATE_VOLUME.into(),
+                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                        claim_name,
+                        read_only: None,
+                    }),
+                    ..Default::default()
+                }]
+            }),
             ..Default::default()
         }),
     }
 }
 
+/// One variable of the launch contract as a container's `env` entry: literal, or `valueFrom`
+/// where the contract marks a value Kubernetes must take from elsewhere.
+fn env_var(name: &str, value: &LaunchValue, placement: &Placement, settings: &Settings) -> EnvVar {
+    let from =
+        |source: EnvVarSource| EnvVar { name: name.into(), value_from: Some(source), ..Default::default() };
+    let from_secret = |key: &str| {
+        from(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: names::secret_name(&settings.app),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        })
+    };
+    match value {
+        LaunchValue::AppSecret(_) => from_secret(SECRET_KEY),
+        LaunchValue::StoragePassword(_) => from_secret(STORAGE_PASSWORD_KEY),
+        // A StatefulSet pod is named `<set>-<ordinal>` on every version; the node reads the ordinal.
+        LaunchValue::Replica(_) if placement.per_replica => from(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        // A Deployment's pods are interchangeable and have no index; `hostname()` (the pod
+        // name) is what tells them apart.
+        other => EnvVar { name: name.into(), value: Some(other.literal()), ..Default::default() },
+    }
+}
+
 fn validate(settings: &Settings) -> Result<(), ManifestError> {
-    let ns = &settings.namespace;
-    let ns_ok = (1..=63).contains(&ns.len())
-        && ns.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !ns.starts_with('-')
-        && !ns.ends_with('-');
-    if !ns_ok {
-        return Err(ManifestError::BadNamespace(ns.clone()));
+    if let Some(ns) = &settings.namespace {
+        let ns_ok = (1..=63).contains(&ns.len())
+            && ns.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !ns.starts_with('-')
+            && !ns.ends_with('-');
+        if !ns_ok {
+            return Err(ManifestError::BadNamespace(ns.clone()));
+        }
     }
     if settings.port == 0 {
         return Err(ManifestError::BadPort(0));
     }
     let r = &settings.resources;
+    let size = match &settings.storage {
+        PodStorage::File { size } => Some(size),
+        PodStorage::Redis(_) => None,
+    };
     let checks = [
         ("--cpu-request", Some(&r.cpu_request)),
         ("--memory-request", Some(&r.memory_request)),
         ("--cpu-limit", r.cpu_limit.as_ref()),
         ("--memory-limit", r.memory_limit.as_ref()),
+        ("--volume-size", size),
     ];
     for (flag, value) in checks {
         if let Some(v) = value.filter(|v| !is_quantity(v)) {
@@ -585,19 +804,19 @@ pub(crate) fn is_quantity(text: &str) -> bool {
 mod tests {
     use super::*;
     use crate::model::compile;
-    use crate::{scatter, service as svc, shard, spread};
+    use crate::{scatter, service as svc, shard, spread, IntoTopology};
     use serde_json::Value;
 
     fn settings() -> Settings {
         Settings {
             app: "demo".into(),
-            namespace: "team-a".into(),
+            namespace: Some("team-a".into()),
             image: "registry.example/demo:abc".into(),
             port: 3000,
             expose_as: ExposeAs::LoadBalancer,
             resources: Resources::default(),
-            secret: "s3cret".into(),
             cluster_domain: "cluster.local".into(),
+            storage: PodStorage::File { size: "1Gi".into() },
         }
     }
 
@@ -618,10 +837,7 @@ mod tests {
     #[test]
     fn a_single_exposed_service_is_a_deployment_behind_a_load_balancer() {
         let m = generated(vec![svc("simple-service", |r: Value| r).expose()]);
-        assert_eq!(
-            m.summary(),
-            ["Secret/demo-metaparticle", "Service/simple-service", "Deployment/simple-service"]
-        );
+        assert_eq!(m.summary(), ["Service/simple-service", "Deployment/simple-service"]);
         assert_eq!(service_named(&m, "simple-service").type_.as_deref(), Some("LoadBalancer"));
     }
 
@@ -637,13 +853,7 @@ mod tests {
         let m = generated(vec![svc("sharded", shard(3, |r: &String| r.len(), |r: Value| r)).expose()]);
         assert_eq!(
             m.summary(),
-            [
-                "Secret/demo-metaparticle",
-                "Service/sharded",
-                "Service/sharded-shard",
-                "StatefulSet/sharded-shard",
-                "Deployment/sharded"
-            ]
+            ["Service/sharded", "Service/sharded-shard", "StatefulSet/sharded-shard", "Deployment/sharded"]
         );
         let headless = service_named(&m, "sharded-shard");
         assert_eq!(headless.cluster_ip.as_deref(), Some("None"));
@@ -657,7 +867,16 @@ mod tests {
             "shard i is pod i of the StatefulSet: {book}"
         );
         let replica = env(&sts.template, "MP_REPLICA").value_from.as_ref().unwrap();
-        assert!(replica.field_ref.as_ref().unwrap().field_path.contains("pod-index"));
+        assert_eq!(
+            replica.field_ref.as_ref().unwrap().field_path,
+            "metadata.name",
+            "the pod name's ordinal, which every Kubernetes version gives (pod-index is 1.28+)"
+        );
+        assert_eq!(
+            env(router, "MP_REPLICA").value.as_deref(),
+            Some("0"),
+            "a Deployment's pods have no index"
+        );
     }
 
     #[test]
@@ -695,21 +914,171 @@ mod tests {
     }
 
     #[test]
-    fn the_secret_is_referenced_never_inlined() {
-        let m = generated(vec![svc("replicated-service", spread(2, |r: Value| r)).expose()]);
+    fn the_secret_is_referenced_never_inlined_and_the_output_never_varies() {
+        let services = || vec![svc("replicated-service", spread(2, |r: Value| r)).expose()];
+        let m = generated(services());
         let yaml = m.to_yaml().unwrap();
-        assert!(!yaml.contains("s3cret"), "the secret must only appear base64-encoded in the Secret");
+        assert!(!yaml.contains("kind: Secret"), "the Secret is created by `up`, not printed:\n{yaml}");
+        assert_eq!(yaml, generated(services()).to_yaml().unwrap(), "the same plan gives the same YAML");
         let template = &m.deployments[0].spec.template;
         let reference =
             env(template, "MP_SECRET").value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
-        assert_eq!(reference.name, "demo-metaparticle");
+        assert_eq!((reference.name.as_str(), reference.key.as_str()), ("demo-metaparticle", SECRET_KEY));
+        assert_eq!(m.secret_keys, [SECRET_KEY]);
+    }
+
+    #[test]
+    fn every_variable_of_the_launch_contract_reaches_the_pods() {
+        let m = generated(vec![svc("replicated-service", spread(2, |r: Value| r)).expose()]);
+        let launch = NodeLaunch {
+            app: "demo".into(),
+            node: "replicated-service".into(),
+            replica: 0,
+            hostname: None,
+            listen: Listen::Address(String::new()),
+            book: AddressBook::default(),
+            secret: String::new(),
+            storage: None,
+        };
+        let names: Vec<&str> = launch.env_vars().iter().map(|v| v.name).collect();
+        let spec = m.deployments[0].spec.template.spec.as_ref().unwrap();
+        let in_pod: Vec<&str> =
+            spec.containers[0].env.as_ref().unwrap().iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(in_pod, names, "the pods get the contract's variables, in its order");
+    }
+
+    fn counter() -> crate::Topology {
+        crate::stateful(|_: Value, count: &mut u64| {
+            *count += 1;
+            *count
+        })
+        .into_topology()
+    }
+
+    #[test]
+    fn redis_storage_reaches_every_stateful_pod_with_its_password_through_the_secret() {
+        let (plan, _) = compile(&[svc("s", spread(3, counter())).expose()]).unwrap();
+        let settings = Settings {
+            storage: PodStorage::Redis("redis://:hunter2@redis.shop.svc.cluster.local:6379".into()),
+            ..settings()
+        };
+        let m = generate(&plan, &settings).unwrap();
+        let replicas = &m.stateful_sets[0].spec.template;
+        assert_eq!(
+            env(replicas, "MP_STORAGE").value.as_deref(),
+            Some("redis://redis.shop.svc.cluster.local:6379"),
+            "the stateful pods get the store's address"
+        );
+        let password = env(replicas, "MP_STORAGE_PASSWORD")
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(password.key, STORAGE_PASSWORD_KEY);
+        assert!(!m.to_yaml().unwrap().contains("hunter2"), "the password never appears in the YAML");
+        assert_eq!(m.secret_keys, [SECRET_KEY, STORAGE_PASSWORD_KEY]);
+        let balancer = m.deployments[0].spec.template.spec.as_ref().unwrap();
+        assert!(
+            balancer.containers[0].env.as_ref().unwrap().iter().all(|e| e.name != "MP_STORAGE"),
+            "the balancer keeps no state and gets no store"
+        );
+        assert_eq!(storage_password(&settings).as_deref(), Some("hunter2"));
+    }
+
+    #[test]
+    fn a_loopback_redis_is_refused_since_a_pod_would_reach_itself() {
+        let (plan, _) = compile(&[svc("s", spread(3, counter())).expose()]).unwrap();
+        for url in [
+            "redis://127.0.0.1:6379",
+            "redis://:pw@localhost:6379/0",
+            "redis://[::1]:6379",
+            "redis://0.0.0.0",
+        ] {
+            let settings = Settings { storage: PodStorage::Redis(url.into()), ..settings() };
+            let e = generate(&plan, &settings).unwrap_err();
+            assert!(matches!(e, ManifestError::StorageOnLoopback { .. }), "{url}: {e}");
+            assert!(e.to_string().contains("REDIS_HOST") && !e.to_string().contains("pw@"), "{e}");
+        }
+        let unix = Settings { storage: PodStorage::Redis("redis+unix:///tmp/r.sock".into()), ..settings() };
+        assert!(matches!(generate(&plan, &unix), Err(ManifestError::StorageNotTcp(_))));
+        let (stateless, _) = compile(&[svc("s", spread(3, |r: Value| r))]).unwrap();
+        let loopback = Settings { storage: PodStorage::Redis("redis://127.0.0.1:6379".into()), ..settings() };
+        assert!(generate(&stateless, &loopback).is_ok(), "no state, no store to reach");
+    }
+
+    #[test]
+    fn file_storage_gives_the_one_stateful_pod_a_volume_it_can_write() {
+        let m = generated(vec![svc("simple-storage", counter()).expose()]);
+        assert_eq!(
+            m.summary(),
+            ["PersistentVolumeClaim/demo-state", "Service/simple-storage", "Deployment/simple-storage"]
+        );
+        let deployment = &m.deployments[0].spec;
+        assert_eq!(deployment.strategy.as_ref().unwrap().type_.as_deref(), Some("Recreate"));
+        let template = &deployment.template;
+        assert_eq!(
+            env(template, "MP_STORAGE").value.as_deref(),
+            Some("file:/var/lib/metaparticle/demo.sqlite"),
+            "a path on the volume, not under HOME"
+        );
+        let spec = template.spec.as_ref().unwrap();
+        let mount = &spec.containers[0].volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(mount.mount_path, STATE_DIR);
+        let volume = &spec.volumes.as_ref().unwrap()[0];
+        assert_eq!(volume.persistent_volume_claim.as_ref().unwrap().claim_name, "demo-state");
+        assert_eq!(
+            spec.security_context.as_ref().unwrap().fs_group,
+            Some(POD_USER),
+            "writable by the pod's group"
+        );
+        let claim = m.volume_claims[0].spec.as_ref().unwrap();
+        assert_eq!(claim.access_modes.as_deref(), Some(&["ReadWriteOnce".to_string()][..]));
+    }
+
+    #[test]
+    fn file_storage_is_refused_for_state_kept_by_more_than_one_pod() {
+        let (plan, _) = compile(&[svc("s", spread(3, counter()))]).unwrap();
+        let err = generate(&plan, &settings()).unwrap_err();
+        assert_eq!(err, ManifestError::FileStorageShared { pods: 3 });
+        assert!(err.to_string().contains("--storage redis"), "{err}");
+        let (stateless, _) = compile(&[svc("s", spread(3, |r: Value| r))]).unwrap();
+        let m = generate(&stateless, &settings()).unwrap();
+        assert!(m.volume_claims.is_empty(), "no state, nothing to keep");
+    }
+
+    #[test]
+    fn without_a_namespace_objects_and_addresses_are_relative_to_where_they_are_applied() {
+        let (plan, _) = compile(&[svc("replicated-service", spread(2, |r: Value| r)).expose()]).unwrap();
+        let m = generate(&plan, &Settings { namespace: None, ..settings() }).unwrap();
+        assert!(!m.to_yaml().unwrap().contains("namespace:"));
+        let book: Value = serde_json::from_str(
+            env(&m.deployments[0].spec.template, "MP_ADDRESS_BOOK").value.as_ref().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            book["replicated-service.replica"][1],
+            "replicated-service-replica-1.replicated-service-replica:3000",
+            "the pod's DNS search path completes the name: {book}"
+        );
+    }
+
+    #[test]
+    fn pods_have_time_to_drain_before_they_are_killed() {
+        let m = generated(vec![svc("s", |r: Value| r).expose()]);
+        let spec = m.deployments[0].spec.template.spec.as_ref().unwrap();
+        let grace = spec.termination_grace_period_seconds.unwrap();
+        assert!(grace as u64 > crate::plane::shutdown::DRAIN_TIMEOUT.as_secs(), "{grace}");
     }
 
     #[test]
     fn every_object_is_labelled_with_app_and_namespaced() {
         let m = generated(vec![svc("h", scatter(3, |_: Value| 1, |p: Vec<i32>| p.len())).expose()]);
-        let metas = std::iter::once(&m.secret.metadata)
-            .chain(m.services.iter().map(|s| &s.metadata))
+        let metas = m
+            .services
+            .iter()
+            .map(|s| &s.metadata)
             .chain(m.stateful_sets.iter().map(|s| &s.metadata))
             .chain(m.deployments.iter().map(|d| &d.metadata));
         for meta in metas {
@@ -733,7 +1102,7 @@ mod tests {
             generate(&plan, &bad_cpu),
             Err(ManifestError::BadQuantity { flag: "--cpu-request", .. })
         ));
-        let bad_ns = Settings { namespace: "Team_A".into(), ..settings() };
+        let bad_ns = Settings { namespace: Some("Team_A".into()), ..settings() };
         assert_eq!(generate(&plan, &bad_ns).unwrap_err(), ManifestError::BadNamespace("Team_A".into()));
     }
 

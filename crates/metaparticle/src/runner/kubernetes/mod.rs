@@ -2,16 +2,18 @@
 //!
 //! ```console
 //! $ cargo run --example server3 -- --runner kubernetes manifests --image registry.example/server3:v1
-//! $ DOCKER_REGISTRY=registry.example cargo run --example server3 -- --runner kubernetes up --image registry.example/server3:v1
+//! $ DOCKER_REGISTRY=registry.example cargo run --example server3 -- --runner kubernetes up
 //! $ cargo run --example server3 -- --runner kubernetes delete
 //! ```
 //!
-//! - [`manifests`](self::manifests) turns a plan into objects (pure; which kind for which node and why is
-//!   documented there). `manifests` prints them and changes nothing; it needs no cluster.
+//! - [`manifests`] turns a plan into objects (pure; which kind for which node and why is
+//!   documented there). `manifests` prints them and changes nothing; it needs no cluster, and
+//!   prints the same YAML every time for the same build and flags.
 //! - [`cluster`] finds the kubeconfig's namespace and proves the API server answers, quickly.
-//! - [`apply`] applies them with server-side apply, prunes what the plan no longer has, and
-//!   deletes everything by label.
+//! - [`apply`] creates the app's Secret when absent, applies the objects with server-side apply,
+//!   prunes what the plan no longer has, and deletes everything by label.
 //! - [`rollout`] waits for the rollout and prints how to reach exposed services.
+//! - [`error`] says what went wrong and what to do.
 //!
 //! Every pod runs the program's own image: `--image` names one already pushed, else the Docker
 //! runner's builder makes it (FROM scratch, tagged by content) and pushes it to `DOCKER_REGISTRY`.
@@ -19,6 +21,7 @@
 
 pub(crate) mod apply;
 pub(crate) mod cluster;
+pub(crate) mod error;
 pub(crate) mod manifests;
 pub(crate) mod names;
 pub(crate) mod rollout;
@@ -29,11 +32,12 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use kube::api::{Api, ListParams};
 use kube::ResourceExt;
 
-use crate::error::{Error, Result};
 use crate::model::Plan;
-use crate::runner::random_secret;
 use crate::runner::Deploy;
-pub(crate) use manifests::{generate, ExposeAs, Resources, Settings};
+use crate::storage::StorageConfig;
+pub(crate) use error::KubernetesError;
+use error::Result;
+pub(crate) use manifests::{generate, ExposeAs, PodStorage, Resources, Settings};
 
 /// The image `manifests` names when no `--image` is given: an unresolvable host (`.invalid` is
 /// reserved by RFC 2606), so a manifest applied by mistake fails visibly instead of pulling
@@ -57,22 +61,19 @@ pub(crate) struct Options {
     pub cluster_domain: String,
     /// How long `up` waits for the rollout.
     pub rollout_timeout: Duration,
+    /// The size of the state volume (`--storage file`).
+    pub volume_size: String,
 }
 
-/// The image `up` deploys. THE SEAM for the image builder: today it is `--image`; when the
-/// builder lands, the `DOCKER_REGISTRY`-only arm builds this program's image, pushes it there,
-/// and returns its content-tagged reference.
+/// The image `up` deploys: `--image` as given, else this program's image, built and pushed to
+/// `DOCKER_REGISTRY`.
 ///
 /// Refuses without a registry: a cluster can only pull from one, and this machine's local
 /// images are invisible to it.
 pub(crate) fn resolve_image(app: &str, options: &Options) -> Result<ImageSource> {
     match (&options.image, &options.registry) {
         (Some(image), _) => Ok(ImageSource::Given(image.clone())),
-        (None, None) => Err(Error::Runner(format!(
-            "deploying '{app}' to Kubernetes needs an image registry the cluster can pull from: \
-             set DOCKER_REGISTRY (e.g. DOCKER_REGISTRY=docker.io/<you>), or pass --image <ref> \
-             for an image you already pushed or loaded into the cluster"
-        ))),
+        (None, None) => Err(KubernetesError::NoRegistry { app: app.to_string() }),
         (None, Some(_)) => Ok(ImageSource::BuildAndPush),
     }
 }
@@ -93,34 +94,12 @@ async fn image_reference(app: &str, source: ImageSource) -> Result<String> {
         #[cfg(feature = "docker")]
         ImageSource::BuildAndPush => Ok(crate::runner::docker::publish_image(app).await?),
         #[cfg(not(feature = "docker"))]
-        ImageSource::BuildAndPush => Err(Error::Runner(format!(
-            "building '{app}' needs the `docker` feature of metaparticle; pass --image <ref> instead"
-        ))),
+        ImageSource::BuildAndPush => Err(KubernetesError::NoImageBuilder { app: app.to_string() }),
     }
 }
 
-/// Refuses a storage backend that cannot work across pods: the file backend locks a file on
-/// one machine's disk, and pods on different nodes (or restarted ones) do not share it.
-/// Only plans that keep state are affected.
-pub(crate) fn check_storage(storage: &str, plan: &Plan) -> Result<()> {
-    let pods = plan.process_count();
-    if storage == "file" && pods > 1 && plan.uses_state() {
-        return Err(Error::Runner(format!(
-            "--storage file cannot be used on Kubernetes with {pods} pods: each pod has its own disk, \
-             so replicas would each keep their own state and lose it on restart; use --storage redis \
-             (with REDIS_HOST pointing at a Redis the pods can reach)"
-        )));
-    }
-    Ok(())
-}
-
-fn settings(
-    deploy: &Deploy,
-    options: &Options,
-    namespace: String,
-    image: String,
-    secret: String,
-) -> Settings {
+/// The objects' settings for this deploy.
+fn settings(deploy: &Deploy, options: &Options, namespace: Option<String>, image: String) -> Settings {
     Settings {
         app: deploy.app.clone(),
         namespace,
@@ -128,39 +107,58 @@ fn settings(
         port: deploy.port,
         expose_as: options.expose_as,
         resources: options.resources.clone(),
-        secret,
         cluster_domain: options.cluster_domain.clone(),
+        storage: match &deploy.storage {
+            StorageConfig::File(_) => PodStorage::File { size: options.volume_size.clone() },
+            StorageConfig::Redis(url) => PodStorage::Redis(url.clone()),
+        },
     }
 }
 
-fn manifest_error(e: manifests::ManifestError) -> Error {
-    Error::Runner(e.to_string())
-}
-
-/// Prints every object of the app as YAML and changes nothing. Needs no cluster: the namespace
-/// comes from `--namespace` or the kubeconfig file.
+/// Prints every object of the app as YAML and changes nothing. Needs no cluster and no
+/// kubeconfig: the namespace comes from `--namespace`, else the kubeconfig's context if there is
+/// one, else it is left out (for `kubectl apply -n`). The same build and flags print the same YAML.
 pub(crate) fn print_manifests(deploy: &Deploy, plan: &Plan, options: &Options) -> Result<()> {
-    let namespace = cluster::namespace(options.namespace.as_deref())?;
+    let namespace = cluster::manifest_namespace(options.namespace.as_deref());
     let image = match &options.image {
         Some(image) => image.clone(),
         None => {
             let placeholder =
                 format!("{PLACEHOLDER_REGISTRY}/{}:unbuilt", names::label_value(&deploy.app).to_lowercase());
-            eprintln!("note: no --image given; the manifests name the placeholder {placeholder}");
+            eprintln!(
+                "note: no --image given; the manifests name the placeholder {placeholder} \
+                 (`image` prints this program's image reference)"
+            );
             placeholder
         }
     };
-    let m = generate(plan, &settings(deploy, options, namespace, image, random_secret()))
-        .map_err(manifest_error)?;
-    let yaml = m.to_yaml().map_err(|e| Error::Runner(format!("writing YAML: {e}")))?;
+    let m = generate(plan, &settings(deploy, options, namespace.clone(), image))?;
+    let yaml = m.to_yaml().map_err(KubernetesError::Yaml)?;
     println!(
-        "# The objects of app '{}': nodes {}, pods {}.",
+        "# The objects of app '{}': nodes {}, pods {}{}.",
         deploy.app,
         plan.nodes.len(),
-        plan.process_count()
+        plan.process_count(),
+        match &namespace {
+            Some(ns) => format!(", namespace '{ns}'"),
+            None => ", no namespace (kubectl apply -n <namespace>)".to_string(),
+        }
     );
-    println!("# The Secret holds a fresh random value each time this is printed: treat this output as");
-    println!("# secret, and expect re-applying it to restart every pod (they all switch to the new value).");
+    let secret = names::secret_name(&deploy.app);
+    println!(
+        "# The pods read the Secret '{secret}' (keys: {}), which `up` creates. To apply these by hand",
+        m.secret_keys.join(", ")
+    );
+    println!(
+        "# or through GitOps, create it once: kubectl create secret generic {secret} \
+         --from-literal={}=\"$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n')\"{}",
+        manifests::SECRET_KEY,
+        if m.secret_keys.contains(&manifests::STORAGE_PASSWORD_KEY) {
+            format!(" --from-literal={}=<the Redis password>", manifests::STORAGE_PASSWORD_KEY)
+        } else {
+            String::new()
+        }
+    );
     print!("{yaml}");
     Ok(())
 }
@@ -170,19 +168,18 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan, options: &Options) -> Resul
     let started = Instant::now();
     let source = resolve_image(&deploy.app, options)?;
     let namespace = cluster::namespace(options.namespace.as_deref())?;
+    // Bad flags and storage that cannot work are reported before any network call.
+    generate(plan, &settings(deploy, options, Some(namespace.clone()), String::new()))
+        .map_err(KubernetesError::from)?;
     // Reach the cluster before building and pushing an image it would never run.
     let client = cluster::connect().await?;
     let image = image_reference(&deploy.app, source).await?;
-    // Bad flags are reported before any network call.
-    generate(plan, &settings(deploy, options, namespace.clone(), image.clone(), String::new()))
-        .map_err(manifest_error)?;
-    let secret = match apply::existing_secret(&client, &namespace, &deploy.app).await? {
-        Some(secret) => secret,
-        None => random_secret(),
-    };
-    let m = generate(plan, &settings(deploy, options, namespace.clone(), image.clone(), secret))
-        .map_err(manifest_error)?;
+    let settings = settings(deploy, options, Some(namespace.clone()), image.clone());
+    let m = generate(plan, &settings).map_err(KubernetesError::from)?;
     eprintln!("applying app '{}' to namespace '{namespace}' (image {image})", deploy.app);
+    let password = manifests::storage_password(&settings)
+        .filter(|_| m.secret_keys.contains(&manifests::STORAGE_PASSWORD_KEY));
+    apply::ensure_secret(&client, &namespace, &deploy.app, &m.secret_keys, password.as_deref()).await?;
     let applied = apply::apply_all(&client, &namespace, &deploy.app, &m).await?;
     let pruned = apply::prune(&client, &namespace, &deploy.app, &m).await?;
     eprintln!(
@@ -210,15 +207,25 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan, options: &Options) -> Resul
     Ok(())
 }
 
-/// Deletes every object labelled with the app.
-pub(crate) async fn delete(app: &str, options: &Options) -> Result<()> {
+/// Deletes every object labelled with the app; its state volume only with `purge`.
+pub(crate) async fn delete(app: &str, options: &Options, purge: bool) -> Result<()> {
     let namespace = cluster::namespace(options.namespace.as_deref())?;
     let client = cluster::connect().await?;
     let deleted = apply::delete_all(&client, &namespace, app).await?;
-    if deleted.is_empty() {
+    let claims =
+        if purge { apply::delete_volume_claims(&client, &namespace, app).await? } else { Vec::new() };
+    if deleted.is_empty() && claims.is_empty() {
         println!("app '{app}' has no objects in namespace '{namespace}'; nothing to delete");
-    } else {
+    } else if !deleted.is_empty() {
         println!("deleted app '{app}' from namespace '{namespace}': {}", deleted.join(", "));
+    }
+    if !claims.is_empty() {
+        println!("purged the state of app '{app}': deleted {}", claims.join(", "));
+    } else if !purge {
+        let kept = apply::volume_claims(&client, &namespace, app).await?;
+        if !kept.is_empty() {
+            println!("kept the app's state in {} (delete --purge removes it)", kept.join(", "));
+        }
     }
     Ok(())
 }
@@ -234,7 +241,7 @@ pub(crate) async fn status(app: &str, options: &Options) -> Result<()> {
     let ds = deployments.list(&selector).await.map_err(|e| listing("listing Deployments", e))?;
     let ss = stateful_sets.list(&selector).await.map_err(|e| listing("listing StatefulSets", e))?;
     if ds.items.is_empty() && ss.items.is_empty() {
-        return Err(Error::Runner(format!("app '{app}' has no workloads in namespace '{namespace}'")));
+        return Err(KubernetesError::NoWorkloads { app: app.to_string(), namespace });
     }
     println!("app '{app}' (kubernetes runner, namespace '{namespace}')");
     println!("{:<44} {:<12} {:<10} READY", "NODE", "KIND", "ROLE");
@@ -257,8 +264,6 @@ pub(crate) async fn status(app: &str, options: &Options) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{service, spread};
-    use serde_json::Value;
 
     fn options(image: Option<&str>, registry: Option<&str>) -> Options {
         Options {
@@ -269,6 +274,7 @@ mod tests {
             resources: Resources::default(),
             cluster_domain: "cluster.local".into(),
             rollout_timeout: Duration::from_secs(1),
+            volume_size: "1Gi".into(),
         }
     }
 
@@ -284,19 +290,5 @@ mod tests {
             resolve_image("app", &options(None, Some("r.example"))).unwrap(),
             ImageSource::BuildAndPush
         );
-    }
-
-    #[test]
-    fn file_storage_is_refused_for_state_kept_by_more_than_one_pod() {
-        let counter = crate::stateful(|_: Value, count: &mut u64| {
-            *count += 1;
-            *count
-        });
-        let (plan, _) = crate::model::compile(&[service("s", spread(3, counter))]).unwrap();
-        let err = check_storage("file", &plan).unwrap_err().to_string();
-        assert!(err.contains("--storage redis"), "{err}");
-        assert!(check_storage("redis", &plan).is_ok());
-        let (stateless, _) = crate::model::compile(&[service("s", spread(3, |r: Value| r))]).unwrap();
-        assert!(check_storage("file", &stateless).is_ok(), "no state, nothing to lose");
     }
 }

@@ -15,9 +15,9 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
 use super::apply::api_error;
+use super::error::{KubernetesError, Result};
 use super::manifests::{ExposeAs, Manifests};
 use super::names;
-use crate::error::{Error, Result};
 
 /// Waits until every workload of `manifests` is rolled out, printing progress as it changes.
 pub(crate) async fn wait(
@@ -70,15 +70,13 @@ pub(crate) async fn wait(
             last = line;
         }
         if started.elapsed() > timeout {
-            return Err(Error::Runner(format!(
-                "the rollout did not finish within {}s: {} not ready{}\n\
-                 the objects stay applied; inspect with `kubectl -n {namespace} get pods -l {}` \
-                 and `kubectl -n {namespace} describe pod <pod>`",
-                timeout.as_secs(),
-                pending.join(", "),
-                if stuck.is_empty() { String::new() } else { format!(" ({})", stuck.join(", ")) },
-                names::app_selector(app)
-            )));
+            return Err(KubernetesError::RolloutTimeout {
+                seconds: timeout.as_secs(),
+                pending: pending.join(", "),
+                stuck: if stuck.is_empty() { String::new() } else { format!(" ({})", stuck.join(", ")) },
+                namespace: namespace.to_string(),
+                selector: names::app_selector(app),
+            });
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
