@@ -24,6 +24,8 @@
 //! | replicate, shard, scatter/gather (nest freely) | [`spread`], [`shard`], [`scatter`] ([`Scatter`]) |
 //! | keep state across requests and restarts | [`stateful`], [`stateful_user`] ([`User`]) |
 //! | know who serves a request, for whom, until when | [`Context`] (a handler's optional first argument), [`hostname`] |
+//! | call another service of the app, typed | [`Callee`], [`Context::call`], [`Service::calls`] |
+//! | shard by the authenticated user | [`shard_by_user`] |
 //! | fail a request on purpose | [`HandlerError`]; every error a caller sees is an [`RpcError`] |
 //! | require passwords at an exposed service | [`BasicAuth`], [`Service::with_basic_auth`] |
 //! | replicate or shard any HTTP server by URL | [`containerize`], [`ContainerOptions`] |
@@ -68,6 +70,7 @@ mod wire;
 
 pub use error::{Error, LaunchError, Result};
 pub use model::auth::{AuthError, BasicAuth};
+pub use model::callee::{Callee, ServiceName};
 pub use model::containerize::ContainerOptions;
 pub use model::context::Context;
 pub use model::handler::{Handler, HandlerError, IntoReply};
@@ -76,7 +79,8 @@ pub use model::plan::PlanError;
 pub use model::shard_key::ShardKey;
 pub use model::state::{stateful, stateful_user, User};
 pub use model::topology::{
-    scatter, service, shard, spread, IntoTopology, Merge, Scatter, ScatterPolicy, Service, Topology,
+    scatter, service, shard, shard_by_user, spread, IntoTopology, Merge, Scatter, ScatterPolicy, Service,
+    Topology,
 };
 pub use plane::identity::hostname;
 pub use serve::{containerize, exit_quietly_on_closed_pipe, serve};
@@ -110,11 +114,11 @@ pub mod fuzzing {
     pub use crate::wire::jsonrpc::dispatch;
 
     /// The shard `topology` (a `shard(..)`) picks for `request`, or why it refuses it.
-    pub fn shard_of(
-        topology: &crate::Topology,
+    pub fn shard_of<Req, Reply>(
+        topology: &crate::Topology<Req, Reply>,
         request: &serde_json::Value,
         shards: usize,
     ) -> Option<Result<usize, crate::RpcError>> {
-        topology.key().map(|key| key.shard_of(request, shards))
+        topology.key().map(|key| key.shard_of(request, None, shards))
     }
 }

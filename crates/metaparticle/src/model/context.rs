@@ -6,6 +6,10 @@
 //! read from the task: it survives `tokio::spawn`, moves into other tasks and threads, and a test
 //! can see exactly what a handler was given.
 //!
+//! It is also how a handler calls the app's other services ([`Context::call`]): the call carries
+//! this request's user and what is left of its deadline, so a callee acts for the same user and
+//! never works longer than this request's caller waits.
+//!
 //! ```
 //! use metaparticle as mp;
 //! use serde_json::{json, Value};
@@ -16,11 +20,20 @@
 //! # let _ = svc;
 //! ```
 
+use std::cell::Cell;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::callee::{Callee, Caller};
+use super::handler::HandlerError;
 use super::identity::Identity;
 use super::state::Transactions;
+use crate::wire::jsonrpc::RpcError;
 
 /// The request being served: who serves it, on whose behalf, until when.
 ///
@@ -37,6 +50,8 @@ struct Inner {
     missing_leaves: Vec<String>,
     /// How a stateful handler reaches its scope; `None` on nodes without state.
     state: Option<Arc<dyn Transactions>>,
+    /// How calls to the services this one declares leave the node; `None` if it declares none.
+    caller: Option<Arc<dyn Caller>>,
 }
 
 /// What the data plane knows about a request when it hands it to user code.
@@ -46,12 +61,13 @@ pub(crate) struct ContextParts {
     pub(crate) deadline: Option<Instant>,
     pub(crate) missing_leaves: Vec<String>,
     pub(crate) state: Option<Arc<dyn Transactions>>,
+    pub(crate) caller: Option<Arc<dyn Caller>>,
 }
 
 impl Context {
     pub(crate) fn new(parts: ContextParts) -> Self {
-        let ContextParts { identity, user, deadline, missing_leaves, state } = parts;
-        Self { inner: Arc::new(Inner { identity, user, deadline, missing_leaves, state }) }
+        let ContextParts { identity, user, deadline, missing_leaves, state, caller } = parts;
+        Self { inner: Arc::new(Inner { identity, user, deadline, missing_leaves, state, caller }) }
     }
 
     /// The app, node and replica serving this request.
@@ -107,6 +123,90 @@ impl Context {
         &self.inner.missing_leaves
     }
 
+    /// Calls `callee`, another service of this app, with `request`, and decodes its reply. The
+    /// types are checked by the compiler (see [`Callee`]); the calling service must declare the
+    /// call with [`Service::calls`](crate::Service::calls).
+    ///
+    /// The call goes where a client's call would go, the callee's front node (its balancer,
+    /// router, gather root, or its only replica), through the same hop code as every internal
+    /// hop: balancing, shard routing, health and retries apply unchanged. It carries this
+    /// request's user and its remaining deadline, and waits at most the calling service's
+    /// [timeout](crate::Service::timeout) (default 30 s).
+    ///
+    /// The error is the callee's JSON-RPC error as it sent it (its code, message and data), or
+    /// the hop's: `-32000` when the callee cannot be reached (naming it), `-32001` when it did not
+    /// answer in time, `-32006` when the call was not declared. It is a [`HandlerError`], the
+    /// type a handler fails with, so `?` (or returning the call's result as it is) passes it on to
+    /// this handler's own caller unchanged; match on its `code` to handle it instead.
+    ///
+    /// The future owns everything it needs (`'static`), so calls can run concurrently
+    /// (`tokio::join!`) or in a spawned task.
+    pub fn call<Req: Serialize + 'static, Reply: DeserializeOwned + 'static>(
+        &self,
+        callee: Callee<Req, Reply>,
+        request: Req,
+    ) -> impl Future<Output = Result<Reply, HandlerError>> + Send + 'static {
+        let request = serde_json::to_value(request).map_err(|e| {
+            RpcError::invalid_params(format!("the request for '{}' is not JSON: {e}", callee.name()))
+        });
+        let call = request.map(|request| self.call_by_name(callee.name(), request));
+        async move {
+            let reply = call?.await?;
+            serde_json::from_value(reply).map_err(|e| {
+                HandlerError::from(RpcError::internal(format!(
+                    "'{}' answered with a value this caller cannot read as {}: {e}",
+                    callee.name(),
+                    std::any::type_name::<Reply>()
+                )))
+            })
+        }
+    }
+
+    /// [`Context::call`] by name with JSON, for callees chosen at run time. The call must be
+    /// declared all the same (`.calls("name")`).
+    pub fn call_by_name(
+        &self,
+        service: &str,
+        request: Value,
+    ) -> impl Future<Output = Result<Value, HandlerError>> + Send + 'static {
+        let call = match &self.inner.caller {
+            Some(caller) => Ok(caller.call(service, request, self.inner.user.clone(), self.inner.deadline)),
+            None => Err(RpcError::undeclared_call(&self.inner.identity.node, service)),
+        };
+        async move { Ok(call?.await?) }
+    }
+
+    /// [`Context::call`] for a synchronous handler: waits for the reply on the handler's thread.
+    ///
+    /// A synchronous handler of a service that declares calls runs on the runtime's blocking
+    /// pool, where waiting is safe. Anywhere else (an async handler, a stateful handler, which may
+    /// run several times per request) it returns `-32603` instead of blocking a runtime:
+    /// an async handler awaits [`Context::call`].
+    pub fn call_blocking<Req: Serialize + 'static, Reply: DeserializeOwned + 'static>(
+        &self,
+        callee: Callee<Req, Reply>,
+        request: Req,
+    ) -> Result<Reply, HandlerError> {
+        if self.inner.caller.is_none() {
+            return Err(RpcError::undeclared_call(&self.inner.identity.node, callee.name()).into());
+        }
+        if !BlockingHandler::inside() {
+            return Err(HandlerError::from(RpcError::internal(format!(
+                "call_blocking('{}') is only for synchronous handlers of a service that declares its calls; \
+                 an async handler awaits ctx.call(..)",
+                callee.name()
+            ))));
+        }
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| RpcError::internal(format!("call_blocking outside a node's runtime: {e}")))?;
+        runtime.block_on(self.call(callee, request))
+    }
+
+    /// Whether this request's handler may call other services (its service declares calls).
+    pub(crate) fn can_call(&self) -> bool {
+        self.inner.caller.is_some()
+    }
+
     /// A context for unit tests of handlers: replica 0 of node `test`, no user, no deadline.
     #[cfg(test)]
     pub(crate) fn for_tests() -> Self {
@@ -118,11 +218,38 @@ impl Context {
             deadline: None,
             missing_leaves: Vec::new(),
             state: None,
+            caller: None,
         })
     }
 
     pub(crate) fn state(&self) -> Option<&Arc<dyn Transactions>> {
         self.inner.state.as_ref()
+    }
+}
+
+thread_local! {
+    /// Set while a synchronous handler runs on the blocking pool, where it may wait for a call.
+    static IN_BLOCKING_HANDLER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the current (blocking-pool) thread as running a synchronous handler until dropped;
+/// blocking threads are reused, so the mark must not outlive the handler.
+pub(crate) struct BlockingHandler(());
+
+impl BlockingHandler {
+    pub(crate) fn enter() -> Self {
+        IN_BLOCKING_HANDLER.with(|inside| inside.set(true));
+        Self(())
+    }
+
+    fn inside() -> bool {
+        IN_BLOCKING_HANDLER.with(Cell::get)
+    }
+}
+
+impl Drop for BlockingHandler {
+    fn drop(&mut self) {
+        IN_BLOCKING_HANDLER.with(|inside| inside.set(false));
     }
 }
 
@@ -134,6 +261,7 @@ impl std::fmt::Debug for Context {
             .field("deadline", &self.inner.deadline)
             .field("missing_leaves", &self.inner.missing_leaves)
             .field("stateful", &self.inner.state.is_some())
+            .field("calls", &self.inner.caller.is_some())
             .finish()
     }
 }

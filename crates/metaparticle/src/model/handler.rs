@@ -34,7 +34,10 @@ pub trait ErasedHandler: Send + Sync + 'static {
     }
 }
 
-/// An error a handler returns on purpose; it reaches the caller as a JSON-RPC error.
+/// An error a handler returns on purpose; it reaches the caller as a JSON-RPC error. It is also
+/// what a call to another service of the app fails with ([`Context::call`]): the callee's error
+/// as it sent it, or the hop's, so a handler passes it on with `?` and its own caller sees the
+/// same code, message and data.
 ///
 /// ```
 /// use metaparticle::HandlerError;
@@ -86,10 +89,22 @@ impl std::fmt::Display for HandlerError {
 
 impl std::error::Error for HandlerError {}
 
+/// A failed call to another service fails the handler with the same code, message and data, so
+/// `ctx.call(CART, request).await?` passes a callee's error on to this handler's caller unchanged.
+impl From<RpcError> for HandlerError {
+    fn from(e: RpcError) -> Self {
+        Self { code: e.code, message: e.message, data: e.data }
+    }
+}
+
 /// What a handler may return: any `Serialize` value, or `Result<T, HandlerError>`.
 ///
 /// The marker `M` keeps the two implementations apart (a `Result` is itself `Serialize`).
 pub trait IntoReply<M = PlainReply> {
+    /// The reply a caller receives: the output itself, or the `T` of `Result<T, HandlerError>`.
+    /// A [`crate::Callee`] of the service is typed by it.
+    type Reply;
+
     /// Converts the handler's output into a JSON result or a JSON-RPC error.
     fn into_reply(self) -> Result<Value, RpcError>;
 }
@@ -100,6 +115,8 @@ pub struct PlainReply;
 pub struct FallibleReply;
 
 impl<T: Serialize> IntoReply<PlainReply> for T {
+    type Reply = T;
+
     fn into_reply(self) -> Result<Value, RpcError> {
         serde_json::to_value(self)
             .map_err(|e| RpcError::internal(format!("the handler's result is not JSON: {e}")))
@@ -109,6 +126,8 @@ impl<T: Serialize> IntoReply<PlainReply> for T {
 // `HandlerError` deliberately does not implement `Serialize`, so only this impl applies to
 // `Result<T, HandlerError>` and the marker is always inferred.
 impl<T: Serialize> IntoReply<FallibleReply> for Result<T, HandlerError> {
+    type Reply = T;
+
     fn into_reply(self) -> Result<Value, RpcError> {
         match self {
             Ok(value) => IntoReply::<PlainReply>::into_reply(value),
@@ -146,6 +165,11 @@ pub(crate) mod sealed {
     /// Only this crate's shapes of handler exist, so the erased form can change freely.
     #[allow(unreachable_pub)] // sealed: public in name only, so that public traits may require it
     pub trait IntoErased<M> {
+        /// The request the handler takes.
+        type Request;
+        /// The reply its caller receives (see [`super::IntoReply::Reply`]).
+        type Reply;
+
         /// Erases the handler's types.
         fn into_erased(self) -> Arc<dyn super::ErasedHandler>;
     }
@@ -181,7 +205,8 @@ impl<F: Fn(Context, Req) -> Out + Send + Sync + 'static, Req, Out> Invoke<Req, O
     }
 }
 
-struct SyncFn<I, Req, Out, R>(I, PhantomData<fn(Req) -> (Out, R)>);
+/// A synchronous handler; shared so that it can move to a blocking thread (see [`SyncFn::call`]).
+struct SyncFn<I, Req, Out, R>(Arc<I>, PhantomData<fn(Req) -> (Out, R)>);
 struct AsyncFn<I, Req, Fut, R>(I, PhantomData<fn(Req) -> (Fut, R)>);
 
 impl<F, Req, Out, R> sealed::IntoErased<SyncHandler<Req, Out, R>> for F
@@ -191,8 +216,11 @@ where
     Out: IntoReply<R> + 'static,
     R: 'static,
 {
+    type Request = Req;
+    type Reply = Out::Reply;
+
     fn into_erased(self) -> Arc<dyn ErasedHandler> {
-        Arc::new(SyncFn(Plain(self), PhantomData))
+        Arc::new(SyncFn(Arc::new(Plain(self)), PhantomData))
     }
 }
 
@@ -203,8 +231,11 @@ where
     Out: IntoReply<R> + 'static,
     R: 'static,
 {
+    type Request = Req;
+    type Reply = Out::Reply;
+
     fn into_erased(self) -> Arc<dyn ErasedHandler> {
-        Arc::new(SyncFn(WithContext(self), PhantomData))
+        Arc::new(SyncFn(Arc::new(WithContext(self)), PhantomData))
     }
 }
 
@@ -216,6 +247,9 @@ where
     Fut::Output: IntoReply<R>,
     R: 'static,
 {
+    type Request = Req;
+    type Reply = <Fut::Output as IntoReply<R>>::Reply;
+
     fn into_erased(self) -> Arc<dyn ErasedHandler> {
         Arc::new(AsyncFn(Plain(self), PhantomData))
     }
@@ -229,6 +263,9 @@ where
     Fut::Output: IntoReply<R>,
     R: 'static,
 {
+    type Request = Req;
+    type Reply = <Fut::Output as IntoReply<R>>::Reply;
+
     fn into_erased(self) -> Arc<dyn ErasedHandler> {
         Arc::new(AsyncFn(WithContext(self), PhantomData))
     }
@@ -246,13 +283,33 @@ where
     Out: IntoReply<R> + 'static,
     R: 'static,
 {
+    /// Runs the handler where the request arrived, except when it may call other services: a
+    /// node's worker is a single-threaded runtime, so a synchronous handler that waits for a call
+    /// ([`Context::call_blocking`]) would stall the very runtime that must carry the call. Such a
+    /// handler runs on the runtime's blocking pool instead; handlers of services that declare no
+    /// calls pay nothing for it.
     fn call(&self, request: Value, context: Context) -> BoxFuture<Result<Value, RpcError>> {
-        let outcome = decode_request::<Req>(request).and_then(|req| {
-            std::panic::catch_unwind(AssertUnwindSafe(|| self.0.invoke(context, req)))
-                .map_err(|panic| RpcError::handler_panicked(&panic))
-                .and_then(IntoReply::<R>::into_reply)
+        // Only JSON and the context cross to another thread, so request types need not be `Send`.
+        let invoke = self.0.clone();
+        let run = move |context: Context| {
+            decode_request::<Req>(request).and_then(|req| {
+                std::panic::catch_unwind(AssertUnwindSafe(|| invoke.invoke(context, req)))
+                    .map_err(|panic| RpcError::handler_panicked(&panic))
+                    .and_then(IntoReply::<R>::into_reply)
+            })
+        };
+        if !context.can_call() {
+            return Box::pin(std::future::ready(run(context)));
+        }
+        let running = tokio::task::spawn_blocking(move || {
+            let _blocking = super::context::BlockingHandler::enter();
+            run(context)
         });
-        Box::pin(std::future::ready(outcome))
+        Box::pin(async move {
+            running
+                .await
+                .unwrap_or_else(|e| Err(RpcError::internal(format!("the handler's thread failed: {e}"))))
+        })
     }
 }
 

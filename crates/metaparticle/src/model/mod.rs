@@ -1,6 +1,7 @@
 //! The model: what a user describes, compiled into what runners deploy. Pure: no I/O here.
 
 pub(crate) mod auth;
+pub(crate) mod callee;
 pub(crate) mod containerize;
 pub(crate) mod context;
 pub(crate) mod handler;

@@ -111,7 +111,7 @@ impl<U> DerefMut for User<U> {
 /// [idempotent](crate::Service::idempotent): a retried request would change it twice.) `G` is any `Serialize + Deserialize + Default` type (a struct, a
 /// `HashMap`, a `serde_json::Map`); it starts as `G::default()`. The result is an ordinary
 /// topology, so `spread(3, stateful(f))` and `shard(4, key, stateful(f))` work.
-pub fn stateful<F, Req, G, Out, R>(handler: F) -> Topology
+pub fn stateful<F, Req, G, Out, R>(handler: F) -> Topology<Req, <Out as IntoReply<R>>::Reply>
 where
     F: Fn(Req, &mut G) -> Out + Send + Sync + 'static,
     Req: DeserializeOwned + Send + 'static,
@@ -120,7 +120,7 @@ where
     R: 'static,
 {
     let run = move |req: Req, state: &mut G, _user: Option<&str>| handler(req, state);
-    Topology(Tree::Handler(Arc::new(Stateful {
+    Topology::new(Tree::Handler(Arc::new(Stateful {
         run: Arc::new(run),
         scope: Scope::Global,
         _types: PhantomData,
@@ -149,7 +149,7 @@ where
 /// .with_basic_auth(auth);
 /// # let _ = svc;
 /// ```
-pub fn stateful_user<F, Req, U, Out, R>(handler: F) -> Topology
+pub fn stateful_user<F, Req, U, Out, R>(handler: F) -> Topology<Req, <Out as IntoReply<R>>::Reply>
 where
     F: Fn(Req, &mut User<U>) -> Out + Send + Sync + 'static,
     Req: DeserializeOwned + Send + 'static,
@@ -163,7 +163,7 @@ where
         *state = scope.state;
         out
     };
-    Topology(Tree::Handler(Arc::new(Stateful {
+    Topology::new(Tree::Handler(Arc::new(Stateful {
         run: Arc::new(run),
         scope: Scope::User,
         _types: PhantomData,

@@ -335,7 +335,7 @@ fn address_book(
 ) -> AddressBook {
     let mut book = AddressBook::default();
     let suffix = format!("{}.svc.{}", settings.namespace, settings.cluster_domain);
-    for target in node.role.targets() {
+    for target in plan.callees(node) {
         let (Some(called), Some(placement)) = (plan.node(&target.node), placements.get(&target.node)) else {
             continue;
         };
