@@ -182,4 +182,8 @@ pub(crate) trait Caller: Send + Sync + 'static {
         user: Option<Arc<str>>,
         deadline: Option<Instant>,
     ) -> BoxFuture<Result<Value, RpcError>>;
+
+    /// Waits for `call` on this thread, for a synchronous handler; refuses (`-32603`) where
+    /// waiting would block the runtime that must carry the call.
+    fn wait(&self, call: BoxFuture<Result<Value, RpcError>>) -> Result<Value, RpcError>;
 }

@@ -20,7 +20,6 @@
 //! # let _ = svc;
 //! ```
 
-use std::cell::Cell;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -146,20 +145,8 @@ impl Context {
         callee: Callee<Req, Reply>,
         request: Req,
     ) -> impl Future<Output = Result<Reply, HandlerError>> + Send + 'static {
-        let request = serde_json::to_value(request).map_err(|e| {
-            RpcError::invalid_params(format!("the request for '{}' is not JSON: {e}", callee.name()))
-        });
-        let call = request.map(|request| self.call_by_name(callee.name(), request));
-        async move {
-            let reply = call?.await?;
-            serde_json::from_value(reply).map_err(|e| {
-                HandlerError::from(RpcError::internal(format!(
-                    "'{}' answered with a value this caller cannot read as {}: {e}",
-                    callee.name(),
-                    std::any::type_name::<Reply>()
-                )))
-            })
-        }
+        let call = encode(callee, request).map(|request| self.call_by_name(callee.name(), request));
+        async move { decode(callee, call?.await?) }
     }
 
     /// [`Context::call`] by name with JSON, for callees chosen at run time. The call must be
@@ -178,33 +165,25 @@ impl Context {
 
     /// [`Context::call`] for a synchronous handler: waits for the reply on the handler's thread.
     ///
-    /// A synchronous handler of a service that declares calls runs on the runtime's blocking
-    /// pool, where waiting is safe. Anywhere else (an async handler, a stateful handler, which may
-    /// run several times per request) it returns `-32603` instead of blocking a runtime:
-    /// an async handler awaits [`Context::call`].
+    /// A synchronous handler or merge that takes a context, in a service that declares calls,
+    /// runs on the runtime's blocking pool, where waiting is safe. Anywhere else (an async
+    /// handler, a stateful handler, which may run several times per request) it returns `-32603`
+    /// instead of blocking the runtime the call needs: an async handler awaits [`Context::call`].
     pub fn call_blocking<Req: Serialize + 'static, Reply: DeserializeOwned + 'static>(
         &self,
         callee: Callee<Req, Reply>,
         request: Req,
     ) -> Result<Reply, HandlerError> {
-        if self.inner.caller.is_none() {
+        let Some(caller) = &self.inner.caller else {
             return Err(RpcError::undeclared_call(&self.inner.identity.node, callee.name()).into());
-        }
-        if !BlockingHandler::inside() {
-            return Err(HandlerError::from(RpcError::internal(format!(
-                "call_blocking('{}') is only for synchronous handlers of a service that declares its calls; \
-                 an async handler awaits ctx.call(..)",
-                callee.name()
-            ))));
-        }
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|e| RpcError::internal(format!("call_blocking outside a node's runtime: {e}")))?;
-        runtime.block_on(self.call(callee, request))
-    }
-
-    /// Whether this request's handler may call other services (its service declares calls).
-    pub(crate) fn can_call(&self) -> bool {
-        self.inner.caller.is_some()
+        };
+        let call = caller.call(
+            callee.name(),
+            encode(callee, request)?,
+            self.inner.user.clone(),
+            self.inner.deadline,
+        );
+        decode(callee, caller.wait(call)?)
     }
 
     /// A context for unit tests of handlers: replica 0 of node `test`, no user, no deadline.
@@ -227,30 +206,25 @@ impl Context {
     }
 }
 
-thread_local! {
-    /// Set while a synchronous handler runs on the blocking pool, where it may wait for a call.
-    static IN_BLOCKING_HANDLER: Cell<bool> = const { Cell::new(false) };
+/// A call's request as JSON.
+fn encode<Req: Serialize, Reply>(callee: Callee<Req, Reply>, request: Req) -> Result<Value, RpcError> {
+    serde_json::to_value(request).map_err(|e| {
+        RpcError::invalid_params(format!("the request for '{}' is not JSON: {e}", callee.name()))
+    })
 }
 
-/// Marks the current (blocking-pool) thread as running a synchronous handler until dropped;
-/// blocking threads are reused, so the mark must not outlive the handler.
-pub(crate) struct BlockingHandler(());
-
-impl BlockingHandler {
-    pub(crate) fn enter() -> Self {
-        IN_BLOCKING_HANDLER.with(|inside| inside.set(true));
-        Self(())
-    }
-
-    fn inside() -> bool {
-        IN_BLOCKING_HANDLER.with(Cell::get)
-    }
-}
-
-impl Drop for BlockingHandler {
-    fn drop(&mut self) {
-        IN_BLOCKING_HANDLER.with(|inside| inside.set(false));
-    }
+/// A call's reply from JSON, as the callee's type.
+fn decode<Req, Reply: DeserializeOwned>(
+    callee: Callee<Req, Reply>,
+    reply: Value,
+) -> Result<Reply, HandlerError> {
+    serde_json::from_value(reply).map_err(|e| {
+        HandlerError::from(RpcError::internal(format!(
+            "'{}' answered with a value this caller cannot read as {}: {e}",
+            callee.name(),
+            std::any::type_name::<Reply>()
+        )))
+    })
 }
 
 impl std::fmt::Debug for Context {

@@ -32,6 +32,12 @@ pub trait ErasedHandler: Send + Sync + 'static {
     fn uses_state(&self) -> bool {
         false
     }
+
+    /// Whether the handler is synchronous code that takes a [`Context`], so it may wait for a
+    /// call ([`Context::call_blocking`]); the data plane then runs it where waiting is safe.
+    fn may_block(&self) -> bool {
+        false
+    }
 }
 
 /// An error a handler returns on purpose; it reaches the caller as a JSON-RPC error. It is also
@@ -190,23 +196,29 @@ struct WithContext<F>(F);
 
 /// How one shape of user function is invoked; lets one erased implementation serve both shapes.
 trait Invoke<Req, Out>: Send + Sync + 'static {
+    /// Whether the user's function takes the context (and so can make calls).
+    const TAKES_CONTEXT: bool;
+
     fn invoke(&self, context: Context, request: Req) -> Out;
 }
 
 impl<F: Fn(Req) -> Out + Send + Sync + 'static, Req, Out> Invoke<Req, Out> for Plain<F> {
+    const TAKES_CONTEXT: bool = false;
+
     fn invoke(&self, _: Context, request: Req) -> Out {
         (self.0)(request)
     }
 }
 
 impl<F: Fn(Context, Req) -> Out + Send + Sync + 'static, Req, Out> Invoke<Req, Out> for WithContext<F> {
+    const TAKES_CONTEXT: bool = true;
+
     fn invoke(&self, context: Context, request: Req) -> Out {
         (self.0)(context, request)
     }
 }
 
-/// A synchronous handler; shared so that it can move to a blocking thread (see [`SyncFn::call`]).
-struct SyncFn<I, Req, Out, R>(Arc<I>, PhantomData<fn(Req) -> (Out, R)>);
+struct SyncFn<I, Req, Out, R>(I, PhantomData<fn(Req) -> (Out, R)>);
 struct AsyncFn<I, Req, Fut, R>(I, PhantomData<fn(Req) -> (Fut, R)>);
 
 impl<F, Req, Out, R> sealed::IntoErased<SyncHandler<Req, Out, R>> for F
@@ -220,7 +232,7 @@ where
     type Reply = Out::Reply;
 
     fn into_erased(self) -> Arc<dyn ErasedHandler> {
-        Arc::new(SyncFn(Arc::new(Plain(self)), PhantomData))
+        Arc::new(SyncFn(Plain(self), PhantomData))
     }
 }
 
@@ -235,7 +247,7 @@ where
     type Reply = Out::Reply;
 
     fn into_erased(self) -> Arc<dyn ErasedHandler> {
-        Arc::new(SyncFn(Arc::new(WithContext(self)), PhantomData))
+        Arc::new(SyncFn(WithContext(self), PhantomData))
     }
 }
 
@@ -283,33 +295,17 @@ where
     Out: IntoReply<R> + 'static,
     R: 'static,
 {
-    /// Runs the handler where the request arrived, except when it may call other services: a
-    /// node's worker is a single-threaded runtime, so a synchronous handler that waits for a call
-    /// ([`Context::call_blocking`]) would stall the very runtime that must carry the call. Such a
-    /// handler runs on the runtime's blocking pool instead; handlers of services that declare no
-    /// calls pay nothing for it.
     fn call(&self, request: Value, context: Context) -> BoxFuture<Result<Value, RpcError>> {
-        // Only JSON and the context cross to another thread, so request types need not be `Send`.
-        let invoke = self.0.clone();
-        let run = move |context: Context| {
-            decode_request::<Req>(request).and_then(|req| {
-                std::panic::catch_unwind(AssertUnwindSafe(|| invoke.invoke(context, req)))
-                    .map_err(|panic| RpcError::handler_panicked(&panic))
-                    .and_then(IntoReply::<R>::into_reply)
-            })
-        };
-        if !context.can_call() {
-            return Box::pin(std::future::ready(run(context)));
-        }
-        let running = tokio::task::spawn_blocking(move || {
-            let _blocking = super::context::BlockingHandler::enter();
-            run(context)
+        let outcome = decode_request::<Req>(request).and_then(|req| {
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.0.invoke(context, req)))
+                .map_err(|panic| RpcError::handler_panicked(&panic))
+                .and_then(IntoReply::<R>::into_reply)
         });
-        Box::pin(async move {
-            running
-                .await
-                .unwrap_or_else(|e| Err(RpcError::internal(format!("the handler's thread failed: {e}"))))
-        })
+        Box::pin(std::future::ready(outcome))
+    }
+
+    fn may_block(&self) -> bool {
+        I::TAKES_CONTEXT
     }
 }
 

@@ -280,6 +280,12 @@ pub(crate) trait ErasedKey: Send + Sync + 'static {
 pub trait ErasedMerge: Send + Sync + 'static {
     /// Builds the reply from every leaf's result, in leaf order.
     fn merge(&self, parts: Vec<Value>, context: Context) -> BoxFuture<Result<Value, RpcError>>;
+
+    /// Whether the merge is synchronous code that takes a [`Context`], so it may wait for a call
+    /// ([`Context::call_blocking`]); the data plane then runs it where waiting is safe.
+    fn may_block(&self) -> bool {
+        false
+    }
 }
 
 struct KeyFn<F, Req, K>(F, PhantomData<fn(&Req) -> K>);
@@ -356,10 +362,9 @@ pub struct AsyncContextMerge<Part, Fut, R>(PhantomData<fn(Part) -> (Fut, R)>);
 /// The signature a merge function is erased from (only for `PhantomData`).
 type MergeSignature<Part, Out, R> = fn(Vec<Part>) -> (Out, R);
 
-/// A merge of either shape, erased: `invoke` runs the user's function on decoded parts. Shared,
-/// so that a synchronous merge can move to a blocking thread (see [`merge_now`]).
+/// A merge of either shape, erased: `invoke` runs the user's function on decoded parts.
 struct MergeFn<F, Part, Out, R, const CONTEXT: bool, const ASYNC: bool>(
-    Arc<F>,
+    F,
     PhantomData<MergeSignature<Part, Out, R>>,
 );
 
@@ -377,36 +382,12 @@ fn decode_parts<Part: DeserializeOwned>(parts: Vec<Value>) -> Result<Vec<Part>, 
         .collect()
 }
 
-/// Runs a synchronous merge inside an unwind guard: where the request is, or, for a merge that
-/// may call other services, on the blocking pool (as synchronous handlers are; see
-/// [`crate::Context::call_blocking`]). Only JSON crosses threads, so part types need not be `Send`.
-fn merge_now<Part, Out, R>(
-    parts: Vec<Value>,
-    context: &Context,
-    run: impl FnOnce(Vec<Part>) -> Out + Send + 'static,
-) -> BoxFuture<Result<Value, RpcError>>
-where
-    Part: DeserializeOwned + 'static,
-    Out: IntoReply<R> + 'static,
-    R: 'static,
-{
-    let merge = move || {
-        decode_parts::<Part>(parts).and_then(|parts| {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(parts)))
-                .map_err(|panic| RpcError::handler_panicked(&panic))
-                .and_then(IntoReply::<R>::into_reply)
-        })
-    };
-    if !context.can_call() {
-        return Box::pin(std::future::ready(merge()));
-    }
-    let running = tokio::task::spawn_blocking(move || {
-        let _blocking = super::context::BlockingHandler::enter();
-        merge()
-    });
-    Box::pin(async move {
-        running.await.unwrap_or_else(|e| Err(RpcError::internal(format!("the merge's thread failed: {e}"))))
-    })
+/// Runs a synchronous merge inside an unwind guard.
+fn merge_now<Out: IntoReply<R>, R>(run: impl FnOnce() -> Out) -> BoxFuture<Result<Value, RpcError>> {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+        .map_err(|panic| RpcError::handler_panicked(&panic))
+        .and_then(IntoReply::<R>::into_reply);
+    Box::pin(std::future::ready(outcome))
 }
 
 /// Runs an asynchronous merge: creating the future and polling it are both inside unwind guards.
@@ -438,7 +419,7 @@ where
     type Reply = Out::Reply;
 
     fn into_erased_merge(self) -> Arc<dyn ErasedMerge> {
-        Arc::new(MergeFn::<F, Part, Out, R, false, false>(Arc::new(self), PhantomData))
+        Arc::new(MergeFn::<F, Part, Out, R, false, false>(self, PhantomData))
     }
 }
 
@@ -449,9 +430,11 @@ where
     Out: IntoReply<R> + 'static,
     R: 'static,
 {
-    fn merge(&self, parts: Vec<Value>, context: Context) -> BoxFuture<Result<Value, RpcError>> {
-        let f = self.0.clone();
-        merge_now::<Part, Out, R>(parts, &context, move |parts| f(parts))
+    fn merge(&self, parts: Vec<Value>, _: Context) -> BoxFuture<Result<Value, RpcError>> {
+        match decode_parts::<Part>(parts) {
+            Ok(parts) => merge_now::<Out, R>(|| (self.0)(parts)),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
     }
 }
 
@@ -465,7 +448,7 @@ where
     type Reply = Out::Reply;
 
     fn into_erased_merge(self) -> Arc<dyn ErasedMerge> {
-        Arc::new(MergeFn::<F, Part, Out, R, true, false>(Arc::new(self), PhantomData))
+        Arc::new(MergeFn::<F, Part, Out, R, true, false>(self, PhantomData))
     }
 }
 
@@ -477,8 +460,14 @@ where
     R: 'static,
 {
     fn merge(&self, parts: Vec<Value>, context: Context) -> BoxFuture<Result<Value, RpcError>> {
-        let (f, ctx) = (self.0.clone(), context.clone());
-        merge_now::<Part, Out, R>(parts, &context, move |parts| f(ctx, parts))
+        match decode_parts::<Part>(parts) {
+            Ok(parts) => merge_now::<Out, R>(|| (self.0)(context, parts)),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
+    fn may_block(&self) -> bool {
+        true
     }
 }
 
@@ -493,7 +482,7 @@ where
     type Reply = <Fut::Output as IntoReply<R>>::Reply;
 
     fn into_erased_merge(self) -> Arc<dyn ErasedMerge> {
-        Arc::new(MergeFn::<F, Part, Fut, R, false, true>(Arc::new(self), PhantomData))
+        Arc::new(MergeFn::<F, Part, Fut, R, false, true>(self, PhantomData))
     }
 }
 
@@ -524,7 +513,7 @@ where
     type Reply = <Fut::Output as IntoReply<R>>::Reply;
 
     fn into_erased_merge(self) -> Arc<dyn ErasedMerge> {
-        Arc::new(MergeFn::<F, Part, Fut, R, true, true>(Arc::new(self), PhantomData))
+        Arc::new(MergeFn::<F, Part, Fut, R, true, true>(self, PhantomData))
     }
 }
 

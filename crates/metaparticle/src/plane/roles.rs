@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use serde_json::Value;
 
+use super::calls::run_user_code;
 use super::inbound::Inbound;
 use super::metrics::Metrics;
 use super::server::{Reply, Role};
@@ -90,9 +91,13 @@ impl Role for Leaf {
             (self.handler.clone(), self.service.clone(), self.identity.clone());
         let context =
             context_for(&self.identity, &inbound, Vec::new(), self.state.as_ref(), self.caller.as_ref());
+        // Synchronous code that may wait for its calls runs where waiting is safe (see `calls`).
+        let may_block = self.caller.is_some() && self.handler.may_block();
         Box::pin(async move {
             let served = dispatch(&body, &service, |call| {
-                until_deadline(inbound.deadline, &identity, handler.call(call.request, context.clone()))
+                let (handler, context) = (handler.clone(), context.clone());
+                let run = run_user_code(may_block, move || handler.call(call.request, context));
+                until_deadline(inbound.deadline, &identity, run)
             });
             Reply::json(served.await)
         })
@@ -215,7 +220,10 @@ impl Role for Gather {
                     }
                     metrics.missing_leaves(missing.len());
                     let context = context_for(identity, inbound, missing, None, caller.as_ref());
-                    until_deadline(inbound.deadline, identity, merge.merge(parts, context)).await
+                    let may_block = caller.is_some() && merge.may_block();
+                    let merge = merge.clone();
+                    let run = run_user_code(may_block, move || merge.merge(parts, context));
+                    until_deadline(inbound.deadline, identity, run).await
                 }
             })
             .await;
