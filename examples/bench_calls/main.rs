@@ -16,7 +16,7 @@
 //! | `caller` | client → the caller's process, whose handler calls `callee` with `ctx.call` → the callee |
 //!
 //! so that `hop − callee` is what one ordinary hop adds and `caller − callee` what one in-app
-//! call adds. Each target is measured at a fixed rate (latency from each request's scheduled
+//! call adds. Each target is measured at a fixed rate (latency from each request's release
 //! time, see `fixed_rate`) and at saturation (`wrk`, or a built-in closed loop without it). Rounds
 //! alternate the order of the targets; the summary gives medians and the per-round spread of the
 //! ratios, because one round on a shared machine proves little. Everything is torn down at the end.
