@@ -49,16 +49,22 @@ fn context_for(
     })
 }
 
-/// Runs user code until it is done or the request's deadline passes, whichever comes first: past
-/// the deadline the caller no longer waits, so the code is stopped (dropped) with `-32001`. A
-/// synchronous handler cannot be interrupted; its calls fail at the deadline instead.
+/// How long after its deadline user code is stopped. The caller stopped waiting at the deadline
+/// and reports the timeout itself, naming the node and the time it allowed; without the grace the
+/// two timers would race (the deadline travels in whole milliseconds) and the caller would
+/// sometimes relay this node's terser message instead.
+const STOP_GRACE: Duration = Duration::from_millis(50);
+
+/// Runs user code until it is done or the request's deadline has passed, whichever comes first:
+/// past the deadline the caller no longer waits, so the code is stopped (dropped) with `-32001`.
+/// A synchronous handler cannot be interrupted; its calls fail at the deadline instead.
 async fn until_deadline(
     deadline: Option<std::time::Instant>,
     identity: &Identity,
     work: impl Future<Output = Result<Value, RpcError>>,
 ) -> Result<Value, RpcError> {
     let Some(deadline) = deadline else { return work.await };
-    match tokio::time::timeout_at(deadline.into(), work).await {
+    match tokio::time::timeout_at((deadline + STOP_GRACE).into(), work).await {
         Ok(outcome) => outcome,
         Err(_) => Err(RpcError {
             code: RpcError::TIMEOUT,
