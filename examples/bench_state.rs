@@ -55,23 +55,28 @@ impl Topology {
             count.requests += 1;
             count.requests
         };
-        let tree = match self {
-            Topology::OneKey => mp::spread(3, mp::stateful(increment)),
-            Topology::OneKeyStateless => mp::spread(3, |_: Value| 1),
-            Topology::ManyKeys => mp::shard(
-                3,
-                |r: &Increment| r.key,
-                mp::stateful_keyed(
+        let service = match self {
+            Topology::OneKey => mp::service(SERVICE, mp::spread(3, mp::stateful(increment))),
+            Topology::OneKeyStateless => mp::service(SERVICE, mp::spread(3, |_: Value| 1)),
+            Topology::ManyKeys => mp::service(
+                SERVICE,
+                mp::shard(
+                    3,
                     |r: &Increment| r.key,
-                    |_: Increment, count: &mut Count| {
-                        count.requests += 1;
-                        count.requests
-                    },
+                    mp::stateful_keyed(
+                        |r: &Increment| r.key,
+                        |_: Increment, count: &mut Count| {
+                            count.requests += 1;
+                            count.requests
+                        },
+                    ),
                 ),
             ),
-            Topology::ManyKeysStateless => mp::shard(3, |r: &Increment| r.key, |_: Value| 1),
+            Topology::ManyKeysStateless => {
+                mp::service(SERVICE, mp::shard(3, |r: &Increment| r.key, |_: Value| 1))
+            }
         };
-        vec![mp::service(SERVICE, tree).expose()]
+        vec![service.expose()]
     }
 
     /// The node whose replicas keep the state (their counters are what the bench reports).

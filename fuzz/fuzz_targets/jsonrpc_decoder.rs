@@ -3,12 +3,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use metaparticle::wire::jsonrpc::dispatch;
 use serde_json::Value;
 
 fuzz_target!(|body: &[u8]| {
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
-    let answer = runtime.block_on(dispatch(body, "svc", |call| async move { Ok(call.request) }));
+    let answer = runtime.block_on(metaparticle::fuzzing::dispatch_echo(body, "svc"));
     if let Some(bytes) = answer {
         let value: Value = serde_json::from_slice(&bytes).expect("answers are JSON");
         let responses = match value {

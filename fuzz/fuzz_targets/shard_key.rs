@@ -4,7 +4,6 @@
 
 use libfuzzer_sys::fuzz_target;
 use metaparticle as mp;
-use metaparticle::Topology;
 use serde_json::Value;
 
 #[derive(serde::Deserialize)]
@@ -20,8 +19,7 @@ fuzz_target!(|input: (&[u8], u8)| {
         mp::shard(shards, |u: &User| u.user.clone(), |r: Value| r),
         mp::shard(shards, |u: &User| u.user.len(), |r: Value| r),
     ] {
-        let Topology::Shard { key, .. } = topology else { unreachable!() };
-        match key.shard_of(&request, shards) {
+        match mp::fuzzing::shard_of(&topology, &request, shards).expect("a shard topology") {
             Ok(shard) => assert!(shard < shards),
             Err(e) => assert_eq!(e.code, mp::RpcError::INVALID_PARAMS),
         }

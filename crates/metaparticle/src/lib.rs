@@ -24,6 +24,8 @@
 //! | replicate, shard, scatter/gather (nest freely) | [`spread`], [`shard`], [`scatter`] ([`Scatter`]) |
 //! | keep state across requests and restarts | [`stateful`], [`stateful_keyed`], [`stateful_user`] ([`User`]) |
 //! | know who serves a request, for whom, until when | [`Context`] (a handler's optional first argument), [`hostname`] |
+//! | call another service of the app, typed | [`Callee`], [`Context::call`], [`Service::calls`] |
+//! | shard by the authenticated user | [`shard_by_user`] |
 //! | fail a request on purpose | [`HandlerError`]; every error a caller sees is an [`RpcError`] |
 //! | require passwords at an exposed service | [`BasicAuth`], [`Service::with_basic_auth`] |
 //! | replicate or shard any HTTP server by URL | [`containerize`], [`ContainerOptions`] |
@@ -69,15 +71,18 @@ mod wire;
 
 pub use error::{Error, Result};
 pub use model::auth::{AuthError, BasicAuth};
+pub use model::callee::{Callee, ServiceName};
 pub use model::containerize::ContainerOptions;
 pub use model::context::Context;
-pub use model::handler::{Handler, HandlerError, IntoReply};
+pub use model::handler::{Handler, IntoReply};
+pub use model::handler_error::HandlerError;
 pub use model::identity::Identity;
 pub use model::plan::PlanError;
 pub use model::shard_key::ShardKey;
 pub use model::state::{stateful, stateful_keyed, stateful_user, User};
 pub use model::topology::{
-    scatter, service, shard, spread, IntoTopology, Merge, Scatter, ScatterPolicy, Service, Topology,
+    scatter, service, shard, shard_by_user, spread, IntoTopology, Merge, Scatter, ScatterPolicy, Service,
+    Topology,
 };
 pub use plane::identity::hostname;
 pub use plane::launch_error::LaunchError;
@@ -112,14 +117,22 @@ pub mod plan {
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::wire::jsonrpc::dispatch;
+    /// Decodes `body` as a node serving `service` would, answering each call with its own
+    /// request (an echo), and returns the encoded answer (`None` for notifications only).
+    pub async fn dispatch_echo(body: &[u8], service: &str) -> Option<Vec<u8>> {
+        crate::wire::jsonrpc::dispatch(body, service, |call| async move { Ok(call.request) }).await
+    }
 
-    /// The shard `topology` (a `shard(..)`) picks for `request`, or why it refuses it.
-    pub fn shard_of(
-        topology: &crate::Topology,
+    /// The shard `topology` (a `shard(..)`) picks for `request`, or why it refuses it; `None`
+    /// for a topology that is not a shard.
+    pub fn shard_of<Req, Reply>(
+        topology: &crate::Topology<Req, Reply>,
         request: &serde_json::Value,
         shards: usize,
     ) -> Option<Result<usize, crate::RpcError>> {
-        topology.key().map(|key| key.shard_of(request, shards))
+        match &topology.0 {
+            crate::model::topology::Tree::Shard { key, .. } => Some(key.shard_of(request, None, shards)),
+            _ => None,
+        }
     }
 }

@@ -14,7 +14,7 @@
 
 use std::future::Future;
 
-use super::topology::{Service, ServiceSettings, Topology, Tree};
+use super::topology::{Service, ServiceSettings, Tree};
 
 /// How to replicate and shard a containerized server.
 ///
@@ -73,10 +73,11 @@ impl ContainerOptions {
         }
         Service {
             name: self.name,
-            topology: Topology(tree),
+            topology: tree,
             exposed: self.public,
             settings: ServiceSettings::default(),
             auth: None,
+            calls: Vec::new(),
         }
     }
 }

@@ -6,6 +6,10 @@
 //! read from the task: it survives `tokio::spawn`, moves into other tasks and threads, and a test
 //! can see exactly what a handler was given.
 //!
+//! It is also how a handler calls the app's other services ([`Context::call`]): the call carries
+//! this request's user and what is left of its deadline, so a callee acts for the same user and
+//! never works longer than this request's caller waits.
+//!
 //! ```
 //! use metaparticle as mp;
 //! use serde_json::{json, Value};
@@ -16,11 +20,19 @@
 //! # let _ = svc;
 //! ```
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::callee::{Callee, Caller};
+use super::handler_error::HandlerError;
 use super::identity::Identity;
 use super::transactions::Transactions;
+use crate::wire::jsonrpc::RpcError;
 
 /// The request being served: who serves it, on whose behalf, until when.
 ///
@@ -37,6 +49,8 @@ struct Inner {
     missing_leaves: Vec<String>,
     /// How a stateful handler reaches its scope; `None` on nodes without state.
     state: Option<Arc<dyn Transactions>>,
+    /// How calls to the services this one declares leave the node; `None` if it declares none.
+    caller: Option<Arc<dyn Caller>>,
 }
 
 /// What the data plane knows about a request when it hands it to user code.
@@ -46,12 +60,13 @@ pub(crate) struct ContextParts {
     pub(crate) deadline: Option<Instant>,
     pub(crate) missing_leaves: Vec<String>,
     pub(crate) state: Option<Arc<dyn Transactions>>,
+    pub(crate) caller: Option<Arc<dyn Caller>>,
 }
 
 impl Context {
     pub(crate) fn new(parts: ContextParts) -> Self {
-        let ContextParts { identity, user, deadline, missing_leaves, state } = parts;
-        Self { inner: Arc::new(Inner { identity, user, deadline, missing_leaves, state }) }
+        let ContextParts { identity, user, deadline, missing_leaves, state, caller } = parts;
+        Self { inner: Arc::new(Inner { identity, user, deadline, missing_leaves, state, caller }) }
     }
 
     /// The app, node and replica serving this request.
@@ -107,6 +122,70 @@ impl Context {
         &self.inner.missing_leaves
     }
 
+    /// Calls `callee`, another service of this app, with `request`, and decodes its reply. The
+    /// types are checked by the compiler (see [`Callee`]); the calling service must declare the
+    /// call with [`Service::calls`](crate::Service::calls).
+    ///
+    /// The call goes where a client's call would go, the callee's front node (its balancer,
+    /// router, gather root, or its only replica), through the same hop code as every internal
+    /// hop: balancing, shard routing, health and retries apply unchanged. It carries this
+    /// request's user and its remaining deadline, and waits at most the calling service's
+    /// [timeout](crate::Service::timeout) (default 30 s).
+    ///
+    /// The error is the callee's JSON-RPC error as it sent it (its code, message and data), or
+    /// the hop's: `-32000` when the callee cannot be reached (naming it), `-32001` when it did not
+    /// answer in time, `-32006` when the call was not declared. It is a [`HandlerError`], the
+    /// type a handler fails with, so `?` (or returning the call's result as it is) passes it on to
+    /// this handler's own caller unchanged; match on its `code` to handle it instead.
+    ///
+    /// The future owns everything it needs (`'static`), so calls can run concurrently
+    /// (`tokio::join!`) or in a spawned task.
+    pub fn call<Req: Serialize + 'static, Reply: DeserializeOwned + 'static>(
+        &self,
+        callee: Callee<Req, Reply>,
+        request: Req,
+    ) -> impl Future<Output = Result<Reply, HandlerError>> + Send + 'static {
+        let call = encode(callee, request).map(|request| self.call_by_name(callee.name(), request));
+        async move { decode(callee, call?.await?) }
+    }
+
+    /// [`Context::call`] by name with JSON, for callees chosen at run time. The call must be
+    /// declared all the same (`.calls("name")`).
+    pub fn call_by_name(
+        &self,
+        service: &str,
+        request: Value,
+    ) -> impl Future<Output = Result<Value, HandlerError>> + Send + 'static {
+        let call = match &self.inner.caller {
+            Some(caller) => Ok(caller.call(service, request, self.inner.user.clone(), self.inner.deadline)),
+            None => Err(RpcError::undeclared_call(&self.inner.identity.node, service)),
+        };
+        async move { Ok(call?.await?) }
+    }
+
+    /// [`Context::call`] for a synchronous handler: waits for the reply on the handler's thread.
+    ///
+    /// A synchronous handler or merge that takes a context, in a service that declares calls,
+    /// runs on the runtime's blocking pool, where waiting is safe. Anywhere else (an async
+    /// handler, a stateful handler, which may run several times per request) it returns `-32603`
+    /// instead of blocking the runtime the call needs: an async handler awaits [`Context::call`].
+    pub fn call_blocking<Req: Serialize + 'static, Reply: DeserializeOwned + 'static>(
+        &self,
+        callee: Callee<Req, Reply>,
+        request: Req,
+    ) -> Result<Reply, HandlerError> {
+        let Some(caller) = &self.inner.caller else {
+            return Err(RpcError::undeclared_call(&self.inner.identity.node, callee.name()).into());
+        };
+        let call = caller.call(
+            callee.name(),
+            encode(callee, request)?,
+            self.inner.user.clone(),
+            self.inner.deadline,
+        );
+        decode(callee, caller.wait(call)?)
+    }
+
     /// A context for unit tests of handlers: replica 0 of node `test`, no user, no deadline.
     #[cfg(test)]
     pub(crate) fn for_tests() -> Self {
@@ -118,6 +197,7 @@ impl Context {
             deadline: None,
             missing_leaves: Vec::new(),
             state: None,
+            caller: None,
         })
     }
 
@@ -131,6 +211,27 @@ impl Context {
     }
 }
 
+/// A call's request as JSON.
+fn encode<Req: Serialize, Reply>(callee: Callee<Req, Reply>, request: Req) -> Result<Value, RpcError> {
+    serde_json::to_value(request).map_err(|e| {
+        RpcError::invalid_params(format!("the request for '{}' is not JSON: {e}", callee.name()))
+    })
+}
+
+/// A call's reply from JSON, as the callee's type.
+fn decode<Req, Reply: DeserializeOwned>(
+    callee: Callee<Req, Reply>,
+    reply: Value,
+) -> Result<Reply, HandlerError> {
+    serde_json::from_value(reply).map_err(|e| {
+        HandlerError::from(RpcError::internal(format!(
+            "'{}' answered with a value this caller cannot read as {}: {e}",
+            callee.name(),
+            std::any::type_name::<Reply>()
+        )))
+    })
+}
+
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
@@ -139,6 +240,7 @@ impl std::fmt::Debug for Context {
             .field("deadline", &self.inner.deadline)
             .field("missing_leaves", &self.inner.missing_leaves)
             .field("stateful", &self.inner.state.is_some())
+            .field("calls", &self.inner.caller.is_some())
             .finish()
     }
 }

@@ -19,6 +19,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::context::Context;
+use super::handler_error::HandlerError;
 use crate::future::BoxFuture;
 use crate::wire::jsonrpc::RpcError;
 
@@ -32,64 +33,30 @@ pub trait ErasedHandler: Send + Sync + 'static {
     fn uses_state(&self) -> bool {
         false
     }
-}
 
-/// An error a handler returns on purpose; it reaches the caller as a JSON-RPC error.
-///
-/// ```
-/// use metaparticle::HandlerError;
-/// fn divide((a, b): (i64, i64)) -> Result<i64, HandlerError> {
-///     if b == 0 {
-///         return Err(HandlerError::new("division by zero"));
-///     }
-///     Ok(a / b)
-/// }
-/// # assert!(divide((1, 0)).is_err());
-/// ```
-#[derive(Debug, Clone)]
-pub struct HandlerError {
-    /// JSON-RPC error code; application errors default to `-32099`'s neighbour `-32050`.
-    pub code: i64,
-    /// Human-readable message sent to the caller.
-    pub message: String,
-    /// Optional structured detail sent as the error's `data`.
-    pub data: Option<Value>,
-}
-
-impl HandlerError {
-    /// The code used for application errors unless one is given with [`HandlerError::with_code`].
-    pub const APPLICATION: i64 = -32050;
-
-    /// An application error with a message.
-    pub fn new(message: impl Into<String>) -> Self {
-        Self { code: Self::APPLICATION, message: message.into(), data: None }
-    }
-
-    /// The same error with another JSON-RPC code.
-    pub fn with_code(mut self, code: i64) -> Self {
-        self.code = code;
-        self
-    }
-
-    /// The same error with structured detail.
-    pub fn with_data(mut self, data: Value) -> Self {
-        self.data = Some(data);
-        self
+    /// Whether the handler is synchronous code that takes a [`Context`], so it may wait for a
+    /// call ([`Context::call_blocking`]); the data plane then runs it where waiting is safe.
+    fn may_block(&self) -> bool {
+        false
     }
 }
 
-impl std::fmt::Display for HandlerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({})", self.message, self.code)
+/// A failed call to another service fails the handler with the same code, message and data, so
+/// `ctx.call(CART, request).await?` passes a callee's error on to this handler's caller unchanged.
+impl From<RpcError> for HandlerError {
+    fn from(e: RpcError) -> Self {
+        Self { code: e.code, message: e.message, data: e.data }
     }
 }
-
-impl std::error::Error for HandlerError {}
 
 /// What a handler may return: any `Serialize` value, or `Result<T, HandlerError>`.
 ///
 /// The marker `M` keeps the two implementations apart (a `Result` is itself `Serialize`).
 pub trait IntoReply<M = PlainReply> {
+    /// The reply a caller receives: the output itself, or the `T` of `Result<T, HandlerError>`.
+    /// A [`crate::Callee`] of the service is typed by it.
+    type Reply;
+
     /// Converts the handler's output into a JSON result or a JSON-RPC error.
     fn into_reply(self) -> Result<Value, RpcError>;
 }
@@ -100,6 +67,8 @@ pub struct PlainReply;
 pub struct FallibleReply;
 
 impl<T: Serialize> IntoReply<PlainReply> for T {
+    type Reply = T;
+
     fn into_reply(self) -> Result<Value, RpcError> {
         serde_json::to_value(self)
             .map_err(|e| RpcError::internal(format!("the handler's result is not JSON: {e}")))
@@ -109,6 +78,8 @@ impl<T: Serialize> IntoReply<PlainReply> for T {
 // `HandlerError` deliberately does not implement `Serialize`, so only this impl applies to
 // `Result<T, HandlerError>` and the marker is always inferred.
 impl<T: Serialize> IntoReply<FallibleReply> for Result<T, HandlerError> {
+    type Reply = T;
+
     fn into_reply(self) -> Result<Value, RpcError> {
         match self {
             Ok(value) => IntoReply::<PlainReply>::into_reply(value),
@@ -146,6 +117,11 @@ pub(crate) mod sealed {
     /// Only this crate's shapes of handler exist, so the erased form can change freely.
     #[allow(unreachable_pub)] // sealed: public in name only, so that public traits may require it
     pub trait IntoErased<M> {
+        /// The request the handler takes.
+        type Request;
+        /// The reply its caller receives (see [`super::IntoReply::Reply`]).
+        type Reply;
+
         /// Erases the handler's types.
         fn into_erased(self) -> Arc<dyn super::ErasedHandler>;
     }
@@ -166,16 +142,23 @@ struct WithContext<F>(F);
 
 /// How one shape of user function is invoked; lets one erased implementation serve both shapes.
 trait Invoke<Req, Out>: Send + Sync + 'static {
+    /// Whether the user's function takes the context (and so can make calls).
+    const TAKES_CONTEXT: bool;
+
     fn invoke(&self, context: Context, request: Req) -> Out;
 }
 
 impl<F: Fn(Req) -> Out + Send + Sync + 'static, Req, Out> Invoke<Req, Out> for Plain<F> {
+    const TAKES_CONTEXT: bool = false;
+
     fn invoke(&self, _: Context, request: Req) -> Out {
         (self.0)(request)
     }
 }
 
 impl<F: Fn(Context, Req) -> Out + Send + Sync + 'static, Req, Out> Invoke<Req, Out> for WithContext<F> {
+    const TAKES_CONTEXT: bool = true;
+
     fn invoke(&self, context: Context, request: Req) -> Out {
         (self.0)(context, request)
     }
@@ -191,6 +174,9 @@ where
     Out: IntoReply<R> + 'static,
     R: 'static,
 {
+    type Request = Req;
+    type Reply = Out::Reply;
+
     fn into_erased(self) -> Arc<dyn ErasedHandler> {
         Arc::new(SyncFn(Plain(self), PhantomData))
     }
@@ -203,6 +189,9 @@ where
     Out: IntoReply<R> + 'static,
     R: 'static,
 {
+    type Request = Req;
+    type Reply = Out::Reply;
+
     fn into_erased(self) -> Arc<dyn ErasedHandler> {
         Arc::new(SyncFn(WithContext(self), PhantomData))
     }
@@ -216,6 +205,9 @@ where
     Fut::Output: IntoReply<R>,
     R: 'static,
 {
+    type Request = Req;
+    type Reply = <Fut::Output as IntoReply<R>>::Reply;
+
     fn into_erased(self) -> Arc<dyn ErasedHandler> {
         Arc::new(AsyncFn(Plain(self), PhantomData))
     }
@@ -229,6 +221,9 @@ where
     Fut::Output: IntoReply<R>,
     R: 'static,
 {
+    type Request = Req;
+    type Reply = <Fut::Output as IntoReply<R>>::Reply;
+
     fn into_erased(self) -> Arc<dyn ErasedHandler> {
         Arc::new(AsyncFn(WithContext(self), PhantomData))
     }
@@ -253,6 +248,10 @@ where
                 .and_then(IntoReply::<R>::into_reply)
         });
         Box::pin(std::future::ready(outcome))
+    }
+
+    fn may_block(&self) -> bool {
+        I::TAKES_CONTEXT
     }
 }
 

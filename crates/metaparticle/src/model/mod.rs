@@ -2,9 +2,11 @@
 //! nothing from the layers above (the state runtime reaches in through the `Transactions` port).
 
 pub(crate) mod auth;
+pub(crate) mod callee;
 pub(crate) mod containerize;
 pub(crate) mod context;
 pub(crate) mod handler;
+pub(crate) mod handler_error;
 pub(crate) mod identity;
 pub(crate) mod plan;
 pub(crate) mod shard_key;

@@ -127,6 +127,10 @@ pub struct Node {
     /// Whether its handler keeps state in storage (`stateful`), so runners know it needs a store.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stateful: bool,
+    /// The services its user code (a handler, a merge) calls, as its service declares them
+    /// ([`crate::Service::calls`]); each is reached at its front node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<String>,
 }
 
 impl Node {
@@ -154,6 +158,14 @@ impl Plan {
         self.nodes.iter().filter(|n| n.exposed)
     }
 
+    /// Everything `node` calls, each a node some runner must give it the address of: its role's
+    /// targets (replicas, shards, leaves), then the front node of every service it calls.
+    pub fn callees(&self, node: &Node) -> Vec<Target> {
+        let mut targets = node.role.targets();
+        targets.extend(node.calls.iter().map(|service| Target { node: service.clone(), replica: None }));
+        targets
+    }
+
     /// Whether any node keeps state in storage.
     pub fn uses_state(&self) -> bool {
         self.nodes.iter().any(|n| n.stateful)
@@ -176,6 +188,9 @@ impl fmt::Display for Plan {
             }
             if !calls.is_empty() {
                 write!(f, " -> {calls}")?;
+            }
+            if !n.calls.is_empty() {
+                write!(f, " calls {}", n.calls.join(", "))?;
             }
             writeln!(f)?;
         }
@@ -258,6 +273,34 @@ pub enum PlanError {
     /// An HTTP server where JSON-RPC is needed, or the reverse.
     #[error("{0}")]
     MixedProtocols(String),
+    /// A service declares a call to a service that is not part of the app.
+    #[error(
+        "service '{service}' calls '{callee}', which is not a service of this app (its services: {known})"
+    )]
+    UnknownCallee {
+        /// The calling service.
+        service: String,
+        /// The name it declared.
+        callee: String,
+        /// The app's services, comma-separated.
+        known: String,
+    },
+    /// A service declares a call to a program's own HTTP server, which does not speak JSON-RPC.
+    #[error(
+        "service '{service}' calls '{callee}', which serves plain HTTP (containerize), not JSON-RPC calls"
+    )]
+    NotCallable {
+        /// The calling service.
+        service: String,
+        /// The HTTP service.
+        callee: String,
+    },
+    /// Services declare calls that go round in a cycle.
+    #[error(
+        "services call each other in a cycle: {0}; a request going round it would hold a connection \
+         at every turn until its deadline, so cycles are refused"
+    )]
+    CallCycle(String),
     /// A pattern asked for zero replicas, shards or leaves.
     #[error("service '{service}': {pattern} needs at least one {member}, got 0")]
     Empty {
@@ -277,15 +320,15 @@ pub(crate) fn compile(services: &[Service]) -> Result<(Plan, Registry), PlanErro
     }
     let mut compiler = Compiler::default();
     for svc in services {
-        check_protocols(&svc.topology.0)?;
-        check_counts(&svc.name, &svc.topology.0)?;
+        check_protocols(&svc.topology)?;
+        check_counts(&svc.name, &svc.topology)?;
         validate_name(&svc.name)?;
         if compiler.fronts.contains(&svc.name) {
             return Err(PlanError::DuplicateService(svc.name.clone()));
         }
         compiler.fronts.push(svc.name.clone());
         let first = compiler.nodes.len();
-        let front = compiler.node(&svc.name, &svc.name, &svc.topology.0);
+        let front = compiler.node(&svc.name, &svc.name, &svc.topology);
         compiler.nodes[front].exposed = svc.exposed;
         if let Some(auth) = &svc.auth {
             compiler.auth.insert(svc.name.clone(), auth.clone());
@@ -294,8 +337,65 @@ pub(crate) fn compile(services: &[Service]) -> Result<(Plan, Registry), PlanErro
             node.settings = svc.settings;
         }
     }
-    let Compiler { nodes, behaviours, auth, .. } = compiler;
+    check_calls(services)?;
+    let Compiler { mut nodes, behaviours, auth, .. } = compiler;
+    // Calls are made by user code that gets a context: a leaf's handler and a gather root's merge.
+    for node in &mut nodes {
+        if matches!(node.role, Role::Leaf | Role::Gather { .. }) {
+            let service = services.iter().find(|s| s.name == node.service).expect("compiled from these");
+            node.calls = service.calls.clone();
+        }
+    }
     Ok((Plan { nodes }, Registry { behaviours, auth }))
+}
+
+/// Every declared callee is a JSON-RPC service of the app, and no calls go round in a cycle.
+fn check_calls(services: &[Service]) -> Result<(), PlanError> {
+    let find = |name: &str| services.iter().find(|s| s.name == name);
+    for svc in services {
+        for callee in &svc.calls {
+            let Some(called) = find(callee) else {
+                let known = services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ");
+                return Err(PlanError::UnknownCallee {
+                    service: svc.name.clone(),
+                    callee: callee.clone(),
+                    known,
+                });
+            };
+            if is_http(&called.topology) {
+                return Err(PlanError::NotCallable { service: svc.name.clone(), callee: callee.clone() });
+            }
+        }
+    }
+    // Depth-first search over the call edges; `path` is the chain of callers being followed.
+    fn visit<'a>(
+        name: &'a str,
+        services: &'a [Service],
+        path: &mut Vec<&'a str>,
+        done: &mut Vec<&'a str>,
+    ) -> Result<(), PlanError> {
+        if let Some(start) = path.iter().position(|n| *n == name) {
+            let mut cycle = path[start..].to_vec();
+            cycle.push(name);
+            return Err(PlanError::CallCycle(cycle.join(" -> ")));
+        }
+        if done.contains(&name) {
+            return Ok(());
+        }
+        path.push(name);
+        let svc = services.iter().find(|s| s.name == name).expect("checked above");
+        for callee in &svc.calls {
+            visit(callee, services, path, done)?;
+        }
+        path.pop();
+        done.push(name);
+        Ok(())
+    }
+    let mut done = Vec::new();
+    for svc in services {
+        visit(&svc.name, services, &mut Vec::new(), &mut done)?;
+    }
+    Ok(())
 }
 
 /// Whether a topology serves raw HTTP (a program's own server) rather than JSON-RPC.
@@ -381,6 +481,7 @@ impl Compiler {
             settings: ServiceSettings::default(),
             scatter: None,
             stateful: false,
+            calls: Vec::new(),
         });
         let (role, behaviour) = match topology {
             Tree::Handler(h) => {
@@ -558,11 +659,11 @@ mod tests {
     }
 
     fn server() -> Topology {
-        Topology(Tree::Server(Arc::new(|_l: tokio::net::TcpListener| async { Ok(()) })))
+        Topology::new(Tree::Server(Arc::new(|_l: tokio::net::TcpListener| async { Ok(()) })))
     }
 
     fn url_shard(shards: usize, pattern: &str, inner: Topology) -> Topology {
-        Topology(Tree::UrlShard { shards, pattern: pattern.into(), inner: Box::new(inner.0) })
+        Topology::new(Tree::UrlShard { shards, pattern: pattern.into(), inner: Box::new(inner.0) })
     }
 
     #[test]
@@ -571,7 +672,7 @@ mod tests {
             (spread(0, |r: Value| r), "spread needs at least one replica"),
             (shard(0, |r: &String| r.len(), |r: Value| r), "shard needs at least one shard"),
             (
-                scatter(0, |r: Value| r, |p: Vec<Value>| p.len()).into_topology(),
+                scatter(0, |r: Value| r, |p: Vec<Value>| Value::from(p.len())).into_topology(),
                 "scatter needs at least one leaf",
             ),
             (spread(2, spread(0, |r: Value| r)), "spread needs at least one replica"),

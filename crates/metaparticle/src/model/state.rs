@@ -116,7 +116,7 @@ impl<U> DerefMut for User<U> {
 /// struct NotSerializable { requests: u64 }
 /// let svc = mp::service("simple-storage", mp::stateful(|_req: serde_json::Value, s: &mut NotSerializable| s.requests));
 /// ```
-pub fn stateful<F, Req, G, Out, R>(handler: F) -> Topology
+pub fn stateful<F, Req, G, Out, R>(handler: F) -> Topology<Req, <Out as IntoReply<R>>::Reply>
 where
     F: Fn(Req, &mut G) -> Out + Send + Sync + 'static,
     Req: DeserializeOwned + Send + 'static,
@@ -125,7 +125,7 @@ where
     R: 'static,
 {
     let run = move |req: Req, state: &mut G, _user: Option<&str>| handler(req, state);
-    Topology(Tree::Handler(Arc::new(Stateful {
+    Topology::new(Tree::Handler(Arc::new(Stateful {
         run: Arc::new(run),
         scope: Scope::Global,
         _types: PhantomData,
@@ -154,7 +154,7 @@ where
 /// .with_basic_auth(auth);
 /// # let _ = svc;
 /// ```
-pub fn stateful_user<F, Req, U, Out, R>(handler: F) -> Topology
+pub fn stateful_user<F, Req, U, Out, R>(handler: F) -> Topology<Req, <Out as IntoReply<R>>::Reply>
 where
     F: Fn(Req, &mut User<U>) -> Out + Send + Sync + 'static,
     Req: DeserializeOwned + Send + 'static,
@@ -168,7 +168,7 @@ where
         *state = scope.state;
         out
     };
-    Topology(Tree::Handler(Arc::new(Stateful {
+    Topology::new(Tree::Handler(Arc::new(Stateful {
         run: Arc::new(run),
         scope: Scope::User,
         _types: PhantomData,
@@ -200,7 +200,10 @@ where
 ///     })));
 /// # let _ = carts;
 /// ```
-pub fn stateful_keyed<K, Key, F, Req, S, Out, R>(key: K, handler: F) -> Topology
+pub fn stateful_keyed<K, Key, F, Req, S, Out, R>(
+    key: K,
+    handler: F,
+) -> Topology<Req, <Out as IntoReply<R>>::Reply>
 where
     K: Fn(&Req) -> Key + Send + Sync + 'static,
     Key: std::fmt::Display,
@@ -212,7 +215,7 @@ where
 {
     let run = move |req: Req, state: &mut S, _user: Option<&str>| handler(req, state);
     let key_of = move |req: &Req| key(req).to_string();
-    Topology(Tree::Handler(Arc::new(Stateful {
+    Topology::new(Tree::Handler(Arc::new(Stateful {
         run: Arc::new(run),
         scope: Scope::Keyed(Arc::new(key_of)),
         _types: PhantomData,

@@ -27,7 +27,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::callee::ServiceName;
 use super::context::Context;
+use super::handler::sealed::IntoErased;
 use super::handler::{decode_request, ErasedHandler, Handler, IntoReply};
 use super::shard_key::ShardKey;
 use crate::future::BoxFuture;
@@ -37,8 +39,24 @@ use crate::wire::jsonrpc::RpcError;
 /// [`scatter`] and [`crate::stateful`] return, and what a handler becomes where a topology is
 /// expected. It is opaque: a tree is checked as a whole when it is compiled ([`crate::serve()`],
 /// [`crate::plan::compile`]), so none can bypass validation.
-#[derive(Clone)]
-pub struct Topology(pub(crate) Tree);
+///
+/// `Req` and `Reply` are the request its handler takes and the reply it gives, carried through
+/// every pattern so that a [`crate::Callee`] naming the service is checked against them.
+pub struct Topology<Req = Value, Reply = Value>(pub(crate) Tree, PhantomData<fn(Req) -> Reply>);
+
+impl<Req, Reply> Topology<Req, Reply> {
+    /// A topology of `tree`, whose handler takes `Req` and answers `Reply`.
+    pub(crate) fn new(tree: Tree) -> Self {
+        Self(tree, PhantomData)
+    }
+}
+
+// By hand: a derived impl would require the request and reply types to be `Clone`.
+impl<Req, Reply> Clone for Topology<Req, Reply> {
+    fn clone(&self) -> Self {
+        Self::new(self.0.clone())
+    }
+}
 
 /// The shape of a topology, as the compiler walks it.
 #[derive(Clone)]
@@ -125,11 +143,24 @@ pub struct ScatterSettings {
     pub policy: ScatterPolicy,
 }
 
-/// A scatter/gather topology being configured; see [`scatter`].
-#[derive(Clone, Debug)]
-pub struct Scatter(Tree);
+/// A scatter/gather topology being configured; see [`scatter`]. `Req` is what its leaves take,
+/// `Reply` what its merge gives.
+pub struct Scatter<Req = Value, Reply = Value>(Tree, PhantomData<fn(Req) -> Reply>);
 
-impl Scatter {
+// By hand: derived impls would require the request and reply types to be `Clone` and `Debug`.
+impl<Req, Reply> Clone for Scatter<Req, Reply> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone(), PhantomData)
+    }
+}
+
+impl<Req, Reply> std::fmt::Debug for Scatter<Req, Reply> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<Req, Reply> Scatter<Req, Reply> {
     /// Gives each leaf at most `timeout` to answer (default 10 s).
     pub fn leaf_timeout(mut self, timeout: Duration) -> Self {
         if let Tree::Scatter { settings, .. } = &mut self.0 {
@@ -159,9 +190,12 @@ impl Scatter {
 /// Marker: a [`Scatter`] used as a topology.
 pub struct AsScatter;
 
-impl IntoTopology<AsScatter> for Scatter {
-    fn into_topology(self) -> Topology {
-        Topology(self.0)
+impl<Req, Reply> IntoTopology<AsScatter> for Scatter<Req, Reply> {
+    type Request = Req;
+    type Reply = Reply;
+
+    fn into_topology(self) -> Topology<Req, Reply> {
+        Topology::new(self.0)
     }
 }
 
@@ -182,7 +216,7 @@ mod millis {
     }
 }
 
-impl std::fmt::Debug for Topology {
+impl<Req, Reply> std::fmt::Debug for Topology<Req, Reply> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
     }
@@ -205,35 +239,54 @@ impl std::fmt::Debug for Tree {
 
 /// Anything that can stand where a topology is expected: a handler or a [`Topology`].
 pub trait IntoTopology<M> {
+    /// The request its handler takes (for a scatter: what its leaves take).
+    type Request;
+    /// The reply its caller receives (for a scatter: what its merge gives).
+    type Reply;
+
     /// Converts into a topology node.
-    fn into_topology(self) -> Topology;
+    fn into_topology(self) -> Topology<Self::Request, Self::Reply>;
 }
 
 /// Marker: a [`Topology`] used as itself.
 pub struct AsTopology;
 
-impl IntoTopology<AsTopology> for Topology {
-    fn into_topology(self) -> Topology {
+impl<Req, Reply> IntoTopology<AsTopology> for Topology<Req, Reply> {
+    type Request = Req;
+    type Reply = Reply;
+
+    fn into_topology(self) -> Topology<Req, Reply> {
         self
     }
 }
 
 impl<H: Handler<M>, M> IntoTopology<(M,)> for H {
-    fn into_topology(self) -> Topology {
-        Topology(Tree::Handler(self.into_erased()))
+    type Request = <H as IntoErased<M>>::Request;
+    type Reply = <H as IntoErased<M>>::Reply;
+
+    fn into_topology(self) -> Topology<Self::Request, Self::Reply> {
+        Topology::new(Tree::Handler(self.into_erased()))
     }
 }
 
-/// Computes a shard index from a JSON request; the typed key function behind [`shard`].
+/// Computes a shard index from a JSON request and its user; the key behind [`shard`] and
+/// [`shard_by_user`].
 pub(crate) trait ErasedKey: Send + Sync + 'static {
-    /// The shard in `0..shards` for this request, or `-32602` if the request does not fit.
-    fn shard_of(&self, request: &Value, shards: usize) -> Result<usize, RpcError>;
+    /// The shard in `0..shards` for this request on behalf of `user`, or why it has none: `-32602`
+    /// if the request does not fit the key function, `-32600` if a user is needed and missing.
+    fn shard_of(&self, request: &Value, user: Option<&str>, shards: usize) -> Result<usize, RpcError>;
 }
 
 /// Merges the leaves' JSON answers; the typed merge function behind [`scatter`].
 pub trait ErasedMerge: Send + Sync + 'static {
     /// Builds the reply from every leaf's result, in leaf order.
     fn merge(&self, parts: Vec<Value>, context: Context) -> BoxFuture<Result<Value, RpcError>>;
+
+    /// Whether the merge is synchronous code that takes a [`Context`], so it may wait for a call
+    /// ([`Context::call_blocking`]); the data plane then runs it where waiting is safe.
+    fn may_block(&self) -> bool {
+        false
+    }
 }
 
 struct KeyFn<F, Req, K>(F, PhantomData<fn(&Req) -> K>);
@@ -244,11 +297,26 @@ where
     Req: DeserializeOwned + 'static,
     K: ShardKey + 'static,
 {
-    fn shard_of(&self, request: &Value, shards: usize) -> Result<usize, RpcError> {
+    fn shard_of(&self, request: &Value, _user: Option<&str>, shards: usize) -> Result<usize, RpcError> {
         let req: Req = decode_request(request.clone())?;
         let key = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.0)(&req)))
             .map_err(|panic| RpcError::handler_panicked(&panic))?;
         Ok(key.shard(shards))
+    }
+}
+
+/// The key of [`shard_by_user`]: the authenticated user's name.
+struct UserKey;
+
+impl ErasedKey for UserKey {
+    fn shard_of(&self, _request: &Value, user: Option<&str>, shards: usize) -> Result<usize, RpcError> {
+        let user = user.ok_or_else(|| {
+            RpcError::invalid_request(
+                "this service is sharded by user and needs an authenticated user; serve its caller \
+                 with Service::with_basic_auth",
+            )
+        })?;
+        Ok(user.shard(shards))
     }
 }
 
@@ -275,6 +343,9 @@ pub(crate) mod merge_sealed {
     /// Only this crate's shapes of merge exist, so the erased form can change freely.
     #[allow(unreachable_pub)] // sealed: public in name only, so that public traits may require it
     pub trait IntoErasedMerge<M> {
+        /// The reply the merge gives.
+        type Reply;
+
         /// Erases the merge function's types.
         fn into_erased_merge(self) -> Arc<dyn super::ErasedMerge>;
     }
@@ -346,6 +417,8 @@ where
     Out: IntoReply<R> + 'static,
     R: 'static,
 {
+    type Reply = Out::Reply;
+
     fn into_erased_merge(self) -> Arc<dyn ErasedMerge> {
         Arc::new(MergeFn::<F, Part, Out, R, false, false>(self, PhantomData))
     }
@@ -373,6 +446,8 @@ where
     Out: IntoReply<R> + 'static,
     R: 'static,
 {
+    type Reply = Out::Reply;
+
     fn into_erased_merge(self) -> Arc<dyn ErasedMerge> {
         Arc::new(MergeFn::<F, Part, Out, R, true, false>(self, PhantomData))
     }
@@ -391,6 +466,10 @@ where
             Err(e) => Box::pin(std::future::ready(Err(e))),
         }
     }
+
+    fn may_block(&self) -> bool {
+        true
+    }
 }
 
 impl<F, Part, Fut, R> merge_sealed::IntoErasedMerge<AsyncMerge<Part, Fut, R>> for F
@@ -401,6 +480,8 @@ where
     Fut::Output: IntoReply<R>,
     R: 'static,
 {
+    type Reply = <Fut::Output as IntoReply<R>>::Reply;
+
     fn into_erased_merge(self) -> Arc<dyn ErasedMerge> {
         Arc::new(MergeFn::<F, Part, Fut, R, false, true>(self, PhantomData))
     }
@@ -430,6 +511,8 @@ where
     Fut::Output: IntoReply<R>,
     R: 'static,
 {
+    type Reply = <Fut::Output as IntoReply<R>>::Reply;
+
     fn into_erased_merge(self) -> Arc<dyn ErasedMerge> {
         Arc::new(MergeFn::<F, Part, Fut, R, true, true>(self, PhantomData))
     }
@@ -460,8 +543,8 @@ where
 /// ```
 ///
 /// A count of zero is refused, naming the service, when the program starts.
-pub fn spread<M>(replicas: usize, inner: impl IntoTopology<M>) -> Topology {
-    Topology(Tree::Spread { replicas, inner: Box::new(inner.into_topology().0) })
+pub fn spread<M, T: IntoTopology<M>>(replicas: usize, inner: T) -> Topology<T::Request, T::Reply> {
+    Topology::new(Tree::Spread { replicas, inner: Box::new(inner.into_topology().0) })
 }
 
 /// Splits `inner` into `shards` distinct shards; `key` picks the shard for each request.
@@ -479,17 +562,38 @@ pub fn spread<M>(replicas: usize, inner: impl IntoTopology<M>) -> Topology {
 /// ```
 ///
 /// A count of zero is refused, naming the service, when the program starts.
-pub fn shard<M, F, Req, K>(shards: usize, key: F, inner: impl IntoTopology<M>) -> Topology
+pub fn shard<M, F, Req, K, T>(shards: usize, key: F, inner: T) -> Topology<T::Request, T::Reply>
 where
     F: Fn(&Req) -> K + Send + Sync + 'static,
     Req: DeserializeOwned + 'static,
     K: ShardKey + 'static,
+    T: IntoTopology<M>,
 {
-    Topology(Tree::Shard {
+    Topology::new(Tree::Shard {
         shards,
         key: Arc::new(KeyFn(key, PhantomData)),
         inner: Box::new(inner.into_topology().0),
     })
+}
+
+/// Splits `inner` into `shards` shards by the authenticated user: each user's requests always
+/// reach the same shard, so a [`crate::stateful_user`] handler behind it finds its user's scope in
+/// one process. The user is the one the exposed front authenticated
+/// ([`Service::with_basic_auth`]), carried by every hop and every call between services; a
+/// request without one is refused with `-32600` before it reaches a shard.
+///
+/// ```
+/// use metaparticle as mp;
+/// #[derive(serde::Serialize, serde::Deserialize, Default)]
+/// struct Visits { count: u64 }
+/// let visits = mp::shard_by_user(4, mp::stateful_user(|_: serde_json::Value, v: &mut mp::User<Visits>| {
+///     v.count += 1;
+///     v.count
+/// }));
+/// # let _ = mp::service("visits", visits);
+/// ```
+pub fn shard_by_user<M, T: IntoTopology<M>>(shards: usize, inner: T) -> Topology<T::Request, T::Reply> {
+    Topology::new(Tree::Shard { shards, key: Arc::new(UserKey), inner: Box::new(inner.into_topology().0) })
 }
 
 /// Sends every request to `leaves` copies of `leaf` at once and answers with `merge` of their replies.
@@ -504,23 +608,32 @@ where
 /// ```
 ///
 /// A count of zero is refused, naming the service, when the program starts.
-pub fn scatter<M, N>(leaves: usize, leaf: impl IntoTopology<M>, merge: impl Merge<N>) -> Scatter {
-    Scatter(Tree::Scatter {
-        leaves,
-        leaf: Box::new(leaf.into_topology().0),
-        merge: merge.into_erased_merge(),
-        settings: ScatterSettings::default(),
-    })
+pub fn scatter<M, N, L, G>(leaves: usize, leaf: L, merge: G) -> Scatter<L::Request, G::Reply>
+where
+    L: IntoTopology<M>,
+    G: Merge<N>,
+{
+    Scatter(
+        Tree::Scatter {
+            leaves,
+            leaf: Box::new(leaf.into_topology().0),
+            merge: merge.into_erased_merge(),
+            settings: ScatterSettings::default(),
+        },
+        PhantomData,
+    )
 }
 
 /// A named service: the unit a client calls (the JSON-RPC method) and a program serves.
 #[derive(Clone, Debug)]
 pub struct Service {
     pub(crate) name: String,
-    pub(crate) topology: Topology,
+    pub(crate) topology: Tree,
     pub(crate) exposed: bool,
     pub(crate) auth: Option<Arc<crate::model::auth::BasicAuth>>,
     pub(crate) settings: ServiceSettings,
+    /// The services its handlers call, in the order declared.
+    pub(crate) calls: Vec<String>,
 }
 
 /// Settings that apply to every node of a service.
@@ -570,6 +683,34 @@ impl Service {
         self
     }
 
+    /// Declares that this service's handlers (or its merge) call `callee`, another service of
+    /// the app, with [`Context::call`]. Every runner then gives its nodes the callee's address,
+    /// `plan` shows the edge, and a callee that is not part of the app is refused at start,
+    /// naming it. A call that is not declared fails with `-32006`, on every runner alike.
+    ///
+    /// Takes a [`crate::Callee`] or a service's name. Services may not call each other in a
+    /// cycle (`a` calls `b` calls `a`, or a service itself): that is refused at start, naming
+    /// the cycle, because a request going round it would hold a connection at every turn until
+    /// its deadline.
+    ///
+    /// ```
+    /// use metaparticle as mp;
+    /// use serde_json::Value;
+    /// const DOUBLE: mp::Callee<i64, i64> = mp::Callee::new("double");
+    /// let double = mp::service(DOUBLE, |x: i64| x * 2);
+    /// let front = mp::service("front", |ctx: mp::Context, x: i64| async move { ctx.call(DOUBLE, x).await })
+    ///     .calls(DOUBLE)
+    ///     .expose();
+    /// # let _ = (double, front);
+    /// ```
+    pub fn calls(mut self, callee: impl AsRef<str>) -> Self {
+        let callee = callee.as_ref().to_string();
+        if !self.calls.contains(&callee) {
+            self.calls.push(callee);
+        }
+        self
+    }
+
     /// The service's name, which is also its JSON-RPC method.
     pub fn name(&self) -> &str {
         &self.name
@@ -583,12 +724,17 @@ impl Service {
 /// let svc = mp::service("simple-service", |req: serde_json::Value| req).expose();
 /// assert_eq!(svc.name(), "simple-service");
 /// ```
-pub fn service<M>(name: impl Into<String>, topology: impl IntoTopology<M>) -> Service {
+///
+/// The name may be a [`crate::Callee`] instead of a string: then the compiler checks that the
+/// topology's handler takes the callee's request type and answers its reply type, so that every
+/// call through the callee is checked too.
+pub fn service<M, T: IntoTopology<M>>(name: impl ServiceName<T::Request, T::Reply>, topology: T) -> Service {
     Service {
-        name: name.into(),
-        topology: topology.into_topology(),
+        name: name.into_name(),
+        topology: topology.into_topology().0,
         exposed: false,
         settings: ServiceSettings::default(),
         auth: None,
+        calls: Vec::new(),
     }
 }

@@ -5,11 +5,13 @@
 //! node instead of deploying. This is the only interface between the control plane and the data
 //! plane.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::accept::Connections;
 use super::address_book::AddressBook;
+use super::calls::AppCaller;
 use super::http_proxy::{Proxy, Routing};
 use super::identity::Identity;
 use super::launch_error::LaunchError;
@@ -18,6 +20,7 @@ use super::roles::{Balancer, Gather, Leaf, Router};
 use super::server::{Limits, NodeServer, Role};
 use super::shutdown::Shutdown;
 use super::upstream::{HttpClient, Pool};
+use crate::model::callee::Caller;
 use crate::model::topology::ErasedServer;
 use crate::model::transactions::Transactions;
 use crate::model::url_pattern::UrlPattern;
@@ -190,6 +193,7 @@ pub(crate) fn build(
         let replicas = launch.book.resolve(target)?;
         Ok(Pool::new(&target.to_string(), replicas, client.clone(), call_timeout, node.settings.idempotent))
     };
+    let caller = callees(plan, node, launch, client, call_timeout)?;
     let role: Arc<dyn Role> = match (&node.role, registry.get(&node.name)) {
         (PlanRole::Server, Behaviour::Server(server)) => return Ok(NodeProgram::Server(server)),
         (PlanRole::HttpBalancer { upstream }, _) => {
@@ -207,7 +211,13 @@ pub(crate) fn build(
         (PlanRole::Leaf, Behaviour::Handler(handler)) => {
             // Only a stateful handler has a state runtime; every other leaf carries nothing extra.
             let state = shared.state.clone().map(|runtime| runtime as Arc<dyn Transactions>);
-            Arc::new(Leaf { service: node.service.clone(), handler, identity: identity.clone(), state })
+            Arc::new(Leaf {
+                service: node.service.clone(),
+                handler,
+                identity: identity.clone(),
+                state,
+                caller,
+            })
         }
         (PlanRole::Balancer { upstream }, _) => {
             Arc::new(Balancer { pool: pool(&Target { node: upstream.clone(), replica: None })? })
@@ -225,6 +235,7 @@ pub(crate) fn build(
             leaf_timeout: node.scatter.and_then(|s| s.leaf_timeout).unwrap_or(timeouts.leaf),
             metrics: metrics.clone(),
             identity: identity.clone(),
+            caller,
         }),
         (role, _) => return Err(LaunchError::NoCode { node: node.name.clone(), role: role.kind() }),
     };
@@ -233,14 +244,33 @@ pub(crate) fn build(
         metrics,
         identity,
         limits,
-        required_secret: internal_secret(node, &launch.secret),
+        secret: launch.secret.clone(),
+        internal: !node.exposed,
         auth: registry.auth(&node.name).filter(|_| node.exposed),
     })))
 }
 
-/// Exposed fronts accept anyone; every other node only callers that know the app's secret.
-fn internal_secret(node: &Node, secret: &str) -> Option<String> {
-    (!node.exposed).then(|| secret.to_string())
+/// The way to the services `node`'s code calls: a pool over each callee's front node, or `None`
+/// when its service declares no calls. A retry after a request may have run is the callee's
+/// decision ([`crate::Service::idempotent`]); the time each call may take is the caller's.
+fn callees(
+    plan: &Plan,
+    node: &Node,
+    launch: &NodeLaunch,
+    client: &HttpClient,
+    call_timeout: Duration,
+) -> Result<Option<Arc<dyn Caller>>, LaunchError> {
+    if node.calls.is_empty() {
+        return Ok(None);
+    }
+    let mut pools = HashMap::new();
+    for service in &node.calls {
+        let front = plan.node(service).ok_or_else(|| LaunchError::UnknownNode(service.clone()))?;
+        let replicas = launch.book.resolve(&Target { node: front.name.clone(), replica: None })?;
+        let pool = Pool::new(&front.name, replicas, client.clone(), call_timeout, front.settings.idempotent);
+        pools.insert(service.clone(), pool);
+    }
+    Ok(Some(AppCaller::new(&node.name, pools) as Arc<dyn Caller>))
 }
 
 /// Opens the socket a launch names.

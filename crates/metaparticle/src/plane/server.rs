@@ -90,8 +90,10 @@ pub(crate) struct NodeServer {
     pub metrics: Arc<Metrics>,
     /// Its limits.
     pub limits: Limits,
-    /// `Some(secret)` for internal nodes: calls without it are refused.
-    pub required_secret: Option<String>,
+    /// The app's per-deployment secret: a caller that sends it is part of the app.
+    pub secret: String,
+    /// Whether only the app may call this node (every node but an exposed front).
+    pub internal: bool,
     /// Credentials an exposed node requires of its callers (see [`crate::model::auth`]).
     pub auth: Option<Arc<BasicAuth>>,
 }
@@ -210,30 +212,34 @@ async fn route(server: &NodeServer, req: Request<Incoming>) -> Response<Full<Byt
 }
 
 async fn rpc(server: &NodeServer, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if let Some(secret) = &server.required_secret {
-        let given = req.headers().get(headers::SECRET).map(|v| v.as_bytes()).unwrap_or_default();
-        if !constant_time_eq(given, secret.as_bytes()) {
-            let e = RpcError {
-                code: RpcError::UNAUTHORIZED,
-                message: format!(
-                    "node '{}' is internal to its app and accepts calls only from it",
-                    server.identity.node
-                ),
-                data: None,
-            };
-            return rpc_error(StatusCode::FORBIDDEN, e);
-        }
+    let given = req.headers().get(headers::SECRET).map(|v| v.as_bytes()).unwrap_or_default();
+    let from_app = !server.secret.is_empty() && constant_time_eq(given, server.secret.as_bytes());
+    if server.internal && !from_app {
+        let e = RpcError {
+            code: RpcError::UNAUTHORIZED,
+            message: format!(
+                "node '{}' is internal to its app and accepts calls only from it",
+                server.identity.node
+            ),
+            data: None,
+        };
+        return rpc_error(StatusCode::FORBIDDEN, e);
     }
-    let user: Option<Arc<str>> = if let Some(auth) = &server.auth {
-        match auth.verify(req.headers().get(AUTHORIZATION)) {
-            Some(user) => Some(user.into()),
-            None => return unauthenticated(server),
-        }
-    } else if server.required_secret.is_some() {
-        // Trusted only because the caller proved above that it knows the app's secret.
+    // A user named by a caller is trusted only because it proved that it knows the app's secret:
+    // a hop inside a service, or another service's handler calling on behalf of its own user, who
+    // was checked where the request entered the app (so a front with passwords takes such calls).
+    let carried = if from_app {
         req.headers().get(headers::USER).and_then(|v| v.to_str().ok()).map(Arc::from)
     } else {
         None
+    };
+    let user: Option<Arc<str>> = match (carried, &server.auth) {
+        (Some(user), _) => Some(user),
+        (None, Some(auth)) => match auth.verify(req.headers().get(AUTHORIZATION)) {
+            Some(user) => Some(user.into()),
+            None => return unauthenticated(server),
+        },
+        (None, None) => None,
     };
     // Any caller may say how long it will wait: it can only shorten the work done for it.
     let deadline = Inbound::deadline_from(req.headers());

@@ -18,6 +18,7 @@
 //! | -32003 | the storage backend is unavailable |
 //! | -32004 | the request body is larger than the limit |
 //! | -32005 | missing or wrong credentials (HTTP 401), or an internal hop without the app's secret |
+//! | -32006 | a handler called a service its own service does not declare with `.calls(..)` |
 //! | -32050 | the handler returned a [`crate::HandlerError`] (its own code if it set one) |
 
 use std::future::Future;
@@ -61,6 +62,8 @@ impl RpcError {
     pub const TOO_LARGE: i64 = -32004;
     /// Missing or wrong credentials, or an internal hop without the app's secret.
     pub const UNAUTHORIZED: i64 = -32005;
+    /// A handler called a service that its own service does not declare (`Service::calls`).
+    pub const UNDECLARED_CALL: i64 = -32006;
 
     fn new(code: i64, message: impl Into<String>) -> Self {
         Self { code, message: message.into(), data: None }
@@ -121,6 +124,17 @@ impl RpcError {
     /// `-32003`: storage could not be reached or holds something unreadable; nothing was written.
     pub fn storage(detail: impl std::fmt::Display) -> Self {
         Self::new(Self::STORAGE, detail.to_string())
+    }
+
+    /// `-32006`: `node` called `service` without its service declaring the call.
+    pub fn undeclared_call(node: &str, service: &str) -> Self {
+        Self::new(
+            Self::UNDECLARED_CALL,
+            format!(
+                "node '{node}' called '{service}', which its service does not declare: add \
+                 .calls(\"{service}\") to the service so that every runner wires the call"
+            ),
+        )
     }
 
     /// `-32004`.

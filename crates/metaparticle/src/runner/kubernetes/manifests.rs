@@ -541,7 +541,7 @@ fn address_book(
         Some(namespace) => format!(".{namespace}.svc.{}", settings.cluster_domain),
         None => String::new(),
     };
-    for target in node.role.targets() {
+    for target in plan.callees(node) {
         let (Some(called), Some(placement)) = (plan.node(&target.node), placements.get(&target.node)) else {
             continue;
         };
@@ -947,7 +947,7 @@ mod tests {
         assert_eq!(in_pod, names, "the pods get the contract's variables, in its order");
     }
 
-    fn counter() -> crate::Topology {
+    fn counter() -> crate::Topology<Value, u64> {
         crate::stateful(|_: Value, count: &mut u64| {
             *count += 1;
             *count
