@@ -105,6 +105,20 @@ fn a_taken_port_fails_clearly_and_leaves_nothing_running() {
     }
 }
 
+#[test]
+fn port_0_is_refused_before_anything_is_built_or_started() {
+    let Some(bins) = binaries_or_skip() else { return };
+    let mut app = Deployed::new(bins, "server1");
+    app.port = 0;
+    let output = app.run_unchecked(&["up"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "up succeeded with --port 0");
+    assert!(stderr.contains("--port 0") && stderr.contains("--port <port>"), "{stderr}");
+    for kind in ["ps", "network", "volume"] {
+        assert_eq!(app.labelled(kind), 0, "{kind}: a refused up left objects of the app");
+    }
+}
+
 /// Paths of the binaries a user would run.
 struct Binaries {
     dir: PathBuf,

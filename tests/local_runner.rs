@@ -316,3 +316,67 @@ fn the_sharding_tutorial_keeps_each_user_on_one_shard_end_to_end() {
         "{logs}"
     );
 }
+
+/// The address `up` printed for `service`.
+fn printed_address(up: &str, service: &str) -> String {
+    let prefix = format!("  {service} listens on http://");
+    let line = up.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no address in:\n{up}"));
+    line[prefix.len()..].trim_end_matches('/').to_string()
+}
+
+#[test]
+fn port_0_deploys_on_free_ports_and_records_the_real_ones() {
+    let mut sandbox = Sandbox::new("server2");
+    sandbox.port = 0;
+    let up = sandbox.up();
+    let address = printed_address(&up.stdout, "replicated-service");
+    let port: u16 = address.rsplit(':').next().unwrap().parse().unwrap();
+    assert_ne!(port, 0, "{}", up.stdout);
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(sandbox.app_dir().join("deployment.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["endpoints"][0]["address"], json!(address));
+    assert_eq!(sandbox.call("replicated-service", None)["request"], json!({"foo": "bar"}));
+    assert_eq!(replicas(&sandbox).len(), 4, "every replica healthy");
+}
+
+#[test]
+fn the_highest_port_deploys_without_overflowing() {
+    if !port_free("127.0.0.1:65535") {
+        eprintln!("skipped: port 65535 is taken on this machine");
+        return;
+    }
+    let mut sandbox = Sandbox::new("server1");
+    sandbox.port = 65535;
+    let up = sandbox.up();
+    assert_eq!(printed_address(&up.stdout, "simple-service"), "127.0.0.1:65535");
+    assert_eq!(sandbox.call("simple-service", None), json!({"A": {"foo": "bar"}}));
+}
+
+#[test]
+fn the_printed_status_and_tear_down_hints_act_on_the_same_app() {
+    let mut sandbox = Sandbox::new("server1");
+    sandbox.extra = vec!["--app".into(), "hostile-hints".into()];
+    let up = sandbox.up();
+    let hint = |label: &str| -> Vec<String> {
+        let line =
+            up.stdout.lines().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("{}", up.stdout));
+        line[label.len()..].split_whitespace().map(String::from).collect()
+    };
+    let run_hint = |words: Vec<String>| {
+        let output = std::process::Command::new(&words[0])
+            .args(&words[1..])
+            .env("METAPARTICLE_HOME", sandbox.home.path())
+            .env_remove("CARGO")
+            .output()
+            .unwrap();
+        let text =
+            String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), text)
+    };
+    let (ok, status) = run_hint(hint("status:"));
+    assert!(ok && status.contains("app 'hostile-hints'"), "{status}");
+    let (ok, deleted) = run_hint(hint("tear down:"));
+    assert!(ok && deleted.contains("deleted app 'hostile-hints'"), "{deleted}");
+    assert!(!sandbox.home.path().join("apps/hostile-hints").exists());
+}

@@ -13,6 +13,9 @@ use crate::runner::kubernetes as k8s;
 use crate::runner::{local, Deploy};
 use crate::storage::StorageConfig;
 
+/// The first port of exposed services unless `--port` says otherwise (the seeds' port).
+const DEFAULT_PORT: u16 = 3000;
+
 /// Deploys, inspects and tears down the topology this program defines.
 #[derive(Parser, Debug)]
 #[command(version, about = "A metaparticle program: it defines a distributed service and deploys itself.")]
@@ -23,7 +26,7 @@ pub struct Cli {
     #[arg(long, global = true, value_enum)]
     runner: Option<RunnerKind>,
     /// The first port exposed services listen on (the next exposed service gets the next port).
-    #[arg(long, global = true, default_value_t = 3000)]
+    #[arg(long, global = true, default_value_t = DEFAULT_PORT)]
     port: u16,
     /// The address exposed services bind; anything but loopback makes them reachable from other machines.
     #[arg(long, global = true, default_value = "127.0.0.1")]
@@ -153,6 +156,8 @@ impl RunnerKind {
         match runner {
             "local" => Some(RunnerKind::Local),
             "docker" => Some(RunnerKind::Docker),
+            #[cfg(feature = "kubernetes")]
+            "kubernetes" => Some(RunnerKind::Kubernetes),
             _ => None,
         }
     }
@@ -162,7 +167,13 @@ impl Cli {
     /// Carries out the command against `plan`.
     pub async fn run(self, plan: Plan) -> Result<()> {
         let (app, invocation) = program_names();
-        let app = self.app.unwrap_or(app);
+        #[cfg(feature = "kubernetes")]
+        let namespace = self.kubernetes.namespace.as_deref();
+        #[cfg(not(feature = "kubernetes"))]
+        let namespace = None;
+        // Hints and messages name the app as this run did, so following them acts on the same app.
+        let invocation = same_app_invocation(&invocation, self.app.as_deref(), self.port, namespace);
+        let app = self.app.clone().unwrap_or(app);
         validate_app_name(&app)?;
         let command = self.command.unwrap_or(Command::Up { attach: false });
         if let Command::Plan = command {
@@ -317,6 +328,23 @@ fn validate_app_name(app: &str) -> Result<()> {
     }
 }
 
+/// `invocation` with the flags that chose the app and where it listens (`--app`, a `--port` other
+/// than the default, a Kubernetes `--namespace`), so that a printed `status` or `delete` hint acts
+/// on this app and not on the program's default one.
+fn same_app_invocation(invocation: &str, app: Option<&str>, port: u16, namespace: Option<&str>) -> String {
+    let mut out = invocation.to_string();
+    if let Some(app) = app {
+        out.push_str(&format!(" --app {app}"));
+    }
+    if port != DEFAULT_PORT {
+        out.push_str(&format!(" --port {port}"));
+    }
+    if let Some(namespace) = namespace {
+        out.push_str(&format!(" --namespace {namespace}"));
+    }
+    out
+}
+
 /// The default app name (the program's file name) and how the user runs the program.
 fn program_names() -> (String, String) {
     let exe = std::env::current_exe().unwrap_or_default();
@@ -329,4 +357,28 @@ fn program_names() -> (String, String) {
         _ => std::env::args().next().unwrap_or(name.clone()),
     };
     (name, invocation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_runner_a_record_can_name_is_known() {
+        assert_eq!(RunnerKind::from_record("local"), Some(RunnerKind::Local));
+        assert_eq!(RunnerKind::from_record("docker"), Some(RunnerKind::Docker));
+        #[cfg(feature = "kubernetes")]
+        assert_eq!(RunnerKind::from_record("kubernetes"), Some(RunnerKind::Kubernetes));
+        assert_eq!(RunnerKind::from_record("nomad"), None);
+    }
+
+    #[test]
+    fn hints_keep_the_flags_that_chose_the_app() {
+        let base = "cargo run --example server2 --";
+        assert_eq!(same_app_invocation(base, None, DEFAULT_PORT, None), base);
+        assert_eq!(
+            same_app_invocation(base, Some("shop"), 3100, Some("prod")),
+            "cargo run --example server2 -- --app shop --port 3100 --namespace prod"
+        );
+    }
 }

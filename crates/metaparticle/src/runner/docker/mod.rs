@@ -40,6 +40,15 @@ pub async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
             "--attach is not supported by the docker runner; deploy, then follow the logs with `logs --follow`".into(),
         ));
     }
+    if deploy.port == 0 {
+        // The engine would pick a host port, but the record, the health probe and the printed
+        // address are all decided before the container starts.
+        return Err(Error::Runner(
+            "--port 0 (any free port) is for the local runner; the docker runner publishes on a port you choose: deploy with --port <port>".into(),
+        ));
+    }
+    // Refuse a port range past 65535 before any image is built.
+    deploy.exposed_addresses(plan)?;
     let started = Instant::now();
     let docker = engine::connect().await?;
     let progress = Progress::new();
@@ -62,7 +71,7 @@ pub async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
         remove_app(&docker, &deploy.app).await?;
     }
     let published: Vec<_> =
-        deploy.exposed_addresses(plan).into_iter().map(|(n, r, a)| (n.name.clone(), r, a)).collect();
+        deploy.exposed_addresses(plan)?.into_iter().map(|(n, r, a)| (n.name.clone(), r, a)).collect();
     deploy.check_exposed_ports(plan)?;
     let replicas = containers::replicas(&deploy.app, plan, &published)?;
 

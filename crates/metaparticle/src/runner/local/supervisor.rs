@@ -230,18 +230,17 @@ async fn supervise(order: Order, plan: Plan) -> Result<()> {
 }
 
 fn bind_all(order: &Order, plan: &Plan) -> Result<Vec<Slot>> {
+    let exposed_count = plan.exposed().map(|n| n.replicas).sum();
+    // Checked before anything binds: a range past 65535 is refused, not wrapped around.
+    let mut exposed_ports = crate::runner::exposed_ports(order.port, exposed_count)?.into_iter();
     let mut slots = Vec::new();
-    let mut next_port = order.port;
     for node in &plan.nodes {
         for replica in 0..node.replicas {
-            let (bind, shown) = if node.exposed {
-                let port = next_port;
-                next_port += 1;
-                let addr = SocketAddr::new(order.bind, port);
-                (addr, connect_address(addr))
+            let bind = if node.exposed {
+                let port = exposed_ports.next().expect("one port per exposed replica");
+                SocketAddr::new(order.bind, port)
             } else {
-                let addr: SocketAddr = "127.0.0.1:0".parse().expect("valid");
-                (addr, addr)
+                "127.0.0.1:0".parse().expect("valid")
             };
             let listener = std::net::TcpListener::bind(bind).map_err(|e| match e.kind() {
                 std::io::ErrorKind::AddrInUse => Error::Runner(format!(
@@ -251,11 +250,10 @@ fn bind_all(order: &Order, plan: &Plan) -> Result<Vec<Slot>> {
                 )),
                 _ => Error::io(format!("binding {bind} for node '{}'", node.name), e),
             })?;
-            let address = if node.exposed {
-                shown.to_string()
-            } else {
-                listener.local_addr().map_err(|e| Error::io("reading a bound address", e))?.to_string()
-            };
+            // The address actually bound: with port 0 (internal nodes, or `--port 0`) the system
+            // chose it, and the record must hold the real one.
+            let bound = listener.local_addr().map_err(|e| Error::io("reading a bound address", e))?;
+            let address = if node.exposed { connect_address(bound) } else { bound }.to_string();
             slots.push(Slot { node: node.clone(), replica, listener, address });
         }
     }
@@ -450,7 +448,12 @@ async fn wait_healthy(client: &HttpClient, shared: &Shared) -> Result<()> {
 /// The last `n` lines of the log that belong to `replica`.
 pub fn tail_lines(path: &std::path::Path, replica: &str, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mine: Vec<&str> = text.lines().filter(|l| l.starts_with(replica)).collect();
+    // Lines are `<replica, padded> | <text>`: compare the whole name, so that `svc-1` does not
+    // also collect the lines of `svc-10` to `svc-19`.
+    let mine: Vec<&str> = text
+        .lines()
+        .filter(|l| l.split_once(" | ").is_some_and(|(name, _)| name.trim_end() == replica))
+        .collect();
     mine[mine.len().saturating_sub(n)..].join("\n")
 }
 
@@ -487,4 +490,55 @@ async fn shutdown_signal() {
 /// Stops whatever is left of a supervisor's process group (used by `delete`).
 pub async fn stop_supervisor(pid: u32) -> usize {
     stop_group(pid, Duration::from_secs(10)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn order(port: u16) -> Order {
+        Order {
+            app: "test".into(),
+            port,
+            bind: "127.0.0.1".parse().unwrap(),
+            binary: PathBuf::from("/bin/true"),
+            attach: false,
+            storage: StorageConfig::File("/tmp/unused.sqlite".into()),
+        }
+    }
+
+    fn two_exposed_services() -> Plan {
+        let services =
+            [crate::service("first", |r: Value| r).expose(), crate::service("second", |r: Value| r).expose()];
+        crate::model::compile(&services).unwrap().0
+    }
+
+    #[test]
+    fn the_log_tail_of_replica_1_leaves_out_replicas_10_to_19() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        let lines =
+            ["svc.replica-1  | one", "svc.replica-10 | ten", "svc.replica-1  | uno", "svc.replica-19 | x"];
+        std::fs::write(&log, lines.join("\n")).unwrap();
+        assert_eq!(tail_lines(&log, "svc.replica-1", 10), "svc.replica-1  | one\nsvc.replica-1  | uno");
+        assert_eq!(tail_lines(&log, "svc.replica-10", 10), "svc.replica-10 | ten");
+    }
+
+    #[test]
+    fn exposed_ports_past_65535_are_refused_before_anything_binds() {
+        let e = bind_all(&order(65535), &two_exposed_services()).err().expect("refused").to_string();
+        assert!(e.contains("65535-65536") && e.contains("--port"), "{e}");
+    }
+
+    #[test]
+    fn port_0_binds_a_free_port_per_exposed_replica_and_records_it() {
+        let slots = bind_all(&order(0), &two_exposed_services()).unwrap();
+        let ports: Vec<u16> = slots.iter().map(|s| s.address.parse::<SocketAddr>().unwrap().port()).collect();
+        assert_eq!(ports.len(), 2);
+        assert!(ports.iter().all(|&p| p != 0) && ports[0] != ports[1], "{ports:?}");
+        for slot in &slots {
+            assert_eq!(slot.listener.local_addr().unwrap().to_string(), slot.address);
+        }
+    }
 }
