@@ -23,6 +23,9 @@ pub enum Error {
     /// A runner could not do what was asked; the message says why and what to do.
     #[error("{0}")]
     Runner(String),
+    /// The local runner could not do what was asked.
+    #[error(transparent)]
+    Local(#[from] crate::runner::local::LocalError),
     /// The storage backend is misconfigured or unreachable.
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),

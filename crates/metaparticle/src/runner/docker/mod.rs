@@ -49,6 +49,8 @@ pub async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
     }
     // Refuse a port range past 65535 before any image is built.
     deploy.exposed_addresses(plan)?;
+    // One deploy of an app at a time: a racing `up` or `delete` would remove what this one starts.
+    let _lock = crate::runner::local::DeployLock::acquire(&deploy.app)?;
     let started = Instant::now();
     let docker = engine::connect().await?;
     let progress = Progress::new();
@@ -184,6 +186,7 @@ async fn run_containers(
         plan: plan.clone(),
         book: book.clone(),
         supervisor_pid: None,
+        supervisor_started: None,
     };
     // Before any container starts, so that `delete` finds the app whatever happens next.
     record.save()?;
@@ -216,6 +219,7 @@ async fn remove_app(docker: &Docker, app: &str) -> Result<containers::Removed> {
 
 /// Removes every container, network and volume of the app (found by label) and its record.
 pub async fn delete(app: &str) -> Result<()> {
+    let _lock = crate::runner::local::DeployLock::acquire(app)?;
     let started = Instant::now();
     let docker = engine::connect().await?;
     let removed = remove_app(&docker, app).await?;
