@@ -187,3 +187,122 @@ fn a_node_that_cannot_start_fails_up_at_once_naming_the_cause() {
     let port = format!("127.0.0.1:{}", sandbox.port);
     assert!(std::net::TcpListener::bind(&port).is_ok(), "{port} is still held");
 }
+
+/// Deploys with the open-file limit `soft`/`hard` (the supervisor and every node inherit it).
+fn up_with_open_files(sandbox: &Sandbox, soft: u64, hard: u64) {
+    let mut command = sandbox.program_command(&["up"]);
+    // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let run: support::Run = command.output().unwrap().into();
+    assert!(run.ok, "up failed: {}{}", run.stdout, run.stderr);
+}
+
+/// Raises this test process's own open-file limit, to hold thousands of client connections.
+fn allow_open_files(needed: u64) -> bool {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit with a valid struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    if limit.rlim_max < needed {
+        eprintln!("skipped: this process may open {} files, the test needs {needed}", limit.rlim_max);
+        return false;
+    }
+    true
+}
+
+/// Opens `count` connections to `address` (each given 5 s to connect) and sends `first` on each;
+/// returns those that connected.
+async fn open_connections(address: &str, count: usize, first: &'static [u8]) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let address = address.to_string();
+        tasks.spawn(async move {
+            let mut stream =
+                tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(address))
+                    .await
+                    .ok()?
+                    .ok()?;
+            if !first.is_empty() {
+                stream.write_all(first).await.ok()?;
+            }
+            Some(stream)
+        });
+    }
+    let mut open = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        open.extend(done.unwrap());
+    }
+    open
+}
+
+/// How long one ordinary call takes (up to 30 s), and whether it succeeded.
+async fn time_one_call(address: &str) -> (Duration, Result<Value, String>) {
+    let client = metaparticle::client::RpcClient::new().with_timeout(Duration::from_secs(30));
+    let started = Instant::now();
+    let answer =
+        client.call(address, "simple-service", &json!({"foo": "bar"})).await.map_err(|e| e.to_string());
+    (started.elapsed(), answer)
+}
+
+/// Headers of a call whose 100-byte body never comes (one byte of it does).
+const STALLED_BODY: &[u8] =
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_beyond_the_default_open_file_limit_do_not_block_callers() {
+    if !allow_open_files(2000) {
+        return;
+    }
+    let sandbox = Sandbox::new("server1");
+    // The common default: a soft limit of 1024, a higher hard limit the node may raise itself to.
+    up_with_open_files(&sandbox, 1024, 4096);
+    let address = format!("127.0.0.1:{}", sandbox.port);
+    let stalled = open_connections(&address, 1100, STALLED_BODY).await;
+    let (took, answer) = time_one_call(&address).await;
+    eprintln!("1100 stalled bodies ({} connected): an ordinary call took {took:?}", stalled.len());
+    assert!(answer.is_ok(), "{answer:?} after {took:?}");
+    assert!(took < Duration::from_secs(3), "the call waited {took:?} behind slow clients");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_connections_run_out_the_oldest_idle_ones_make_room_for_a_caller() {
+    if !allow_open_files(3500) {
+        return;
+    }
+    let sandbox = Sandbox::new("server1");
+    up_with_open_files(&sandbox, 1024, 1024);
+    let address = format!("127.0.0.1:{}", sandbox.port);
+    let idle = open_connections(&address, 3000, b"").await;
+    let (took, answer) = time_one_call(&address).await;
+    eprintln!("3000 idle connections ({} connected): an ordinary call took {took:?}", idle.len());
+    assert!(answer.is_ok(), "{answer:?} after {took:?}");
+    assert!(took < Duration::from_secs(3), "the call waited {took:?} behind idle connections");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_that_never_finish_are_cut_off_so_callers_get_through() {
+    if !allow_open_files(1000) {
+        return;
+    }
+    let sandbox = Sandbox::new("server1");
+    // No room to raise the limit: only the body timeout frees the connections.
+    up_with_open_files(&sandbox, 256, 256);
+    let address = format!("127.0.0.1:{}", sandbox.port);
+    let stalled = open_connections(&address, 300, STALLED_BODY).await;
+    let (took, answer) = time_one_call(&address).await;
+    eprintln!("300 stalled bodies, 256 files ({} connected): an ordinary call took {took:?}", stalled.len());
+    assert!(answer.is_ok(), "{answer:?} after {took:?}");
+    assert!(took < Duration::from_secs(20), "the call waited {took:?}");
+}

@@ -7,6 +7,7 @@ pub mod accept;
 pub mod address_book;
 pub mod auth;
 pub mod balance;
+pub mod connections;
 pub mod http1;
 pub mod http_proxy;
 pub mod identity;

@@ -305,6 +305,7 @@ fn bind_all(order: &Order, plan: &Plan) -> Result<Vec<Slot>> {
                 std::io::ErrorKind::AddrInUse => LocalError::PortTaken { address: bind }.into(),
                 _ => Error::io(format!("binding {bind} for node '{}'", node.name), e),
             })?;
+            widen_backlog(&listener);
             // The address actually bound: with port 0 (internal nodes, or `--port 0`) the system
             // chose it, and the record must hold the real one.
             let bound = listener.local_addr().map_err(|e| Error::io("reading a bound address", e))?;
@@ -313,6 +314,18 @@ fn bind_all(order: &Order, plan: &Plan) -> Result<Vec<Slot>> {
         }
     }
     Ok(slots)
+}
+
+/// How many connections may wait to be accepted. The standard library listens with 128, which a
+/// burst of callers overflows: the kernel then drops their handshakes and each retries a second
+/// later. nginx uses 511; the kernel caps it at `net.core.somaxconn`.
+const BACKLOG: i32 = 1024;
+
+/// Lets more connections wait in the listener's queue (listening again only changes the backlog).
+fn widen_backlog(listener: &std::net::TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: listen on a socket this function borrows; failure leaves the old backlog.
+    unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) };
 }
 
 /// Keeps one replica running until the app stops.
