@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use metaparticle as mp;
 use metaparticle::plane::server::Limits;
 use metaparticle::testing::{launch, launch_with, Options};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Sends raw bytes and reads until the server closes the connection (at most 5 s).
@@ -70,4 +70,103 @@ async fn a_body_that_never_arrives_gets_408_and_the_connection_closes() {
     let mut answer = String::new();
     stream.read_to_string(&mut answer).await.unwrap();
     assert!(answer.ends_with(r#"{"jsonrpc":"2.0","id":2,"result":2}"#), "{answer}");
+}
+
+/// `POST /` of `body` to `address`: the status and the body as text.
+async fn post(address: std::net::SocketAddr, body: &str) -> (u16, String) {
+    let (status, answer) =
+        mp::client::RpcClient::new().post(&address.to_string(), body.to_string().into()).await.unwrap();
+    (status.as_u16(), String::from_utf8(answer.to_vec()).unwrap())
+}
+
+/// A leaf exposed on its own, and the same handler behind an exposed balancer.
+async fn leaf_and_balancer() -> mp::testing::TestApp {
+    launch([
+        mp::service("svc", |x: i64| x * 2).expose(),
+        mp::service("spread", mp::spread(1, |x: i64| x * 2)).expose(),
+    ])
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn notifications_get_no_answer_even_with_wrong_params_directly_and_through_a_balancer() {
+    let app = leaf_and_balancer().await;
+    for (service, address) in [("svc", app.address("svc")), ("spread", app.address("spread"))] {
+        for body in [
+            format!(r#"{{"jsonrpc":"2.0","method":"{service}","params":[1]}}"#),
+            format!(r#"{{"jsonrpc":"2.0","method":"{service}","params":[1,2]}}"#),
+            format!(r#"{{"jsonrpc":"2.0","method":"{service}","params":["four"]}}"#),
+            format!(
+                r#"[{{"jsonrpc":"2.0","method":"{service}","params":[1]}},{{"jsonrpc":"2.0","method":"{service}","params":[1,2]}}]"#
+            ),
+        ] {
+            assert_eq!(post(address, &body).await, (204, String::new()), "{service}: {body}");
+        }
+    }
+    // The same when the balancer cannot reach its replica: a notification is never answered.
+    app.stop_replica("spread.replica", 0);
+    for body in [
+        r#"{"jsonrpc":"2.0","method":"spread","params":[1]}"#,
+        r#"[{"jsonrpc":"2.0","method":"spread","params":[1]},{"jsonrpc":"2.0","method":"spread"}]"#,
+    ] {
+        assert_eq!(post(app.address("spread"), body).await, (204, String::new()), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_batch_with_an_invalid_element_answers_every_element_directly_and_through_a_balancer() {
+    let app = leaf_and_balancer().await;
+    for service in ["svc", "spread"] {
+        let body = format!(r#"[1, {{"jsonrpc":"2.0","method":"{service}","params":[21],"id":"a"}}]"#);
+        let (status, answer) = post(app.address(service), &body).await;
+        let answer: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(answer[0]["id"], Value::Null, "{service}: {answer}");
+        assert_eq!(answer[0]["error"]["code"], json!(-32600), "{service}: {answer}");
+        assert_eq!(answer[1], json!({"jsonrpc":"2.0","id":"a","result":42}), "{service}: {answer}");
+    }
+    app.stop_replica("spread.replica", 0);
+    let (_, answer) =
+        post(app.address("spread"), r#"[1, {"jsonrpc":"2.0","method":"spread","params":[21],"id":"a"}]"#)
+            .await;
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer.as_array().map(Vec::len), Some(2), "{answer}");
+    assert_eq!((answer[0]["id"].clone(), answer[0]["error"]["code"].clone()), (Value::Null, json!(-32600)));
+    assert_eq!((answer[1]["id"].clone(), answer[1]["error"]["code"].clone()), (json!("a"), json!(-32000)));
+}
+
+#[tokio::test]
+async fn an_unknown_method_is_reported_before_its_params_are_checked() {
+    let app = leaf_and_balancer().await;
+    for service in ["svc", "spread"] {
+        let (_, answer) =
+            post(app.address(service), r#"{"jsonrpc":"2.0","method":"nope","params":[1,2],"id":3}"#).await;
+        let answer: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(answer["error"]["code"], json!(-32601), "{service}: {answer}");
+        assert_eq!(answer["id"], json!(3));
+    }
+}
+
+#[tokio::test]
+async fn integer_ids_beyond_64_bits_come_back_exactly_as_sent() {
+    let app = leaf_and_balancer().await;
+    for id in ["123456789012345678901234567890", "-98765432109876543210", "18446744073709551616"] {
+        for service in ["svc", "spread"] {
+            let ok = format!(r#"{{"jsonrpc":"2.0","method":"{service}","params":[1],"id":{id}}}"#);
+            let bad = format!(r#"[{{"jsonrpc":"2.0","method":"nope","id":{id}}}]"#);
+            for body in [ok, bad] {
+                let (_, answer) = post(app.address(service), &body).await;
+                assert!(answer.contains(&format!(r#""id":{id},"#)), "{service}: {body} -> {answer}");
+            }
+        }
+    }
+    app.stop_replica("spread.replica", 0);
+    let id = "123456789012345678901234567890";
+    let (_, answer) = post(
+        app.address("spread"),
+        &format!(r#"{{"jsonrpc":"2.0","method":"spread","params":[1],"id":{id}}}"#),
+    )
+    .await;
+    assert!(answer.contains(&format!(r#""id":{id},"#)) && answer.contains("-32000"), "{answer}");
 }
