@@ -170,3 +170,17 @@ async fn integer_ids_beyond_64_bits_come_back_exactly_as_sent() {
     .await;
     assert!(answer.contains(&format!(r#""id":{id},"#)) && answer.contains("-32000"), "{answer}");
 }
+
+#[tokio::test]
+async fn a_lower_case_basic_scheme_authenticates() {
+    let users = mp::BasicAuth::from_pairs([("alice", "wonderland")]);
+    let app = launch([mp::service("svc", |r: Value| r).expose().with_basic_auth(users)]).await.unwrap();
+    let credentials = mp::plane::auth::basic_header("alice", "wonderland").replacen("Basic", "basic", 1);
+    let body = r#"{"jsonrpc":"2.0","method":"svc","params":[5],"id":1}"#;
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {credentials}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = exchange(app.address("svc"), request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with(r#""result":5}"#), "{answer}");
+}
