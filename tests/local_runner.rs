@@ -380,3 +380,36 @@ fn the_printed_status_and_tear_down_hints_act_on_the_same_app() {
     assert!(ok && deleted.contains("deleted app 'hostile-hints'"), "{deleted}");
     assert!(!sandbox.home.path().join("apps/hostile-hints").exists());
 }
+
+#[test]
+fn server7_is_torn_down_without_its_passwords_but_not_deployed_without_them() {
+    let sandbox = Sandbox::new("server7");
+    let run = |args: &[&str], users: Option<&str>| -> support::Run {
+        let mut command = sandbox.program_command(args);
+        command.env_remove("SIMPLE_USER_STORAGE_USERS").env_remove("SIMPLE_USER_STORAGE_USERS_FILE");
+        if let Some(users) = users {
+            command.env("SIMPLE_USER_STORAGE_USERS", users);
+        }
+        command.output().unwrap().into()
+    };
+    let refused = run(&["up"], None);
+    assert!(
+        !refused.ok && refused.stderr.contains("SIMPLE_USER_STORAGE_USERS is not set"),
+        "{}",
+        refused.stderr
+    );
+    let up = run(&["up"], Some("alice:wonderland"));
+    assert!(up.ok, "{}{}", up.stdout, up.stderr);
+    for command in [&["status"][..], &["logs"], &["plan"]] {
+        let run = run(command, None);
+        assert!(run.ok, "{command:?} without the passwords: {}", run.stderr);
+    }
+    let delete = run(&["delete", "--purge"], None);
+    assert!(
+        delete.ok && delete.stdout.contains("deleted app 'server7'"),
+        "{}{}",
+        delete.stdout,
+        delete.stderr
+    );
+    assert!(!sandbox.app_dir().exists());
+}
