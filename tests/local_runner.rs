@@ -413,3 +413,33 @@ fn server7_is_torn_down_without_its_passwords_but_not_deployed_without_them() {
     );
     assert!(!sandbox.app_dir().exists());
 }
+
+#[test]
+fn binding_all_interfaces_warns_and_an_address_this_machine_lacks_is_refused() {
+    let mut sandbox = Sandbox::new("server1");
+    sandbox.extra = vec!["--bind".into(), "0.0.0.0".into()];
+    let up = sandbox.up();
+    assert!(
+        up.stderr
+            .contains("warning: --bind 0.0.0.0 makes the exposed services reachable from other machines")
+            && up.stderr.contains(&format!("http://127.0.0.1:{}/", sandbox.port)),
+        "{}",
+        up.stderr
+    );
+    let delete = sandbox.program(&["delete"]);
+    assert!(delete.ok && !delete.stderr.contains("warning"), "only deploying warns: {}", delete.stderr);
+
+    // An address reserved for documentation (RFC 5737), which this machine should not have.
+    if std::net::TcpListener::bind("203.0.113.77:0").is_ok() {
+        eprintln!("skipped: this machine has the address 203.0.113.77");
+        return;
+    }
+    sandbox.extra = vec!["--bind".into(), "203.0.113.77".into()];
+    let run = sandbox.program(&["up"]);
+    assert!(
+        !run.ok && run.stderr.contains("--bind 203.0.113.77: this machine has no such address"),
+        "{}",
+        run.stderr
+    );
+    assert!(!sandbox.app_dir().exists(), "nothing deployed");
+}

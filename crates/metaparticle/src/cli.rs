@@ -1,7 +1,7 @@
 //! The command line every metaparticle program gets: `up` (default), `delete`, `status`, `logs`,
 //! `plan`, and with the Kubernetes runner `manifests`.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -211,6 +211,9 @@ impl Cli {
         };
         let purge = matches!(command, Command::Delete { purge: true });
         let deleting = matches!(command, Command::Delete { .. });
+        if matches!(command, Command::Up { .. }) && matches!(runner, RunnerKind::Local | RunnerKind::Docker) {
+            check_bind(self.bind, self.port)?;
+        }
         match (runner, command) {
             (_, Command::Plan) => unreachable!("handled above"),
             (RunnerKind::Local, Command::Up { attach }) => local::up(&deploy(attach), &plan).await,
@@ -326,6 +329,90 @@ fn validate_app_name(app: &str) -> Result<()> {
             "app name '{app}' must be 1-40 characters of letters, digits, '-' and '_'; choose one with --app"
         )))
     }
+}
+
+/// Checks `--bind` before a deploy that publishes on it: an address this machine does not have is
+/// refused; one other machines can reach is allowed with a warning that says so and where.
+fn check_bind(bind: IpAddr, port: u16) -> Result<()> {
+    if bind.is_loopback() {
+        return Ok(());
+    }
+    let here = SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), port);
+    let ours: Vec<IpAddr> = machine_addresses().into_iter().filter(|a| !a.is_loopback()).collect();
+    let list = |addresses: &[IpAddr]| addresses.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(", ");
+    if bind.is_unspecified() {
+        let reachable: Vec<IpAddr> = ours.into_iter().filter(|a| a.is_ipv4() == bind.is_ipv4()).collect();
+        let at = match reachable.first() {
+            Some(first) => format!(
+                " (e.g. at http://{}/; its addresses: {})",
+                SocketAddr::new(*first, port),
+                list(&reachable)
+            ),
+            None => String::new(),
+        };
+        eprintln!(
+            "warning: --bind {bind} makes the exposed services reachable from other machines on every network \
+             this machine is on{at}; on this machine call http://{here}/"
+        );
+        return Ok(());
+    }
+    if let Err(e) = std::net::TcpListener::bind(SocketAddr::new(bind, 0)) {
+        if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+            return Err(Error::Runner(format!(
+                "--bind {bind}: this machine has no such address ({e}); bind 127.0.0.1 (the default: this \
+                 machine only), one of its addresses ({}), or 0.0.0.0 (all of them)",
+                list(&ours)
+            )));
+        }
+    }
+    eprintln!(
+        "warning: --bind {bind} makes the exposed services reachable from other machines on that network, at \
+         http://{}/",
+        SocketAddr::new(bind, port)
+    );
+    Ok(())
+}
+
+/// The addresses of this machine's network interfaces (IPv6 link-local ones left out: they need
+/// an interface name to be used).
+fn machine_addresses() -> Vec<IpAddr> {
+    let mut first: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills in a list that freeifaddrs releases below.
+    if unsafe { libc::getifaddrs(&mut first) } != 0 {
+        return Vec::new();
+    }
+    let mut addresses = Vec::new();
+    let mut next = first;
+    while !next.is_null() {
+        // SAFETY: a non-null entry of the list getifaddrs returned, valid until freeifaddrs.
+        let entry = unsafe { &*next };
+        next = entry.ifa_next;
+        if entry.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_addr points to a sockaddr whose family says which struct it is.
+        let address = unsafe {
+            match i32::from((*entry.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let v4 = &*(entry.ifa_addr as *const libc::sockaddr_in);
+                    Some(IpAddr::from(std::net::Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr))))
+                }
+                libc::AF_INET6 => {
+                    let v6 = &*(entry.ifa_addr as *const libc::sockaddr_in6);
+                    Some(IpAddr::from(std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr)))
+                }
+                _ => None,
+            }
+        };
+        match address {
+            Some(IpAddr::V6(v6)) if v6.is_unicast_link_local() => {}
+            Some(address) if !addresses.contains(&address) => addresses.push(address),
+            _ => {}
+        }
+    }
+    // SAFETY: the list getifaddrs returned, released once.
+    unsafe { libc::freeifaddrs(first) };
+    addresses
 }
 
 /// `invocation` with the flags that chose the app and where it listens (`--app`, a `--port` other
