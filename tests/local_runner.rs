@@ -443,3 +443,49 @@ fn binding_all_interfaces_warns_and_an_address_this_machine_lacks_is_refused() {
     );
     assert!(!sandbox.app_dir().exists(), "nothing deployed");
 }
+
+#[test]
+fn calling_a_service_two_apps_expose_asks_which_app() {
+    let mut sandbox = Sandbox::new("server1");
+    sandbox.extra = vec!["--app".into(), "hostile-one".into()];
+    sandbox.up();
+    let second = |args: &[&str]| -> support::Run {
+        let port = free_port().to_string();
+        std::process::Command::new(support::binary("examples/server1"))
+            .args(args)
+            .args(["--app", "hostile-two", "--port", &port])
+            .env("METAPARTICLE_HOME", sandbox.home.path())
+            .env_remove("CARGO")
+            .output()
+            .unwrap()
+            .into()
+    };
+    /// Deletes the second app however the test ends.
+    struct Second<F: Fn(&[&str]) -> support::Run>(F);
+    impl<F: Fn(&[&str]) -> support::Run> Drop for Second<F> {
+        fn drop(&mut self) {
+            (self.0)(&["delete"]);
+        }
+    }
+    assert!(second(&["up"]).ok);
+    let second = Second(second);
+    let ambiguous = sandbox.client(&["call", "simple-service"]);
+    assert!(
+        !ambiguous.ok
+            && ambiguous.stderr.contains("'simple-service' is exposed by 2 apps")
+            && ambiguous.stderr.contains("hostile-one")
+            && ambiguous.stderr.contains("hostile-two")
+            && ambiguous.stderr.contains("--app"),
+        "{}",
+        ambiguous.stderr
+    );
+    for app in ["hostile-one", "hostile-two"] {
+        let run = sandbox.client(&["call", "simple-service", "--app", app]);
+        assert!(run.ok && run.stdout.contains(r#"{"A":{"foo":"bar"}}"#), "{app}: {}", run.stderr);
+    }
+    let unknown = sandbox.client(&["call", "simple-service", "--app", "nope"]);
+    assert!(!unknown.ok && unknown.stderr.contains("app 'nope' is not running"), "{}", unknown.stderr);
+    assert!((second.0)(&["delete"]).ok);
+    let delete = sandbox.program(&["delete"]);
+    assert!(delete.ok, "{}", delete.stderr);
+}
