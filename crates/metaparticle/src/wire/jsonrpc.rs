@@ -16,7 +16,7 @@
 //! | -32001 | a node this one calls did not answer in time |
 //! | -32002 | a state update kept conflicting (optimistic concurrency gave up) |
 //! | -32003 | the storage backend is unavailable |
-//! | -32004 | the request body is larger than the limit |
+//! | -32004 | the request body, or a node's answer to an internal hop, is larger than the limit |
 //! | -32005 | missing or wrong credentials (HTTP 401), or an internal hop without the app's secret |
 //! | -32050 | the handler returned a [`crate::HandlerError`] (its own code if it set one) |
 
@@ -57,7 +57,7 @@ impl RpcError {
     pub const CONFLICT: i64 = -32002;
     /// Storage cannot be reached or holds something unreadable.
     pub const STORAGE: i64 = -32003;
-    /// The request body is over the size limit.
+    /// The request body, or an internal node's answer, is over the size limit.
     pub const TOO_LARGE: i64 = -32004;
     /// Missing or wrong credentials, or an internal hop without the app's secret.
     pub const UNAUTHORIZED: i64 = -32005;
@@ -123,6 +123,11 @@ impl RpcError {
     /// `-32004`.
     pub fn too_large(limit: usize) -> Self {
         Self::new(Self::TOO_LARGE, format!("request body is larger than the limit of {limit} bytes"))
+    }
+
+    /// `-32004` for an answer: the node ran the request, but its answer is over the size limit.
+    pub fn answer_too_large(node: &str, detail: impl std::fmt::Display) -> Self {
+        Self::new(Self::TOO_LARGE, format!("node '{node}' answered, but {detail}"))
     }
 
     /// `-32603` for a caught panic, with the panic's message when it has one.
