@@ -207,9 +207,10 @@ pub async fn status(app: &str) -> Result<()> {
                 node.role.kind(),
                 replica,
                 address,
-                s.and_then(|s| s.pid).map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                // Without its supervisor the status file is a last word, not the present.
+                s.and_then(|s| s.pid).filter(|_| alive).map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                 s.map(|s| s.restarts).unwrap_or(0),
-                s.map(|s| s.state.as_str()).unwrap_or("unknown"),
+                if alive { s.map(|s| s.state.as_str()).unwrap_or("unknown") } else { "gone" },
                 if healthy { "healthy".to_string() } else { "UNHEALTHY".to_string() }
                     + &s.and_then(|s| s.last_exit.clone())
                         .map(|e| format!(" (last exit: {e})"))
