@@ -86,11 +86,6 @@ impl ConnectionTable {
             .clone()
     }
 
-    /// How many connections the table has room for.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     /// Connections counted now, less those already asked to close.
     pub fn open(&self) -> usize {
         self.lock().len().saturating_sub(self.closing.load(Ordering::Relaxed))
