@@ -179,7 +179,7 @@ async fn main() -> mp::Result<()> {
     let redis = mp::testing::RedisServer::installed()
         .then(mp::testing::RedisServer::start)
         .transpose()
-        .map_err(mp::Error::Usage)?;
+        .map_err(|e| mp::Error::io("starting redis-server", std::io::Error::other(e)))?;
     let mut stores = vec![("file", None)];
     if let Some(redis) = &redis {
         stores.push(("redis", Some(redis)));

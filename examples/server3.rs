@@ -26,8 +26,11 @@ fn services() -> Vec<mp::Service> {
         "sharded-service",
         mp::shard(
             SHARDS,
-            // The shard key: the integer is taken modulo the number of shards.
-            |request: &UserRequest| request.user.len(),
+            // The shard key: the integer is taken modulo the number of shards. The seeds' key is
+            // JavaScript's `user.length`; characters, not UTF-8 bytes, are what a reader means by
+            // it (JavaScript counts UTF-16 units, which differ only for characters outside the
+            // Basic Multilingual Plane, such as emoji).
+            |request: &UserRequest| request.user.chars().count(),
             // A handler may take the request's context first: it says which shard serves.
             |ctx: mp::Context, request: Value| json!({ "request": request, "server": mp::hostname(), "shard": ctx.replica() }),
         ),
@@ -47,12 +50,23 @@ mod tests {
     async fn the_same_user_always_lands_on_the_same_shard() {
         let app = mp::testing::launch(services()).await.unwrap();
         for user in ["al", "bob", "carol", "dave", "eve"] {
-            let expected = user.len() % SHARDS;
+            let expected = user.chars().count() % SHARDS;
             for _ in 0..5 {
                 let answer: Value = app.call("sharded-service", json!({ "user": user })).await.unwrap();
                 assert_eq!(answer["shard"], json!(expected), "user {user}: {answer}");
                 assert_eq!(answer["server"], json!(format!("sharded-service.shard-{expected}")));
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_user_name_is_measured_in_characters_not_bytes() {
+        let app = mp::testing::launch(services()).await.unwrap();
+        // Each name's length in characters and in UTF-8 bytes pick different shards ("zoë": 3
+        // characters, 4 bytes).
+        for (user, shard) in [("zoë", 0), ("jörg", 1), ("renée", 2), ("日本", 2)] {
+            let answer: Value = app.call("sharded-service", json!({ "user": user })).await.unwrap();
+            assert_eq!(answer["shard"], json!(shard), "user {user}: {answer}");
         }
     }
 

@@ -15,7 +15,7 @@
 //! {"requests":1,"user":"bob"}
 //! $ curl -s -u alice:wrong -X POST -d '{"jsonrpc":"2.0","params":[{}],"method":"simple-user-storage","id":1}' localhost:3000/
 //! {"jsonrpc":"2.0","id":null,"error":{"code":-32005,"message":"authentication required: ..."}}
-//! $ cargo run --example server7 -- delete
+//! $ cargo run --example server7 -- delete          # tearing down needs no passwords
 //! ```
 use metaparticle as mp;
 use serde::{Deserialize, Serialize};
@@ -52,7 +52,38 @@ fn services(users: mp::BasicAuth) -> Vec<mp::Service> {
 }
 
 fn main() -> mp::Result<()> {
-    mp::serve(services(users()?))
+    let users = match users() {
+        Ok(users) => users,
+        // Tearing down or inspecting the app serves no request, so it needs no passwords.
+        Err(_) if serves_nothing() => mp::BasicAuth::from_pairs(Vec::<(String, String)>::new()),
+        Err(e) => return Err(e.into()),
+    };
+    mp::serve(services(users))
+}
+
+/// Whether this run only acts on a deployed app (`delete`, `status`, `logs`, `plan`, `manifests`,
+/// or help), rather than deploying it or serving as one of its nodes.
+fn serves_nothing() -> bool {
+    let is_node = std::env::var_os("MP_NODE").is_some() || std::env::var_os("MP_SUPERVISE").is_some();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let help = args.iter().any(|a| matches!(a.as_str(), "--help" | "-h" | "--version" | "-V" | "help"));
+    !is_node && (help || matches!(command(&args), Some("delete" | "status" | "logs" | "plan" | "manifests")))
+}
+
+/// The command in `args`: the first argument that is neither a flag nor a flag's value.
+fn command(args: &[String]) -> Option<&str> {
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if !arg.starts_with('-') {
+            return Some(arg);
+        }
+        // Every flag of the command line takes a value, but these (and `--flag=value`).
+        let alone = arg.contains('=') || matches!(arg.as_str(), "--attach" | "--purge" | "--follow" | "-f");
+        if !alone {
+            args.next();
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -120,6 +151,16 @@ mod tests {
         let mut response = String::new();
         stream.read_to_string(&mut response).await.unwrap();
         assert!(response.contains(r#""user":"alice""#), "{response}");
+    }
+
+    #[test]
+    fn the_command_is_found_past_flags_and_their_values() {
+        let args = |line: &str| line.split_whitespace().map(String::from).collect::<Vec<_>>();
+        assert_eq!(command(&args("--app delete --port 3100 status")), Some("status"));
+        assert_eq!(command(&args("delete --purge")), Some("delete"));
+        assert_eq!(command(&args("--runner=local logs -f")), Some("logs"));
+        assert_eq!(command(&args("--attach up")), Some("up"));
+        assert_eq!(command(&args("--app shop")), None, "no command: up, which needs the passwords");
     }
 
     #[test]

@@ -99,6 +99,54 @@ fn a_taken_port_fails_clearly_and_leaves_nothing_running() {
 }
 
 #[test]
+fn port_0_is_refused_before_anything_is_built_or_started() {
+    let Some(bins) = binaries_or_skip() else { return };
+    let mut app = Deployed::new(bins, "server1");
+    app.port = 0;
+    let output = app.run_unchecked(&["up"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "up succeeded with --port 0");
+    assert!(stderr.contains("--port 0") && stderr.contains("--port <port>"), "{stderr}");
+    for kind in ["ps", "network", "volume"] {
+        assert_eq!(app.labelled(kind), 0, "{kind}: a refused up left objects of the app");
+    }
+}
+
+#[test]
+fn a_node_that_cannot_start_fails_up_at_once_naming_the_cause() {
+    let Some(bins) = binaries_or_skip() else { return };
+    let app = Deployed::new(bins, "server5");
+    let store = app.home.path().join("storage").join(format!("{}.sqlite", app.name));
+    std::fs::create_dir_all(store.parent().unwrap()).unwrap();
+    std::fs::write(&store, vec![b'x'; 4096]).unwrap();
+    let started = Instant::now();
+    let output = app.run_unchecked(&["up"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "up succeeded on a corrupt store");
+    assert!(stderr.contains("never became healthy") && stderr.contains("not a database"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(50), "up waited {:?}", started.elapsed());
+    for kind in ["ps", "network", "volume"] {
+        assert_eq!(app.labelled(kind), 0, "{kind}: a failed up left objects of the app");
+    }
+}
+
+#[test]
+fn up_during_another_deploy_of_the_app_says_so_and_starts_nothing() {
+    use std::os::fd::AsRawFd;
+    let Some(bins) = binaries_or_skip() else { return };
+    let app = Deployed::new(bins, "server1");
+    let dir = app.home.path().join("locks");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = std::fs::File::create(dir.join(format!("{}.lock", app.name))).unwrap();
+    // SAFETY: flock on a descriptor the test owns.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    let output = app.run_unchecked(&["up"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("is in progress"), "{stderr}");
+    assert_eq!(app.labelled("ps"), 0, "the refused up started containers");
+}
+
+#[test]
 fn docker_registry_receives_the_image_and_a_dead_registry_fails_the_deploy_cleanly() {
     let Some(bins) = binaries_or_skip() else { return };
     let Some(registry) = Registry::start_or_skip() else { return };

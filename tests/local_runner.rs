@@ -110,8 +110,10 @@ fn up_on_a_running_app_replaces_it_without_leftovers() {
 
 #[test]
 fn a_taken_port_is_a_clear_error_and_nothing_is_deployed() {
-    let sandbox = Sandbox::new("server2");
-    let _squatter = std::net::TcpListener::bind(("127.0.0.1", sandbox.port)).unwrap();
+    let mut sandbox = Sandbox::new("server2");
+    // The squatter takes a port the system chooses, so no other test can be holding it already.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    sandbox.port = squatter.local_addr().unwrap().port();
     let run = sandbox.program(&["up"]);
     assert!(!run.ok);
     assert!(
@@ -315,4 +317,177 @@ fn the_sharding_tutorial_keeps_each_user_on_one_shard_end_to_end() {
         logs.lines().any(|l| l.contains("sharded-http.shard-") && l.ends_with("| /users/alice")),
         "{logs}"
     );
+}
+
+/// The address `up` printed for `service`.
+fn printed_address(up: &str, service: &str) -> String {
+    let prefix = format!("  {service} listens on http://");
+    let line = up.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no address in:\n{up}"));
+    line[prefix.len()..].trim_end_matches('/').to_string()
+}
+
+#[test]
+fn port_0_deploys_on_free_ports_and_records_the_real_ones() {
+    let mut sandbox = Sandbox::new("server2");
+    sandbox.port = 0;
+    let up = sandbox.up();
+    let address = printed_address(&up.stdout, "replicated-service");
+    let port: u16 = address.rsplit(':').next().unwrap().parse().unwrap();
+    assert_ne!(port, 0, "{}", up.stdout);
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(sandbox.app_dir().join("deployment.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["endpoints"][0]["address"], json!(address));
+    assert_eq!(sandbox.call("replicated-service", None)["request"], json!({"foo": "bar"}));
+    assert_eq!(replicas(&sandbox).len(), 4, "every replica healthy");
+}
+
+#[test]
+fn the_highest_port_deploys_without_overflowing() {
+    if !port_free("127.0.0.1:65535") {
+        eprintln!("skipped: port 65535 is taken on this machine");
+        return;
+    }
+    let mut sandbox = Sandbox::new("server1");
+    sandbox.port = 65535;
+    let up = sandbox.up();
+    assert_eq!(printed_address(&up.stdout, "simple-service"), "127.0.0.1:65535");
+    assert_eq!(sandbox.call("simple-service", None), json!({"A": {"foo": "bar"}}));
+}
+
+#[test]
+fn the_printed_status_and_tear_down_hints_act_on_the_same_app() {
+    let mut sandbox = Sandbox::new("server1");
+    sandbox.extra = vec!["--app".into(), "hostile-hints".into()];
+    let up = sandbox.up();
+    let hint = |label: &str| -> Vec<String> {
+        let line =
+            up.stdout.lines().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("{}", up.stdout));
+        line[label.len()..].split_whitespace().map(String::from).collect()
+    };
+    let run_hint = |words: Vec<String>| {
+        let output = std::process::Command::new(&words[0])
+            .args(&words[1..])
+            .env("METAPARTICLE_HOME", sandbox.home.path())
+            .env_remove("CARGO")
+            .output()
+            .unwrap();
+        let text =
+            String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), text)
+    };
+    let (ok, status) = run_hint(hint("status:"));
+    assert!(ok && status.contains("app 'hostile-hints'"), "{status}");
+    let (ok, deleted) = run_hint(hint("tear down:"));
+    assert!(ok && deleted.contains("deleted app 'hostile-hints'"), "{deleted}");
+    assert!(!sandbox.home.path().join("apps/hostile-hints").exists());
+}
+
+#[test]
+fn server7_is_torn_down_without_its_passwords_but_not_deployed_without_them() {
+    let sandbox = Sandbox::new("server7");
+    let run = |args: &[&str], users: Option<&str>| -> support::Run {
+        let mut command = sandbox.program_command(args);
+        command.env_remove("SIMPLE_USER_STORAGE_USERS").env_remove("SIMPLE_USER_STORAGE_USERS_FILE");
+        if let Some(users) = users {
+            command.env("SIMPLE_USER_STORAGE_USERS", users);
+        }
+        command.output().unwrap().into()
+    };
+    let refused = run(&["up"], None);
+    assert!(
+        !refused.ok && refused.stderr.contains("SIMPLE_USER_STORAGE_USERS is not set"),
+        "{}",
+        refused.stderr
+    );
+    let up = run(&["up"], Some("alice:wonderland"));
+    assert!(up.ok, "{}{}", up.stdout, up.stderr);
+    for command in [&["status"][..], &["logs"], &["plan"]] {
+        let run = run(command, None);
+        assert!(run.ok, "{command:?} without the passwords: {}", run.stderr);
+    }
+    let delete = run(&["delete", "--purge"], None);
+    assert!(
+        delete.ok && delete.stdout.contains("deleted app 'server7'"),
+        "{}{}",
+        delete.stdout,
+        delete.stderr
+    );
+    assert!(!sandbox.app_dir().exists());
+}
+
+#[test]
+fn binding_all_interfaces_warns_and_an_address_this_machine_lacks_is_refused() {
+    let mut sandbox = Sandbox::new("server1");
+    sandbox.extra = vec!["--bind".into(), "0.0.0.0".into()];
+    let up = sandbox.up();
+    assert!(
+        up.stderr
+            .contains("warning: --bind 0.0.0.0 makes the exposed services reachable from other machines")
+            && up.stderr.contains(&format!("http://127.0.0.1:{}/", sandbox.port)),
+        "{}",
+        up.stderr
+    );
+    let delete = sandbox.program(&["delete"]);
+    assert!(delete.ok && !delete.stderr.contains("warning"), "only deploying warns: {}", delete.stderr);
+
+    // An address reserved for documentation (RFC 5737), which this machine should not have.
+    if std::net::TcpListener::bind("203.0.113.77:0").is_ok() {
+        eprintln!("skipped: this machine has the address 203.0.113.77");
+        return;
+    }
+    sandbox.extra = vec!["--bind".into(), "203.0.113.77".into()];
+    let run = sandbox.program(&["up"]);
+    assert!(
+        !run.ok && run.stderr.contains("--bind 203.0.113.77: this machine has no such address"),
+        "{}",
+        run.stderr
+    );
+    assert!(!sandbox.app_dir().exists(), "nothing deployed");
+}
+
+#[test]
+fn calling_a_service_two_apps_expose_asks_which_app() {
+    let mut sandbox = Sandbox::new("server1");
+    sandbox.extra = vec!["--app".into(), "hostile-one".into()];
+    sandbox.up();
+    let second = |args: &[&str]| -> support::Run {
+        let port = free_port().to_string();
+        std::process::Command::new(support::binary("examples/server1"))
+            .args(args)
+            .args(["--app", "hostile-two", "--port", &port])
+            .env("METAPARTICLE_HOME", sandbox.home.path())
+            .env_remove("CARGO")
+            .output()
+            .unwrap()
+            .into()
+    };
+    /// Deletes the second app however the test ends.
+    struct Second<F: Fn(&[&str]) -> support::Run>(F);
+    impl<F: Fn(&[&str]) -> support::Run> Drop for Second<F> {
+        fn drop(&mut self) {
+            (self.0)(&["delete"]);
+        }
+    }
+    assert!(second(&["up"]).ok);
+    let second = Second(second);
+    let ambiguous = sandbox.client(&["call", "simple-service"]);
+    assert!(
+        !ambiguous.ok
+            && ambiguous.stderr.contains("'simple-service' is exposed by 2 apps")
+            && ambiguous.stderr.contains("hostile-one")
+            && ambiguous.stderr.contains("hostile-two")
+            && ambiguous.stderr.contains("--app"),
+        "{}",
+        ambiguous.stderr
+    );
+    for app in ["hostile-one", "hostile-two"] {
+        let run = sandbox.client(&["call", "simple-service", "--app", app]);
+        assert!(run.ok && run.stdout.contains(r#"{"A":{"foo":"bar"}}"#), "{app}: {}", run.stderr);
+    }
+    let unknown = sandbox.client(&["call", "simple-service", "--app", "nope"]);
+    assert!(!unknown.ok && unknown.stderr.contains("app 'nope' is not running"), "{}", unknown.stderr);
+    assert!((second.0)(&["delete"]).ok);
+    let delete = sandbox.program(&["delete"]);
+    assert!(delete.ok, "{}", delete.stderr);
 }

@@ -158,3 +158,30 @@ fn an_unreachable_redis_fails_up_naming_the_address_and_deploys_nothing() {
     );
     assert!(!app.home.path().join("apps/server6").exists(), "nothing may stay deployed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_comes_back_every_call_succeeds_at_once() {
+    let Some(mut redis) = RedisServer::start_or_skip("after_redis_comes_back_every_call_succeeds") else {
+        return;
+    };
+    let app = Deployed::new(&[("REDIS_URL", &redis.url())]);
+    app.up(&["--storage", "redis"]);
+    // Every worker of every replica has used its connection.
+    hammer(&app.address(), 8, 10).await;
+    redis.stop();
+    let client = RpcClient::new();
+    for _ in 0..12 {
+        let e = client.call(&app.address(), SERVICE, &json!({})).await.unwrap_err();
+        assert!(matches!(e, CallError::Rpc(ref e) if e.code == RpcError::STORAGE), "{e}");
+    }
+    // Long enough for the reconnect attempts of those calls to have failed for good.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    redis.restart();
+    let mut failures = Vec::new();
+    for _ in 0..24 {
+        if let Err(e) = client.call(&app.address(), SERVICE, &json!({})).await {
+            failures.push(e.to_string());
+        }
+    }
+    assert!(failures.is_empty(), "{} of 24 calls failed after Redis came back: {failures:?}", failures.len());
+}

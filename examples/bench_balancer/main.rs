@@ -78,7 +78,10 @@ fn bench(connections: usize, duration: Duration, rounds: usize) -> mp::Result<()
             .status()
             .map_err(|e| mp::Error::io("deploying the bench apps", e))?;
         if !status.success() {
-            result = Err(mp::Error::Runner(format!("deploying {app} failed")));
+            result = Err(mp::Error::io(
+                format!("deploying {app}"),
+                std::io::Error::other("the deploy command failed"),
+            ));
             break;
         }
         deployed.push(app);

@@ -115,7 +115,10 @@ fn bench(settings: &Settings) -> mp::Result<()> {
         .status()
         .map_err(|e| mp::Error::io("deploying the bench app", e))?;
     if !deployed.success() {
-        return Err(mp::Error::Runner(format!("deploying {APP} failed")));
+        return Err(mp::Error::io(
+            format!("deploying {APP}"),
+            std::io::Error::other("the deploy command failed"),
+        ));
     }
     let result = measure(settings);
     let _ = Command::new(&me).args(["delete", "--app", APP]).stdout(Stdio::null()).status();

@@ -133,8 +133,14 @@ impl Sandbox {
         run
     }
 
+    /// The app's name: `--app` among the extra flags, else the example's.
+    pub fn app(&self) -> &str {
+        let named = self.extra.iter().position(|f| f == "--app").and_then(|i| self.extra.get(i + 1));
+        named.unwrap_or(&self.example)
+    }
+
     pub fn app_dir(&self) -> PathBuf {
-        self.home.path().join("apps").join(&self.example)
+        self.home.path().join("apps").join(self.app())
     }
 }
 

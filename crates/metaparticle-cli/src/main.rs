@@ -4,6 +4,7 @@
 //! $ metaparticle call replicated-service
 //! {"request":{"foo":"bar"},"server":"replicated-service.replica-2"}
 //! $ metaparticle call sharded-service '{"user":"alice"}'
+//! $ metaparticle call simple-service --app shop      # when several apps expose the service
 //! $ metaparticle list
 //! ```
 
@@ -34,6 +35,9 @@ enum Command {
         /// Call this address (host:port) instead of looking the service up.
         #[arg(long)]
         address: Option<String>,
+        /// The app whose service to call, when several running apps expose one of that name.
+        #[arg(long)]
+        app: Option<String>,
         /// HTTP Basic credentials `user:password`, for services behind authentication.
         #[arg(long, short)]
         user: Option<String>,
@@ -48,8 +52,8 @@ fn main() -> ExitCode {
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime starts");
     let outcome = match args.command {
-        Command::Call { service, request, address, user } => {
-            runtime.block_on(call(&service, &request, address, user.as_deref()))
+        Command::Call { service, request, address, app, user } => {
+            runtime.block_on(call(&service, &request, address, app.as_deref(), user.as_deref()))
         }
         Command::List => list(),
     };
@@ -66,13 +70,14 @@ async fn call(
     service: &str,
     request: &str,
     address: Option<String>,
+    app: Option<&str>,
     user: Option<&str>,
 ) -> Result<(), String> {
     let request: Value = serde_json::from_str(request)
         .map_err(|e| format!("the request is not valid JSON ({e}): {request}"))?;
     let (address, app) = match address {
         Some(a) => (a, None),
-        None => locate(service)?,
+        None => locate(service, app)?,
     };
     let client = match user {
         Some(credentials) => {
@@ -97,8 +102,9 @@ async fn call(
     }
 }
 
-/// Finds the address of an exposed service among the deployed apps.
-fn locate(service: &str) -> Result<(String, Option<String>), String> {
+/// Finds the address of an exposed service among the deployed apps (only `app`'s, if given).
+/// A service that several apps expose is not guessed at: the caller is asked to choose.
+fn locate(service: &str, app: Option<&str>) -> Result<(String, Option<String>), String> {
     let apps = Deployment::all();
     if apps.is_empty() {
         return Err(format!(
@@ -106,16 +112,41 @@ fn locate(service: &str) -> Result<(String, Option<String>), String> {
             deployments::home().display()
         ));
     }
-    for app in &apps {
-        if let Some(endpoint) = app.endpoint(service) {
-            return Ok((endpoint.address.clone(), Some(app.app.clone())));
+    let candidates: Vec<&Deployment> = match app {
+        Some(name) => {
+            let chosen: Vec<&Deployment> = apps.iter().filter(|a| a.app == name).collect();
+            if chosen.is_empty() {
+                let running: Vec<&str> = apps.iter().map(|a| a.app.as_str()).collect();
+                return Err(format!(
+                    "app '{name}' is not running; the running apps are: {}",
+                    running.join(", ")
+                ));
+            }
+            chosen
+        }
+        None => apps.iter().collect(),
+    };
+    let exposing: Vec<(&Deployment, &deployments::Endpoint)> =
+        candidates.iter().filter_map(|a| a.endpoint(service).map(|e| (*a, e))).collect();
+    match exposing.as_slice() {
+        [(app, endpoint)] => Ok((endpoint.address.clone(), Some(app.app.clone()))),
+        [] => {
+            let known: Vec<String> = candidates
+                .iter()
+                .flat_map(|a| a.endpoints.iter().map(move |e| format!("{} (app '{}')", e.service, a.app)))
+                .collect();
+            Err(format!("unknown service '{service}'; the running apps expose: {}", known.join(", ")))
+        }
+        several => {
+            let which: Vec<String> =
+                several.iter().map(|(a, e)| format!("'{}' at {}", a.app, e.address)).collect();
+            Err(format!(
+                "'{service}' is exposed by {} apps: {}; choose one with --app <name>",
+                several.len(),
+                which.join(", ")
+            ))
         }
     }
-    let known: Vec<String> = apps
-        .iter()
-        .flat_map(|a| a.endpoints.iter().map(move |e| format!("{} (app '{}')", e.service, a.app)))
-        .collect();
-    Err(format!("unknown service '{service}'; the running apps expose: {}", known.join(", ")))
 }
 
 fn list() -> Result<(), String> {

@@ -1,7 +1,7 @@
 //! The command line every metaparticle program gets: `up` (default), `delete`, `status`, `logs`,
 //! `plan`, and with the Kubernetes runner `manifests`.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -13,6 +13,9 @@ use crate::runner::kubernetes as k8s;
 use crate::runner::{local, Deploy, DeployError};
 use crate::storage::StorageConfig;
 
+/// The first port of exposed services unless `--port` says otherwise (the seeds' port).
+const DEFAULT_PORT: u16 = 3000;
+
 /// Deploys, inspects and tears down the topology this program defines.
 #[derive(Parser, Debug)]
 #[command(version, about = "A metaparticle program: it defines a distributed service and deploys itself.")]
@@ -23,7 +26,7 @@ pub(crate) struct Cli {
     #[arg(long, global = true, value_enum)]
     runner: Option<RunnerKind>,
     /// The first port exposed services listen on (the next exposed service gets the next port).
-    #[arg(long, global = true, default_value_t = 3000)]
+    #[arg(long, global = true, default_value_t = DEFAULT_PORT)]
     port: u16,
     /// The address exposed services bind; anything but loopback makes them reachable from other machines.
     #[arg(long, global = true, default_value = "127.0.0.1")]
@@ -160,6 +163,8 @@ impl RunnerKind {
         match runner {
             "local" => Some(RunnerKind::Local),
             "docker" => Some(RunnerKind::Docker),
+            #[cfg(feature = "kubernetes")]
+            "kubernetes" => Some(RunnerKind::Kubernetes),
             _ => None,
         }
     }
@@ -169,7 +174,13 @@ impl Cli {
     /// Carries out the command against `plan`.
     pub(crate) async fn run(self, plan: Plan) -> Result<()> {
         let (app, invocation) = program_names();
-        let app = self.app.unwrap_or(app);
+        #[cfg(feature = "kubernetes")]
+        let namespace = self.kubernetes.namespace.as_deref();
+        #[cfg(not(feature = "kubernetes"))]
+        let namespace = None;
+        // Hints and messages name the app as this run did, so following them acts on the same app.
+        let invocation = same_app_invocation(&invocation, self.app.as_deref(), self.port, namespace);
+        let app = self.app.clone().unwrap_or(app);
         validate_app_name(&app)?;
         let command = self.command.unwrap_or(Command::Up { attach: false });
         if let Command::Plan = command {
@@ -214,12 +225,15 @@ impl Cli {
         };
         let purge = matches!(command, Command::Delete { purge: true });
         let deleting = matches!(command, Command::Delete { .. });
-        match (runner, command) {
+        if matches!(command, Command::Up { .. }) && matches!(runner, RunnerKind::Local | RunnerKind::Docker) {
+            check_bind(self.bind, self.port)?;
+        }
+        let outcome: Result<()> = match (runner, command) {
             (_, Command::Plan | Command::Image) => unreachable!("handled above"),
-            (RunnerKind::Local, Command::Up { attach }) => local::up(&deploy(attach), &plan).await,
-            (RunnerKind::Local, Command::Delete { .. }) => local::delete(&app).await,
-            (RunnerKind::Local, Command::Status) => local::status(&app).await,
-            (RunnerKind::Local, Command::Logs { follow }) => local::logs(&app, follow).await,
+            (RunnerKind::Local, Command::Up { attach }) => Ok(local::up(&deploy(attach), &plan).await?),
+            (RunnerKind::Local, Command::Delete { .. }) => Ok(local::delete(&app).await?),
+            (RunnerKind::Local, Command::Status) => Ok(local::status(&app).await?),
+            (RunnerKind::Local, Command::Logs { follow }) => Ok(local::logs(&app, follow).await?),
             (RunnerKind::Docker, Command::Up { attach }) => Ok(docker::up(&deploy(attach), &plan).await?),
             (RunnerKind::Docker, Command::Delete { .. }) => Ok(docker::delete(&app).await?),
             (RunnerKind::Docker, Command::Status) => Ok(docker::status(&app).await?),
@@ -249,7 +263,8 @@ impl Cli {
                     Command::Plan | Command::Image => unreachable!("handled above"),
                 }
             }
-        }?;
+        };
+        outcome?;
         // The app's state outlives the app until asked otherwise, whichever runner ran it.
         let store = crate::deployments::file_store_path(&app);
         if purge {
@@ -324,6 +339,103 @@ fn validate_app_name(app: &str) -> Result<(), DeployError> {
     }
 }
 
+/// Checks `--bind` before a deploy that publishes on it: an address this machine does not have is
+/// refused; one other machines can reach is allowed with a warning that says so and where.
+fn check_bind(bind: IpAddr, port: u16) -> Result<()> {
+    if bind.is_loopback() {
+        return Ok(());
+    }
+    let here = SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), port);
+    let ours: Vec<IpAddr> = machine_addresses().into_iter().filter(|a| !a.is_loopback()).collect();
+    let list = |addresses: &[IpAddr]| addresses.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(", ");
+    if bind.is_unspecified() {
+        let reachable: Vec<IpAddr> = ours.into_iter().filter(|a| a.is_ipv4() == bind.is_ipv4()).collect();
+        let at = match reachable.first() {
+            Some(first) => format!(
+                " (e.g. at http://{}/; its addresses: {})",
+                SocketAddr::new(*first, port),
+                list(&reachable)
+            ),
+            None => String::new(),
+        };
+        eprintln!(
+            "warning: --bind {bind} makes the exposed services reachable from other machines on every network \
+             this machine is on{at}; on this machine call http://{here}/"
+        );
+        return Ok(());
+    }
+    if let Err(e) = std::net::TcpListener::bind(SocketAddr::new(bind, 0)) {
+        if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+            return Err(DeployError::NoSuchAddress { bind, detail: e.to_string(), ours: list(&ours) }.into());
+        }
+    }
+    eprintln!(
+        "warning: --bind {bind} makes the exposed services reachable from other machines on that network, at \
+         http://{}/",
+        SocketAddr::new(bind, port)
+    );
+    Ok(())
+}
+
+/// The addresses of this machine's network interfaces (IPv6 link-local ones left out: they need
+/// an interface name to be used).
+fn machine_addresses() -> Vec<IpAddr> {
+    let mut first: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills in a list that freeifaddrs releases below.
+    if unsafe { libc::getifaddrs(&mut first) } != 0 {
+        return Vec::new();
+    }
+    let mut addresses = Vec::new();
+    let mut next = first;
+    while !next.is_null() {
+        // SAFETY: a non-null entry of the list getifaddrs returned, valid until freeifaddrs.
+        let entry = unsafe { &*next };
+        next = entry.ifa_next;
+        if entry.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_addr points to a sockaddr whose family says which struct it is.
+        let address = unsafe {
+            match i32::from((*entry.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let v4 = &*(entry.ifa_addr as *const libc::sockaddr_in);
+                    Some(IpAddr::from(std::net::Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr))))
+                }
+                libc::AF_INET6 => {
+                    let v6 = &*(entry.ifa_addr as *const libc::sockaddr_in6);
+                    Some(IpAddr::from(std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr)))
+                }
+                _ => None,
+            }
+        };
+        match address {
+            Some(IpAddr::V6(v6)) if v6.is_unicast_link_local() => {}
+            Some(address) if !addresses.contains(&address) => addresses.push(address),
+            _ => {}
+        }
+    }
+    // SAFETY: the list getifaddrs returned, released once.
+    unsafe { libc::freeifaddrs(first) };
+    addresses
+}
+
+/// `invocation` with the flags that chose the app and where it listens (`--app`, a `--port` other
+/// than the default, a Kubernetes `--namespace`), so that a printed `status` or `delete` hint acts
+/// on this app and not on the program's default one.
+fn same_app_invocation(invocation: &str, app: Option<&str>, port: u16, namespace: Option<&str>) -> String {
+    let mut out = invocation.to_string();
+    if let Some(app) = app {
+        out.push_str(&format!(" --app {app}"));
+    }
+    if port != DEFAULT_PORT {
+        out.push_str(&format!(" --port {port}"));
+    }
+    if let Some(namespace) = namespace {
+        out.push_str(&format!(" --namespace {namespace}"));
+    }
+    out
+}
+
 /// The default app name (the program's file name) and how the user runs the program.
 fn program_names() -> (String, String) {
     let exe = std::env::current_exe().unwrap_or_default();
@@ -336,4 +448,28 @@ fn program_names() -> (String, String) {
         _ => std::env::args().next().unwrap_or(name.clone()),
     };
     (name, invocation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_runner_a_record_can_name_is_known() {
+        assert_eq!(RunnerKind::from_record("local"), Some(RunnerKind::Local));
+        assert_eq!(RunnerKind::from_record("docker"), Some(RunnerKind::Docker));
+        #[cfg(feature = "kubernetes")]
+        assert_eq!(RunnerKind::from_record("kubernetes"), Some(RunnerKind::Kubernetes));
+        assert_eq!(RunnerKind::from_record("nomad"), None);
+    }
+
+    #[test]
+    fn hints_keep_the_flags_that_chose_the_app() {
+        let base = "cargo run --example server2 --";
+        assert_eq!(same_app_invocation(base, None, DEFAULT_PORT, None), base);
+        assert_eq!(
+            same_app_invocation(base, Some("shop"), 3100, Some("prod")),
+            "cargo run --example server2 -- --app shop --port 3100 --namespace prod"
+        );
+    }
 }

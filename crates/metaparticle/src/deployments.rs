@@ -69,6 +69,20 @@ pub struct Deployment {
     /// The local runner's supervisor process (also its process group), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub supervisor_pid: Option<u32>,
+    /// When the supervisor started: with its pid, this tells it apart from any later process that
+    /// reuses the pid after it died (records of older versions lack it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor_started: Option<ProcessStart>,
+}
+
+/// When a process started, in a form no later process can share: the kernel's boot and the
+/// process's start time in clock ticks since that boot (`/proc/<pid>/stat`, field 22).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessStart {
+    /// `/proc/sys/kernel/random/boot_id`: a pid and a start time only mean something within one boot.
+    pub boot_id: String,
+    /// Clock ticks after boot at which the process started.
+    pub ticks: u64,
 }
 
 /// The root of all metaparticle state on this machine.

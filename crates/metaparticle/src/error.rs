@@ -38,9 +38,6 @@ pub enum Error {
     /// A call could not be made or answered (see [`crate::client::CallError`]).
     #[error(transparent)]
     Call(#[from] crate::client::CallError),
-    /// A runner could not do what was asked; the message says why and what to do.
-    #[error("{0}")]
-    Runner(String),
     /// A deploy, teardown or inspection failed for a reason every runner shares.
     #[error(transparent)]
     Deploy(#[from] crate::runner::DeployError),
@@ -51,6 +48,9 @@ pub enum Error {
     #[cfg(feature = "docker")]
     #[error(transparent)]
     Docker(#[from] crate::runner::docker::DockerError),
+    /// The local runner could not do what was asked.
+    #[error(transparent)]
+    Local(#[from] crate::runner::local::LocalError),
     /// The storage backend is misconfigured or unreachable.
     #[error(transparent)]
     Storage(#[from] StorageError),

@@ -41,7 +41,7 @@ pub fn serve(services: impl IntoIterator<Item = Service>) -> Result<()> {
     if let Some(order) = Order::from_env() {
         init_logging();
         // Single-threaded on purpose: replicas' death signal is tied to the thread that forked them.
-        return runtime(true)?.block_on(crate::runner::local::supervisor::run(order?, plan));
+        return Ok(runtime(true)?.block_on(crate::runner::local::supervisor::run(order?, plan))?);
     }
     let cli = Cli::parse();
     exit_quietly_on_closed_pipe();

@@ -110,9 +110,14 @@ impl BasicAuth {
         self.users.keys().map(String::as_str)
     }
 
-    /// The user an `Authorization: Basic ...` header proves, or `None`.
+    /// The user an `Authorization: Basic ...` header proves, or `None`. The scheme's name is
+    /// case-insensitive (RFC 9110, 11.1): `basic` and `BASIC` are `Basic`.
     pub fn verify(&self, header: Option<&HeaderValue>) -> Option<String> {
-        let encoded = header?.to_str().ok()?.strip_prefix("Basic ")?.trim();
+        let (scheme, encoded) = header?.to_str().ok()?.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return None;
+        }
+        let encoded = encoded.trim();
         let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).ok()?;
         let decoded = String::from_utf8(decoded).ok()?;
         let (user, password) = decoded.split_once(':')?;
@@ -138,6 +143,21 @@ mod tests {
         assert_eq!(auth.verify(None), None);
         assert_eq!(auth.verify(Some(&HeaderValue::from_static("Basic !!!"))), None);
         assert_eq!(auth.verify(Some(&HeaderValue::from_static("Bearer abc"))), None);
+    }
+
+    #[test]
+    fn the_scheme_name_is_case_insensitive_as_rfc_9110_says() {
+        let auth = BasicAuth::from_pairs([("alice", "wonderland")]);
+        let encoded =
+            crate::client::basic_auth_header("alice", "wonderland").trim_start_matches("Basic ").to_string();
+        for scheme in ["basic", "BASIC", "bAsIc"] {
+            let header = HeaderValue::from_str(&format!("{scheme} {encoded}")).unwrap();
+            assert_eq!(auth.verify(Some(&header)).as_deref(), Some("alice"), "{scheme}");
+        }
+        let spaced = HeaderValue::from_str(&format!("Basic   {encoded}")).unwrap();
+        assert_eq!(auth.verify(Some(&spaced)).as_deref(), Some("alice"), "several spaces");
+        let glued = HeaderValue::from_str(&format!("Basic{encoded}")).unwrap();
+        assert_eq!(auth.verify(Some(&glued)), None, "no space after the scheme");
     }
 
     #[test]

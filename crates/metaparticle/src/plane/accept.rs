@@ -8,22 +8,40 @@
 //! machine stood idle). So one accept loop, [`deal`], hands connections to the workers in turn,
 //! and each worker serves the [`Connections`] it is dealt. Connections are long-lived, so the one
 //! extra hand-over per connection costs nothing per request.
+//!
+//! Accepting is also where a node protects itself when connections run out (see
+//! [`super::connections`]): every accepted connection is counted, and when there is no room for
+//! another, the one idle longest is closed first; if every connection is busy, new callers wait in
+//! the backlog until one finishes.
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
+use super::connections::{ConnectionTable, Registration};
 use super::shutdown::Shutdown;
 
 /// The connections one worker serves.
 pub(crate) enum Connections {
     /// Accepted by the worker itself from its listener.
     Accept(TcpListener),
-    /// Dealt to it by [`deal`], possibly from another thread.
-    Dealt(UnboundedReceiver<std::net::TcpStream>),
+    /// Dealt to it by [`deal`], possibly from another thread, each already counted.
+    Dealt(UnboundedReceiver<(std::net::TcpStream, Registration)>),
+}
+
+/// A connection to serve: the stream, its peer, and its place in the process's connection table.
+pub(crate) struct Accepted {
+    /// The connection, registered with the calling runtime.
+    pub stream: TcpStream,
+    /// Who connected.
+    pub peer: SocketAddr,
+    /// Counts the connection until dropped; tells it when to close to make room.
+    pub registration: Registration,
 }
 
 impl From<TcpListener> for Connections {
@@ -34,14 +52,20 @@ impl From<TcpListener> for Connections {
 
 impl Connections {
     /// The next connection, registered with the calling runtime; `None` when no more will come.
-    pub(crate) async fn next(&mut self) -> io::Result<Option<(TcpStream, SocketAddr)>> {
+    pub(crate) async fn next(&mut self) -> io::Result<Option<Accepted>> {
         match self {
-            Connections::Accept(listener) => accept(listener).await.map(Some),
+            Connections::Accept(listener) => {
+                let table = ConnectionTable::of_this_process();
+                let (stream, peer) = accept(listener, &table).await?;
+                let registration = table.register(stream.as_raw_fd());
+                Ok(Some(Accepted { stream, peer, registration }))
+            }
             Connections::Dealt(dealt) => loop {
-                let Some(stream) = dealt.recv().await else { return Ok(None) };
+                let Some((stream, registration)) = dealt.recv().await else { return Ok(None) };
                 // A client that has already gone away has no peer address: skip it.
                 let Ok(peer) = stream.peer_addr() else { continue };
-                return TcpStream::from_std(stream).map(|stream| Some((stream, peer)));
+                let stream = TcpStream::from_std(stream)?;
+                return Ok(Some(Accepted { stream, peer, registration }));
             },
         }
     }
@@ -61,13 +85,15 @@ pub(crate) fn deal(
         (0..workers.max(1)).map(|_| unbounded_channel()).map(|(tx, rx)| (tx, Connections::Dealt(rx))).unzip();
     let accept_loop = async move {
         let listener = TcpListener::from_std(listener)?;
+        let table = ConnectionTable::of_this_process();
         let mut turn = 0usize;
         loop {
             let (stream, _) = tokio::select! {
-                accepted = accept(&listener) => accepted?,
+                accepted = accept(&listener, &table) => accepted?,
                 _ = shutdown.requested() => return Ok(()),
             };
-            let mut stream = Some(stream.into_std()?);
+            let registration = table.register(stream.as_raw_fd());
+            let mut stream = Some((stream.into_std()?, registration));
             // Deal in turn; a worker that stopped is skipped, and when none is left, so is the node.
             for _ in 0..senders.len() {
                 let worker = &senders[turn % senders.len()];
@@ -85,16 +111,29 @@ pub(crate) fn deal(
     (accept_loop, shares)
 }
 
-/// Accepts the next connection. Errors that concern one connection, or a shortage that passes
-/// (out of file descriptors or memory), are logged and waited out rather than ending the node.
-async fn accept(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+/// Accepts the next connection once `table` has room for it, shedding the connection idle
+/// longest if it has none. Errors that concern one connection are skipped; running out of file
+/// descriptors (the table's reserve was not enough) sheds an idle connection too, and a shortage
+/// nothing can relieve now is waited out rather than ending the node.
+async fn accept(listener: &TcpListener, table: &Arc<ConnectionTable>) -> io::Result<(TcpStream, SocketAddr)> {
     loop {
+        if !table.make_room() {
+            // Every connection is busy: as HAProxy beyond maxconn, leave newcomers in the backlog
+            // until a request finishes (it then counts as idle, or its connection closes).
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
         match listener.accept().await {
             Ok(accepted) => return Ok(accepted),
             Err(e) if is_per_connection(&e) => continue,
             Err(e) if is_shortage(&e) => {
-                tracing::warn!(error = %e, "cannot accept a connection now; retrying shortly");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                if table.shed_oldest_idle() {
+                    // Give the shed connection's task a moment to close its descriptor.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                } else {
+                    tracing::warn!(error = %e, "cannot accept a connection now; retrying shortly");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
             Err(e) => return Err(e),
         }
@@ -134,8 +173,8 @@ mod tests {
         for mut share in shares {
             let mut peers = HashSet::new();
             for _ in 0..2 {
-                let (_, peer) = share.next().await.unwrap().expect("a connection for every worker");
-                peers.insert(peer);
+                let accepted = share.next().await.unwrap().expect("a connection for every worker");
+                peers.insert(accepted.peer);
             }
             assert_eq!(peers.len(), 2, "each worker gets two different connections of six");
         }

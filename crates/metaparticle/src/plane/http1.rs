@@ -10,7 +10,8 @@
 //!
 //! What can be known about a failure is kept: [`SendError::NotSent`] means the peer cannot have
 //! run the request (the connection failed, or the request was not fully written), so it is safe
-//! to send it elsewhere; [`SendError::Broken`] means it may have run.
+//! to send it elsewhere; [`SendError::Broken`] means it may have run; [`SendError::TooLarge`]
+//! means it did run and answered with more than this client accepts.
 
 use std::collections::HashMap;
 use std::io;
@@ -44,6 +45,8 @@ pub(crate) enum SendError {
     NotSent(String),
     /// The request was sent, but no complete answer came back: it may have run.
     Broken(String),
+    /// The peer answered with a body of this many bytes, over the limit (its size, if it said).
+    TooLarge(Option<usize>),
 }
 
 impl SendError {
@@ -58,6 +61,10 @@ impl std::fmt::Display for SendError {
         match self {
             SendError::NotSent(why) => write!(f, "the request was not sent: {why}"),
             SendError::Broken(why) => write!(f, "no answer: {why}"),
+            SendError::TooLarge(Some(size)) => {
+                write!(f, "its answer of {size} bytes is larger than the limit of {MAX_BODY} bytes")
+            }
+            SendError::TooLarge(None) => write!(f, "its answer is larger than the limit of {MAX_BODY} bytes"),
         }
     }
 }
@@ -192,9 +199,7 @@ async fn read_response(stream: &mut TcpStream) -> Result<(StatusCode, Bytes, boo
     };
     let _ = buffer.split_to(head.length);
     match head.content_length {
-        Some(length) if length > MAX_BODY => {
-            Err(SendError::Broken(format!("the answer's body of {length} bytes is over {MAX_BODY}")))
-        }
+        Some(length) if length > MAX_BODY => Err(SendError::TooLarge(Some(length))),
         Some(length) => {
             while buffer.len() < length {
                 buffer.reserve(length - buffer.len());
@@ -213,7 +218,7 @@ async fn read_response(stream: &mut TcpStream) -> Result<(StatusCode, Bytes, boo
             // Delimited by the peer closing the connection.
             while read_more(stream, &mut buffer).await? > 0 {
                 if buffer.len() > MAX_BODY {
-                    return Err(SendError::Broken(format!("the answer's body is over {MAX_BODY} bytes")));
+                    return Err(SendError::TooLarge(None));
                 }
             }
             Ok((head.status, buffer.freeze(), false))

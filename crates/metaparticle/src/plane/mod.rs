@@ -10,6 +10,7 @@ pub(crate) mod accept;
 pub(crate) mod address_book;
 pub(crate) mod balance;
 pub(crate) mod calls;
+pub(crate) mod connections;
 pub(crate) mod http1;
 pub(crate) mod http_proxy;
 pub(crate) mod identity;

@@ -122,7 +122,7 @@ impl Role for Balancer {
         Box::pin(async move {
             match pool.forward(body.clone(), &inbound).await {
                 Ok((status, answer)) => Reply { status, body: answer },
-                Err(e) => Reply::json(Some(error_for_body(&body, e))),
+                Err(e) => Reply::json(error_for_body(&body, e)),
             }
         })
     }

@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::accept::Connections;
+use super::accept::{Accepted, Connections};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
@@ -64,7 +64,11 @@ pub struct Limits {
     /// Most requests for one state key a replica commits together with one compare-and-swap
     /// (default 64; 1 commits each request on its own).
     pub max_state_group: usize,
-    /// Largest request head (request line and headers) accepted, in bytes (default 64 KiB).
+    /// Time a client gets to send its whole request body once its headers arrived (default 10 s);
+    /// then it gets HTTP 408 and the connection closes.
+    pub body_timeout: Duration,
+    /// Largest request head (request line and headers) accepted, in bytes (default 64 KiB); larger
+    /// gets HTTP 431.
     pub max_head: usize,
 }
 
@@ -73,6 +77,7 @@ impl Default for Limits {
         Self {
             max_body: 1024 * 1024,
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
             max_head: 64 * 1024,
             max_state_group: 64,
         }
@@ -110,7 +115,9 @@ pub(crate) async fn serve(
 
 /// Takes connections until `shutdown` fires (or until no more will come), serving each on its own task with `handle`; dropping this
 /// future stops them all. The limits close slow-loris connections (the header timeout also covers
-/// idle keep-alive connections) and bound the request head.
+/// idle keep-alive connections) and bound the request head. Each connection counts in the
+/// process's connection table while it is open, busy while a request is served; when the table
+/// asks it to make room (see [`super::connections`]) it closes gracefully.
 ///
 /// Once `shutdown` fires, no connection is taken any more (the listener is closed), every open
 /// connection finishes the request it is serving and closes, and this returns when all have, or
@@ -124,14 +131,13 @@ pub(crate) async fn serve_connections<F, Fut, B>(
 where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut serving = JoinSet::new();
     let mut stop = shutdown.clone();
     loop {
-        let (stream, peer) = tokio::select! {
+        let Accepted { stream, peer, registration } = tokio::select! {
             next = connections.next() => match next? {
                 Some(connection) => connection,
                 None => break,
@@ -142,23 +148,36 @@ where
         let _ = stream.set_nodelay(true);
         let (handle, limits, mut stop) = (handle.clone(), limits.clone(), shutdown.clone());
         serving.spawn(async move {
+            let registration = Arc::new(registration);
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .max_buf_size(limits.max_head.max(8192));
-            let service = service_fn(move |req| handle(req, peer));
+            let counted = registration.clone();
+            let service = service_fn(move |req: Request<Incoming>| {
+                let busy = counted.busy();
+                let too_large = head_size(&req) > limits.max_head;
+                let answer = (!too_large).then(|| handle(req, peer));
+                async move {
+                    let _busy = busy;
+                    match answer {
+                        Some(answer) => answer.await.map(|r| r.map(Either::Left)),
+                        None => Ok(head_too_large(limits.max_head).map(Either::Right)),
+                    }
+                }
+            });
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = stop.requested() => {
-                    // Finish the request in flight (its answer says `Connection: close`), or
-                    // close at once if idle.
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
+                _ = connection.as_mut() => return,
+                // Asked to make room, or the node is stopping: finish the request in flight (its
+                // answer says `Connection: close`), or close at once if idle.
+                _ = registration.closing() => {}
+                _ = stop.requested() => {}
             }
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
         });
     }
     // Refuse new callers now (a balancer in front retries them elsewhere), then drain.
@@ -172,6 +191,32 @@ where
         );
     }
     Ok(())
+}
+
+/// The size of a request's head as sent: request line, headers and the blank line after them.
+///
+/// hyper refuses a head only once its read buffer overflows, which happens somewhere between the
+/// buffer size and nearly twice it; measuring the parsed head makes the limit the documented one.
+fn head_size<T>(req: &Request<T>) -> usize {
+    let uri = req.uri();
+    let target = uri.scheme_str().map_or(0, |s| s.len() + "://".len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let line = req.method().as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+    let headers: usize =
+        req.headers().iter().map(|(name, value)| name.as_str().len() + 2 + value.len() + 2).sum();
+    line + headers + 2
+}
+
+/// HTTP 431 for a head over the limit.
+fn head_too_large(limit: usize) -> Response<Full<Bytes>> {
+    let mut r = respond(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "text/plain",
+        format!("the request head is larger than the limit of {limit} bytes\n").into(),
+    );
+    r.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 async fn handle(
@@ -248,16 +293,25 @@ async fn rpc(server: &NodeServer, req: Request<Incoming>) -> Response<Full<Bytes
     if declared.is_some_and(|n| n > limit) {
         return rpc_error(StatusCode::PAYLOAD_TOO_LARGE, RpcError::too_large(limit));
     }
-    let body = match Limited::new(req.into_body(), limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+    // A client that sent its headers but not its body would otherwise hold the connection forever.
+    let body_timeout = server.limits.body_timeout;
+    let body = match tokio::time::timeout(body_timeout, Limited::new(req.into_body(), limit).collect()).await
+    {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             return rpc_error(StatusCode::PAYLOAD_TOO_LARGE, RpcError::too_large(limit))
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             return rpc_error(
                 StatusCode::BAD_REQUEST,
                 RpcError::invalid_request(format!("unreadable body: {e}")),
             )
+        }
+        Err(_) => {
+            let detail = format!("the request body did not arrive within {}s", body_timeout.as_secs_f64());
+            let mut r = rpc_error(StatusCode::REQUEST_TIMEOUT, RpcError::invalid_request(detail));
+            r.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
         }
     };
     let inbound = Inbound { user, deadline };

@@ -216,6 +216,10 @@ impl Pool {
             drop(in_flight);
             match outcome {
                 Ok(Ok(answer)) => return Ok(answer),
+                // The replica ran the request and answered; another would answer the same.
+                Ok(Err(e @ SendError::TooLarge(_))) => {
+                    return Err(RpcError::answer_too_large(&replica.name, e))
+                }
                 Ok(Err(e)) if e.is_not_sent() => {
                     replica.healthy.store(false, Ordering::Relaxed);
                     tracing::warn!(replica = %replica.name, error = %e, "not sent; trying another replica");
@@ -277,6 +281,7 @@ async fn probe_forever(pool: Weak<Pool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A replica that accepts connections and never answers.
     async fn silent_replica() -> (tokio::net::TcpListener, ResolvedReplica) {
@@ -307,5 +312,32 @@ mod tests {
             0,
             "cancelled requests still count as load"
         );
+    }
+
+    /// A node that answers every request with a head announcing `length` body bytes.
+    async fn announcing(length: usize) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n"
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_size_limit_is_too_large_not_unreachable() {
+        let address = announcing(100 * 1024 * 1024).await;
+        let replica = ResolvedReplica { name: "big-0".into(), address };
+        let pool = Pool::new("big", vec![replica], HttpClient::new(""), Duration::from_secs(5), true);
+        let e = pool.call("m", &Value::Null, &Value::from(1), &Inbound::default()).await.unwrap_err();
+        assert_eq!(e.code, RpcError::TOO_LARGE, "{e}");
+        assert!(e.message.contains("big-0") && e.message.contains("104857600 bytes"), "{e}");
     }
 }

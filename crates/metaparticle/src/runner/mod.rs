@@ -16,6 +16,7 @@ pub(crate) mod local;
 use std::net::{IpAddr, SocketAddr};
 
 mod error;
+pub(crate) mod lock;
 
 use crate::model::Plan;
 pub use error::DeployError;
@@ -40,30 +41,45 @@ pub(crate) struct Deploy {
 impl Deploy {
     /// Where each exposed node's replicas are published, in plan order: the first gets `port`,
     /// the next the port after it. Every runner publishes the same way, so `--port` means one thing.
+    /// With `--port 0` every exposed replica gets port 0: a free port of the system's choosing,
+    /// for runners that can bind first and record the real one.
     pub(crate) fn exposed_addresses<'p>(
         &self,
         plan: &'p Plan,
-    ) -> Vec<(&'p crate::model::Node, usize, SocketAddr)> {
-        let mut next = self.port;
-        let mut out = Vec::new();
-        for node in plan.exposed() {
-            for replica in 0..node.replicas {
-                out.push((node, replica, SocketAddr::new(self.bind, next)));
-                next = next.wrapping_add(1);
-            }
-        }
-        out
+    ) -> Result<Vec<(&'p crate::model::Node, usize, SocketAddr)>, DeployError> {
+        let exposed: Vec<(&crate::model::Node, usize)> =
+            plan.exposed().flat_map(|node| (0..node.replicas).map(move |replica| (node, replica))).collect();
+        let ports = exposed_ports(self.port, exposed.len())?;
+        Ok(exposed
+            .into_iter()
+            .zip(ports)
+            .map(|((node, replica), port)| (node, replica, SocketAddr::new(self.bind, port)))
+            .collect())
     }
 
     /// Fails with a clear message if a port an exposed service needs is already taken on this machine.
     pub(crate) fn check_exposed_ports(&self, plan: &Plan) -> Result<(), DeployError> {
-        for (node, _, address) in self.exposed_addresses(plan) {
-            if !port_free(&address.to_string()) {
+        for (node, _, address) in self.exposed_addresses(plan)? {
+            if address.port() != 0 && !port_free(&address.to_string()) {
                 return Err(port_taken(&node.service, address));
             }
         }
         Ok(())
     }
+}
+
+/// The ports of `count` exposed replicas starting at `first`: consecutive ports, or all 0 (a free
+/// port each, chosen when bound) when `first` is 0. A range that would run past 65535 is refused
+/// before anything binds, rather than wrapping around to port 0 and the well-known ports.
+pub(crate) fn exposed_ports(first: u16, count: usize) -> Result<Vec<u16>, DeployError> {
+    if first == 0 {
+        return Ok(vec![0; count]);
+    }
+    let last = u32::from(first) + count.saturating_sub(1) as u32;
+    if count > 0 && last > u32::from(u16::MAX) {
+        return Err(DeployError::PortsPastTheEnd { first, count, last });
+    }
+    Ok((0..count).map(|i| first + i as u16).collect())
 }
 
 /// The error for an exposed port something else holds.

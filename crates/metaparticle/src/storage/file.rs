@@ -45,6 +45,7 @@ impl FileStore {
         if let Some(dir) = path.parent() {
             create_private_dir(dir).map_err(|e| unavailable(e.to_string()))?;
         }
+        make_private(path).map_err(|e| unavailable(e.to_string()))?;
         let connection = Connection::open(path).map_err(|e| unavailable(e.to_string()))?;
         connection.busy_timeout(BUSY_TIMEOUT).map_err(|e| unavailable(e.to_string()))?;
         // `journal_mode` answers with a row, so it is a query, not an execute.
@@ -84,6 +85,25 @@ impl FileStore {
             })
         })
     }
+}
+
+/// Makes the database file readable by its owner only, creating it empty if absent: the state it
+/// holds is the app's, even where the folder is not private. SQLite gives the `-wal` and `-shm`
+/// files it creates the database's permissions; those an older version left are tightened too.
+fn make_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        match std::fs::metadata(&file) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn sql_error(path: &Path, e: rusqlite::Error) -> StorageError {
@@ -263,5 +283,27 @@ mod tests {
         std::fs::write(&path, vec![b'x'; 4096]).unwrap();
         let e = FileStore::open(&path).err().expect("opening junk must fail");
         assert!(e.to_string().contains("junk.sqlite"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_database_and_its_side_files_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        // A shared folder, as `storage/` may be when someone else created it.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("app.sqlite");
+        let s = FileStore::open(&path).unwrap();
+        assert!(s.compare_and_swap("k", 0, b"secret".to_vec()).await.unwrap());
+        for suffix in ["", "-wal", "-shm"] {
+            let file = format!("{}{suffix}", path.display());
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{file} is {mode:o}");
+        }
+        // A store an older version left world-readable is made private when opened.
+        let old = dir.path().join("old.sqlite");
+        drop(FileStore::open(&old).unwrap());
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(FileStore::open(&old).unwrap());
+        assert_eq!(std::fs::metadata(&old).unwrap().permissions().mode() & 0o777, 0o600);
     }
 }

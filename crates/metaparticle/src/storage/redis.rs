@@ -7,9 +7,18 @@
 //! state, so every request of a process shares one multiplexed [`ConnectionManager`], created
 //! once per process and reconnecting by itself; no request ever opens a connection.
 //!
-//! Each scope is a hash with two fields, `v` (the version, decimal) and `d` (the JSON), under
-//! `metaparticle:<app>/<service>/<scope>`. A key holding anything else is reported, never
-//! overwritten.
+//! Each scope is a hash with the fields `v` (the version, decimal), `d` (the JSON) and `w` (a
+//! random token of the write that made this version), under `metaparticle:<app>/<service>/<scope>`.
+//! A key holding anything else is reported, never overwritten.
+//!
+//! A connection can be stale: the server restarted since it was last used, or the manager's last
+//! reconnect failed while the server was down and it still hands out that failure. Either way a
+//! command fails although the server is up again, so every command that failed on a broken or
+//! refused connection is sent once more on the connection the manager re-establishes, and only
+//! then reported. Reads are safe to send twice. A compare-and-swap is made safe by its token: if
+//! the first attempt did reach the server and only its answer was lost, the second finds its own
+//! write (the version it meant to write, with its token) and reports it written, rather than
+//! losing to itself, which would run the handler a second time.
 
 use std::time::Duration;
 
@@ -21,10 +30,11 @@ use crate::future::BoxFuture;
 /// Every key this store touches starts with this, so `redis-cli --scan --pattern 'metaparticle:*'` finds them.
 pub(crate) const KEY_PREFIX: &str = "metaparticle:";
 
-/// Compare-and-swap: `KEYS[1]` is the key, `ARGV` the expected version, the new version and the
-/// value. Returns `{1, '', ''}` if written; if the version moved on, `{0, version, value}` of what
-/// is stored now (`{0, '0', ''}` if nothing is), so a retry needs no separate load. A foreign value
-/// is an error reply.
+/// Compare-and-swap: `KEYS[1]` is the key, `ARGV` the expected version, the new version, the
+/// value and the write's token. Returns `{1, '', ''}` if written (or if this very write, same
+/// token, is already there); if the version moved on, `{0, version, value}` of what is stored now
+/// (`{0, '0', ''}` if nothing is), so a retry needs no separate load. A foreign value is an error
+/// reply.
 const CAS_SCRIPT: &str = r#"
 local kind = redis.call('TYPE', KEYS[1])['ok']
 local current
@@ -38,13 +48,16 @@ elseif kind == 'hash' then
 else
   return redis.error_reply('MPFOREIGN a ' .. kind .. ', not a hash')
 end
+if current == ARGV[2] and redis.call('HGET', KEYS[1], 'w') == ARGV[4] then
+  return {1, '', ''}
+end
 if current ~= ARGV[1] then
   if current == '0' then
     return {0, '0', ''}
   end
   return {0, current, redis.call('HGET', KEYS[1], 'd') or ''}
 end
-redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3])
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3], 'w', ARGV[4])
 return {1, '', ''}
 "#;
 
@@ -114,22 +127,25 @@ impl RedisStore {
         // App names are letters, digits, '-' and '_' (checked by the command line), so the name
         // needs no escaping in a SCAN pattern; the '/' keeps "app" from matching "app-2".
         let pattern = format!("{KEY_PREFIX}{app}/*");
-        let mut connection = self.connection.clone();
         let (mut cursor, mut removed) = (0u64, 0usize);
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut connection)
+            let scan =
+                redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).clone();
+            let (next, keys): (u64, Vec<String>) = self
+                .retrying(|mut c| {
+                    let scan = &scan;
+                    async move { scan.query_async(&mut c).await }
+                })
                 .await
                 .map_err(|e| self.error(&pattern, e))?;
             if !keys.is_empty() {
-                let deleted: usize = redis::cmd("DEL")
-                    .arg(&keys)
-                    .query_async(&mut connection)
+                // Deleting twice deletes nothing more: safe to send again.
+                let del = redis::cmd("DEL").arg(&keys).clone();
+                let deleted: usize = self
+                    .retrying(|mut c| {
+                        let del = &del;
+                        async move { del.query_async(&mut c).await }
+                    })
                     .await
                     .map_err(|e| self.error(&pattern, e))?;
                 removed += deleted;
@@ -143,6 +159,53 @@ impl RedisStore {
 
     fn key(key: &str) -> String {
         format!("{KEY_PREFIX}{key}")
+    }
+
+    /// Runs `command` on the shared connection and, if it failed on a stale connection (see
+    /// [`stale_connection`]), once more on the one the manager is re-establishing. Only for
+    /// commands that are safe to send twice.
+    async fn retrying<T, F, Fut>(&self, command: F) -> redis::RedisResult<T>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        match command(self.connection.clone()).await {
+            Err(e) if stale_connection(&e) => {
+                tracing::debug!(error = %e, "redis connection was stale; sending again after reconnecting");
+                command(self.connection.clone()).await
+            }
+            outcome => outcome,
+        }
+    }
+
+    /// One compare-and-swap of `value` under `key` from version `expected`, identified by `token`.
+    /// Sent again after a stale connection: the token makes the second send find the first.
+    async fn swap_once(
+        &self,
+        key: &str,
+        expected: u64,
+        value: &[u8],
+        token: &str,
+    ) -> Result<Swapped, StorageError> {
+        let (redis_key, expected_text, next_text) =
+            (Self::key(key), expected.to_string(), (expected + 1).to_string());
+        // EVALSHA first; the script is loaded only when the server does not know it yet.
+        let (written, version, current): (i64, String, Vec<u8>) = self
+            .retrying(|mut c| {
+                let mut invocation = self.cas.key(&redis_key);
+                invocation.arg(&expected_text).arg(&next_text).arg(value).arg(token);
+                async move { invocation.invoke_async(&mut c).await }
+            })
+            .await
+            .map_err(|e| self.error(key, e))?;
+        if written == 1 {
+            return Ok(Swapped::Written);
+        }
+        match version.parse::<u64>() {
+            Ok(0) => Ok(Swapped::Lost(None)),
+            Ok(version) => Ok(Swapped::Lost(Some(Versioned { value: current, version }))),
+            Err(_) => Err(self.corrupt(key, format!("its version field is '{version}'"))),
+        }
     }
 
     fn error(&self, key: &str, e: redis::RedisError) -> StorageError {
@@ -169,15 +232,23 @@ impl RedisStore {
     }
 }
 
+/// Whether a command failed because the connection it used was stale: refused (the manager still
+/// holds its last failed reconnect) or broken (the server restarted since it was last used). A
+/// timeout is not: a hung server is not made faster by asking again.
+fn stale_connection(e: &redis::RedisError) -> bool {
+    !e.is_timeout() && (e.is_connection_refusal() || e.is_connection_dropped() || e.is_io_error())
+}
+
 impl Store for RedisStore {
     fn load(&self, key: &str) -> BoxFuture<Result<Option<Versioned>, StorageError>> {
         let (this, key) = (self.clone(), key.to_string());
         Box::pin(async move {
-            let mut connection = this.connection.clone();
+            let redis_key = Self::key(&key);
             let found: Option<(String, Vec<u8>)> = this
-                .load
-                .key(Self::key(&key))
-                .invoke_async(&mut connection)
+                .retrying(|mut c| {
+                    let invocation = this.load.key(&redis_key);
+                    async move { invocation.invoke_async(&mut c).await }
+                })
                 .await
                 .map_err(|e| this.error(&key, e))?;
             let Some((version, value)) = found else { return Ok(None) };
@@ -206,34 +277,18 @@ impl Store for RedisStore {
     ) -> BoxFuture<Result<Swapped, StorageError>> {
         let (this, key) = (self.clone(), key.to_string());
         Box::pin(async move {
-            let mut connection = this.connection.clone();
-            // EVALSHA first; the script is loaded only when the server does not know it yet.
-            let (written, version, current): (i64, String, Vec<u8>) = this
-                .cas
-                .key(Self::key(&key))
-                .arg(expected.to_string())
-                .arg((expected + 1).to_string())
-                .arg(value)
-                .invoke_async(&mut connection)
-                .await
-                .map_err(|e| this.error(&key, e))?;
-            if written == 1 {
-                return Ok(Swapped::Written);
-            }
-            match version.parse::<u64>() {
-                Ok(0) => Ok(Swapped::Lost(None)),
-                Ok(version) => Ok(Swapped::Lost(Some(Versioned { value: current, version }))),
-                Err(_) => Err(this.corrupt(&key, format!("its version field is '{version}'"))),
-            }
+            let token = format!("{:016x}", rand::random::<u64>());
+            this.swap_once(&key, expected, &value, &token).await
         })
     }
 
     fn check(&self) -> BoxFuture<Result<(), StorageError>> {
         let this = self.clone();
         Box::pin(async move {
-            let mut connection = this.connection.clone();
-            let pong: String =
-                redis::cmd("PING").query_async(&mut connection).await.map_err(|e| this.error("", e))?;
+            let pong: String = this
+                .retrying(|mut c| async move { redis::cmd("PING").query_async(&mut c).await })
+                .await
+                .map_err(|e| this.error("", e))?;
             if pong == "PONG" {
                 Ok(())
             } else {
@@ -355,16 +410,50 @@ mod tests {
         assert!(matches!(e, StorageError::Unavailable { .. }), "{e}");
         assert!(e.to_string().contains(&server.address()), "{e}");
         server.restart();
-        // The connection manager reconnects by itself; a request or two may still see the old error.
-        let mut recovered = None;
-        for _ in 0..50 {
-            if let Ok(v) = s.load("k").await {
-                recovered = Some(v);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
         // The test server keeps no data across a restart, so the key is gone: what matters is service.
-        assert!(recovered.is_some(), "the store did not recover after the server came back");
+        assert_eq!(s.load("k").await, Ok(None), "the store did not recover after the server came back");
+    }
+
+    #[tokio::test]
+    async fn after_an_outage_the_first_call_succeeds_whether_or_not_calls_failed_meanwhile() {
+        let Some(mut server) = RedisServer::start_or_skip("after_an_outage_the_first_call_succeeds") else {
+            return;
+        };
+        // One store is used during the outage (its reconnect attempts fail), one stays idle (its
+        // connection silently dies with the server).
+        let (used, idle) =
+            (RedisStore::open(&server.url()).unwrap(), RedisStore::open(&server.url()).unwrap());
+        for store in [&used, &idle] {
+            store.check().await.unwrap();
+        }
+        server.stop();
+        for _ in 0..3 {
+            assert!(used.load("k").await.is_err(), "the server is down");
+        }
+        // Let the reconnect attempts those calls started fail for good before the server returns.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        server.restart();
+        assert_eq!(used.load("k").await, Ok(None), "the store that saw the outage");
+        assert_eq!(idle.load("k").await, Ok(None), "the store that was idle");
+        server.stop();
+        assert!(used.compare_and_swap("k", 0, b"1".to_vec()).await.is_err());
+        server.restart();
+        assert_eq!(idle.compare_and_swap("k", 0, b"1".to_vec()).await, Ok(true));
+        assert_eq!(used.compare_and_swap("k", 1, b"2".to_vec()).await, Ok(true));
+        assert_eq!(used.load("k").await.unwrap().map(|v| v.version), Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_swap_sent_again_after_its_answer_was_lost_is_applied_once() {
+        let Some(server) = RedisServer::start_or_skip("a_swap_sent_again_is_applied_once") else { return };
+        let s = RedisStore::open(&server.url()).unwrap();
+        // The same write twice, as a retry after a lost answer sends it: the second finds its own
+        // write and reports it, rather than losing to it (which would run the handler again).
+        assert_eq!(s.swap_once("k", 0, b"1", "token-a").await, Ok(Swapped::Written));
+        assert_eq!(s.swap_once("k", 0, b"1", "token-a").await, Ok(Swapped::Written));
+        assert_eq!(s.load("k").await.unwrap(), Some(Versioned { value: b"1".to_vec(), version: 1 }));
+        // Another writer's identical bytes are still another writer's.
+        let lost = s.swap_once("k", 0, b"1", "token-b").await.unwrap();
+        assert_eq!(lost, Swapped::Lost(Some(Versioned { value: b"1".to_vec(), version: 1 })));
     }
 }

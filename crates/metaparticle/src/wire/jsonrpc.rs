@@ -16,7 +16,7 @@
 //! | -32001 | a node this one calls did not answer in time |
 //! | -32002 | a state update kept conflicting (optimistic concurrency gave up) |
 //! | -32003 | the storage backend is unavailable |
-//! | -32004 | the request body is larger than the limit |
+//! | -32004 | the request body, or a node's answer to an internal hop, is larger than the limit |
 //! | -32005 | missing or wrong credentials (HTTP 401), or an internal hop without the app's secret |
 //! | -32006 | a handler called a service its own service does not declare with `.calls(..)` |
 //! | -32050 | the handler returned a [`crate::HandlerError`] (its own code if it set one) |
@@ -25,7 +25,7 @@ use std::future::Future;
 
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// A JSON-RPC error object.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -58,7 +58,7 @@ impl RpcError {
     pub const CONFLICT: i64 = -32002;
     /// Storage cannot be reached or holds something unreadable.
     pub const STORAGE: i64 = -32003;
-    /// The request body is over the size limit.
+    /// The request body, or an internal node's answer, is over the size limit.
     pub const TOO_LARGE: i64 = -32004;
     /// Missing or wrong credentials, or an internal hop without the app's secret.
     pub const UNAUTHORIZED: i64 = -32005;
@@ -140,6 +140,11 @@ impl RpcError {
     /// `-32004`.
     pub fn too_large(limit: usize) -> Self {
         Self::new(Self::TOO_LARGE, format!("request body is larger than the limit of {limit} bytes"))
+    }
+
+    /// `-32004` for an answer: the node ran the request, but its answer is over the size limit.
+    pub fn answer_too_large(node: &str, detail: impl std::fmt::Display) -> Self {
+        Self::new(Self::TOO_LARGE, format!("node '{node}' answered, but {detail}"))
     }
 
     /// `-32603` for a caught panic, with the panic's message when it has one.
@@ -236,7 +241,24 @@ fn invalid(id: Value, error: RpcError) -> Box<InvalidCall> {
 }
 
 /// Validates one element of a request (or a whole single request).
+#[cfg(test)]
 pub(crate) fn decode_call(value: Value) -> Result<Call, Box<InvalidCall>> {
+    let envelope = decode_envelope(value)?;
+    let reply_id = envelope.id.clone().unwrap_or(Value::Null);
+    let request = request_of(envelope.params).map_err(|error| invalid(reply_id, error))?;
+    Ok(Call { id: envelope.id, method: envelope.method, request })
+}
+
+/// A request object whose shape is valid; its params are not checked yet.
+struct Envelope {
+    id: Option<Value>,
+    method: String,
+    params: Option<Value>,
+}
+
+/// Checks what makes an object a JSON-RPC 2.0 request (`-32600` if it is not). The params are
+/// checked later, after the method: an unknown method is reported as such whatever its params.
+fn decode_envelope(value: Value) -> Result<Envelope, Box<InvalidCall>> {
     let Value::Object(mut obj) = value else {
         return Err(invalid(Value::Null, RpcError::invalid_request("a request must be a JSON object")));
     };
@@ -258,25 +280,115 @@ pub(crate) fn decode_call(value: Value) -> Result<Call, Box<InvalidCall>> {
         Some(Value::String(m)) => m,
         _ => return Err(invalid(reply_id, RpcError::invalid_request("'method' must be a string"))),
     };
-    let request = match obj.remove("params") {
-        None => Value::Null,
+    let params = obj.remove("params");
+    if params.as_ref().is_some_and(|p| !p.is_array() && !p.is_object()) {
+        return Err(invalid(reply_id, RpcError::invalid_request("'params' must be an array or an object")));
+    }
+    Ok(Envelope { id, method, params })
+}
+
+/// The request handed to the handler: `params[0]`, the by-name params object, or `null`.
+fn request_of(params: Option<Value>) -> Result<Value, RpcError> {
+    match params {
+        None => Ok(Value::Null),
         Some(Value::Array(mut params)) => match params.len() {
-            0 => Value::Null,
-            1 => params.pop().expect("one element"),
-            n => {
-                let detail = format!("expected one parameter (the request), got {n}");
-                return Err(invalid(reply_id, RpcError::invalid_params(detail)));
-            }
+            0 => Ok(Value::Null),
+            1 => Ok(params.pop().expect("one element")),
+            n => Err(RpcError::invalid_params(format!("expected one parameter (the request), got {n}"))),
         },
-        Some(obj @ Value::Object(_)) => obj,
-        Some(_) => {
-            return Err(invalid(
-                reply_id,
-                RpcError::invalid_request("'params' must be an array or an object"),
-            ));
+        Some(object) => Ok(object),
+    }
+}
+
+/// The id a response echoes: a JSON value, or the number exactly as the caller wrote it where a
+/// JSON value cannot hold it (an integer beyond 64 bits parses as an approximate float).
+enum ReplyId {
+    Value(Value),
+    Verbatim(String),
+}
+
+impl ReplyId {
+    fn new(id: Value, verbatim: Option<String>) -> Self {
+        match verbatim {
+            Some(text) if is_inexact(&id) => ReplyId::Verbatim(text),
+            _ => ReplyId::Value(id),
+        }
+    }
+}
+
+/// A number serde_json holds only approximately (anything it could not keep as an integer).
+fn is_inexact(id: &Value) -> bool {
+    matches!(id, Value::Number(n) if n.is_f64())
+}
+
+/// The raw text of each element's `id`, where some element's id is a number held inexactly (the
+/// common case, no such id, reads nothing twice).
+fn verbatim_ids(body: &[u8], items: &[Value]) -> Vec<Option<String>> {
+    let inexact = |item: &Value| item.get("id").is_some_and(is_inexact);
+    if !items.iter().any(inexact) {
+        return vec![None; items.len()];
+    }
+    let raw: Vec<&serde_json::value::RawValue> = serde_json::from_slice(body).unwrap_or_default();
+    (0..items.len()).map(|i| raw.get(i).and_then(|item| raw_id(item.get()))).collect()
+}
+
+/// [`verbatim_ids`] of a single request.
+fn verbatim_id(body: &[u8], item: &Value) -> Option<String> {
+    if !item.get("id").is_some_and(is_inexact) {
+        return None;
+    }
+    raw_id(std::str::from_utf8(body).ok()?)
+}
+
+fn raw_id(object: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct IdOnly<'a> {
+        #[serde(borrow)]
+        id: Option<&'a serde_json::value::RawValue>,
+    }
+    let only: IdOnly = serde_json::from_str(object).ok()?;
+    Some(only.id?.get().trim().to_string())
+}
+
+/// Encodes one response object as bytes, echoing `id` exactly. The field order is the seeds':
+/// `jsonrpc`, `id`, then `result` or `error` (as [`encode_response`] writes it).
+fn encode_reply(id: &ReplyId, outcome: Result<Value, RpcError>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
+    let written = match id {
+        ReplyId::Value(id) => serde_json::to_writer(&mut out, id),
+        ReplyId::Verbatim(text) => {
+            out.extend_from_slice(text.as_bytes());
+            Ok(())
         }
     };
-    Ok(Call { id, method, request })
+    let written = written.and_then(|()| match &outcome {
+        Ok(result) => {
+            out.extend_from_slice(br#","result":"#);
+            serde_json::to_writer(&mut out, result)
+        }
+        Err(error) => {
+            out.extend_from_slice(br#","error":"#);
+            serde_json::to_writer(&mut out, error)
+        }
+    });
+    written.expect("JSON values always serialize");
+    out.push(b'}');
+    out
+}
+
+/// A batch of encoded responses.
+fn encode_batch(responses: Vec<Vec<u8>>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(responses.iter().map(|r| r.len() + 1).sum::<usize>() + 2);
+    out.push(b'[');
+    for (i, response) in responses.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(response);
+    }
+    out.push(b']');
+    out
 }
 
 /// What [`dispatch`] produced: a body to send, or nothing (only notifications were received).
@@ -284,6 +396,10 @@ pub(crate) type Dispatched = Option<Vec<u8>>;
 
 /// Decodes a body (single or batch), checks each call's method against `service`, runs `handle` on
 /// each valid call (batch elements concurrently), and encodes the responses.
+///
+/// Notifications (calls without an `id`) are never answered, even when their method or params
+/// are wrong; only what is not a request at all is answered with `-32600` and a null id, as the
+/// specification's examples show.
 pub(crate) async fn dispatch<F, Fut>(body: &[u8], service: &str, handle: F) -> Dispatched
 where
     F: Fn(Call) -> Fut,
@@ -291,40 +407,45 @@ where
 {
     let parsed: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
-        Err(e) => return Some(to_bytes(&encode_response(&Value::Null, Err(RpcError::parse_error(e))))),
+        Err(e) => return Some(encode_reply(&ReplyId::Value(Value::Null), Err(RpcError::parse_error(e)))),
     };
     match parsed {
         Value::Array(items) if items.is_empty() => {
-            Some(to_bytes(&encode_response(&Value::Null, Err(RpcError::invalid_request("an empty batch")))))
+            Some(encode_reply(&ReplyId::Value(Value::Null), Err(RpcError::invalid_request("an empty batch"))))
         }
         Value::Array(items) => {
-            let responses: Vec<Value> = join_all(items.into_iter().map(|item| one(item, service, &handle)))
-                .await
-                .into_iter()
-                .flatten()
-                .collect();
-            (!responses.is_empty()).then(|| to_bytes(&Value::Array(responses)))
+            let verbatim = verbatim_ids(body, &items);
+            let answers = items.into_iter().zip(verbatim).map(|(item, id)| one(item, id, service, &handle));
+            let responses: Vec<Vec<u8>> = join_all(answers).await.into_iter().flatten().collect();
+            (!responses.is_empty()).then(|| encode_batch(responses))
         }
-        single => one(single, service, &handle).await.map(|v| to_bytes(&v)),
+        single => {
+            let verbatim = verbatim_id(body, &single);
+            one(single, verbatim, service, &handle).await
+        }
     }
 }
 
-async fn one<F, Fut>(item: Value, service: &str, handle: &F) -> Option<Value>
+async fn one<F, Fut>(item: Value, verbatim: Option<String>, service: &str, handle: &F) -> Option<Vec<u8>>
 where
     F: Fn(Call) -> Fut,
     Fut: Future<Output = Result<Value, RpcError>>,
 {
-    let call = match decode_call(item) {
-        Ok(call) => call,
-        Err(bad) => return Some(encode_response(&bad.id, Err(bad.error))),
+    let envelope = match decode_envelope(item) {
+        Ok(envelope) => envelope,
+        Err(bad) => return Some(encode_reply(&ReplyId::new(bad.id, verbatim), Err(bad.error))),
     };
-    let id = call.id.clone();
-    let outcome = if call.method == service {
-        handle(call).await
+    let Envelope { id, method, params } = envelope;
+    let outcome = if method != service {
+        Err(RpcError::method_not_found(&method, service))
     } else {
-        Err(RpcError::method_not_found(&call.method, service))
+        match request_of(params) {
+            Ok(request) => handle(Call { id: id.clone(), method, request }).await,
+            Err(e) => Err(e),
+        }
     };
-    id.map(|id| encode_response(&id, outcome))
+    // A notification is not answered, whatever happened to it.
+    Some(encode_reply(&ReplyId::new(id?, verbatim), outcome))
 }
 
 /// Serializes a response value.
@@ -332,19 +453,31 @@ pub(crate) fn to_bytes(value: &Value) -> Vec<u8> {
     serde_json::to_vec(value).expect("JSON values always serialize")
 }
 
-/// Reads the ids of a body that could not be served, to answer each with an error.
+/// Answers a body that could not be served with `error` for each of its calls, as the node
+/// that should have served it would have: nothing for notifications (`None` if that is all there
+/// is), `-32600` for elements that are not requests, and every id exactly as sent.
 ///
 /// Used on the balancer's error path only, so the fast path never parses JSON.
-pub(crate) fn error_for_body(body: &[u8], error: RpcError) -> Vec<u8> {
-    let id_of = |v: &Value| v.as_object().and_then(|o: &Map<String, Value>| o.get("id")).cloned();
+pub(crate) fn error_for_body(body: &[u8], error: RpcError) -> Option<Vec<u8>> {
+    let answer = |item: Value, verbatim: Option<String>| match decode_envelope(item) {
+        Ok(envelope) => Some(encode_reply(&ReplyId::new(envelope.id?, verbatim), Err(error.clone()))),
+        Err(bad) => Some(encode_reply(&ReplyId::new(bad.id, verbatim), Err(bad.error))),
+    };
     match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Array(items)) if !items.is_empty() => {
-            let responses: Vec<Value> =
-                items.iter().filter_map(id_of).map(|id| encode_response(&id, Err(error.clone()))).collect();
-            to_bytes(&Value::Array(responses))
+        Ok(Value::Array(items)) if items.is_empty() => {
+            Some(encode_reply(&ReplyId::Value(Value::Null), Err(RpcError::invalid_request("an empty batch"))))
         }
-        Ok(v) => to_bytes(&encode_response(&id_of(&v).unwrap_or(Value::Null), Err(error))),
-        Err(e) => to_bytes(&encode_response(&Value::Null, Err(RpcError::parse_error(e)))),
+        Ok(Value::Array(items)) => {
+            let verbatim = verbatim_ids(body, &items);
+            let responses: Vec<Vec<u8>> =
+                items.into_iter().zip(verbatim).filter_map(|(item, id)| answer(item, id)).collect();
+            (!responses.is_empty()).then(|| encode_batch(responses))
+        }
+        Ok(single) => {
+            let verbatim = verbatim_id(body, &single);
+            answer(single, verbatim)
+        }
+        Err(e) => Some(encode_reply(&ReplyId::Value(Value::Null), Err(RpcError::parse_error(e)))),
     }
 }
 
@@ -447,8 +580,46 @@ mod tests {
         let out = error_for_body(
             br#"[{"jsonrpc":"2.0","method":"s","id":1},{"jsonrpc":"2.0","method":"s","id":2}]"#,
             RpcError::unavailable("n", "refused"),
-        );
+        )
+        .unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!((v[0]["id"].clone(), v[1]["error"]["code"].clone()), (json!(1), json!(-32000)));
+    }
+
+    #[test]
+    fn undeliverable_notifications_get_no_answer_and_non_requests_get_invalid_request() {
+        let refused = || RpcError::unavailable("n", "refused");
+        assert_eq!(error_for_body(br#"{"jsonrpc":"2.0","method":"s"}"#, refused()), None);
+        assert_eq!(
+            error_for_body(br#"[{"jsonrpc":"2.0","method":"s"},{"jsonrpc":"2.0","method":"s"}]"#, refused()),
+            None
+        );
+        let out = error_for_body(br#"[1,{"jsonrpc":"2.0","method":"s","id":7}]"#, refused()).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!((v[0]["id"].clone(), v[0]["error"]["code"].clone()), (Value::Null, json!(-32600)));
+        assert_eq!((v[1]["id"].clone(), v[1]["error"]["code"].clone()), (json!(7), json!(-32000)));
+    }
+
+    #[tokio::test]
+    async fn a_notification_with_wrong_params_or_method_is_not_answered() {
+        assert_eq!(echo(r#"{"jsonrpc":"2.0","method":"svc","params":[1,2]}"#).await, None);
+        assert_eq!(echo(r#"{"jsonrpc":"2.0","method":"other","params":[1,2]}"#).await, None);
+        // What is not a request at all is answered, with a null id (the specification's example).
+        let out = echo(r#"{"jsonrpc":"2.0","method":1,"params":"bar"}"#).await.unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["error"]["code"], json!(-32600));
+    }
+
+    #[tokio::test]
+    async fn a_big_integer_id_is_echoed_digit_for_digit_and_ordinary_ids_as_before() {
+        let out =
+            echo(r#"{"jsonrpc":"2.0","method":"svc","params":[1],"id": 123456789012345678901234567890 }"#)
+                .await;
+        assert_eq!(out.unwrap(), r#"{"jsonrpc":"2.0","id":123456789012345678901234567890,"result":1}"#);
+        let out = echo(r#"[{"jsonrpc":"2.0","method":"svc","params":[1],"id":0.50},{"jsonrpc":"2.0","method":"x","id":2}]"#).await;
+        let out = out.unwrap();
+        assert!(
+            out.starts_with(r#"[{"jsonrpc":"2.0","id":0.50,"result":1},{"jsonrpc":"2.0","id":2,"error""#),
+            "{out}"
+        );
     }
 }

@@ -61,6 +61,9 @@ pub enum DockerError {
     /// A container did not become healthy, or stopped.
     #[error("{0}")]
     Unhealthy(String),
+    /// `--port 0` asks for ports the engine would choose, after the record and probes are decided.
+    #[error("--port 0 (any free port) is for the local runner; the docker runner publishes on a port you choose: deploy with --port <port>")]
+    AnyPort,
     /// `--attach` is for the local runner.
     #[error(
         "--attach is not supported by the docker runner; deploy, then follow the logs with `logs --follow`"

@@ -42,6 +42,15 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
     if deploy.attach {
         return Err(DockerError::AttachUnsupported);
     }
+    if deploy.port == 0 {
+        // The engine would pick a host port, but the record, the health probe and the printed
+        // address are all decided before the container starts.
+        return Err(DockerError::AnyPort);
+    }
+    // Refuse a port range past 65535 before any image is built.
+    deploy.exposed_addresses(plan)?;
+    // One deploy of an app at a time: a racing `up` or `delete` would remove what this one starts.
+    let _lock = crate::runner::lock::DeployLock::acquire(&deploy.app)?;
     let started = Instant::now();
     let docker = engine::connect().await?;
     let progress = Progress::new();
@@ -64,7 +73,7 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
         remove_app(&docker, &deploy.app).await?;
     }
     let published: Vec<_> =
-        deploy.exposed_addresses(plan).into_iter().map(|(n, r, a)| (n.name.clone(), r, a)).collect();
+        deploy.exposed_addresses(plan)?.into_iter().map(|(n, r, a)| (n.name.clone(), r, a)).collect();
     deploy.check_exposed_ports(plan)?;
     let replicas = containers::replicas(&deploy.app, plan, &published)?;
 
@@ -190,6 +199,7 @@ async fn run_containers(
         plan: plan.clone(),
         book: book.clone(),
         supervisor_pid: None,
+        supervisor_started: None,
     };
     // Before any container starts, so that `delete` finds the app whatever happens next.
     record.save()?;
@@ -222,6 +232,7 @@ async fn remove_app(docker: &Docker, app: &str) -> Result<containers::Removed> {
 
 /// Removes every container, network and volume of the app (found by label) and its record.
 pub(crate) async fn delete(app: &str) -> Result<()> {
+    let _lock = crate::runner::lock::DeployLock::acquire(app)?;
     let started = Instant::now();
     let docker = engine::connect().await?;
     let removed = remove_app(&docker, app).await?;

@@ -20,9 +20,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
-use super::process::{spawn_replica, stop_group};
+use super::process::{process_start, spawn_replica, stop_group, Verified};
+use super::LocalError;
 use crate::deployments::{self, now_unix, Deployment, Endpoint};
-use crate::error::{Error, Result};
+use crate::runner::lock::DeployLock;
+type Result<T, E = LocalError> = std::result::Result<T, E>;
 use crate::model::{Node, Plan};
 use crate::plane::upstream::HttpClient;
 use crate::plane::{AddressBook, Listen, NodeLaunch};
@@ -69,7 +71,7 @@ impl Order {
     /// The order in this process's environment, if it is a supervisor.
     pub(crate) fn from_env() -> Option<Result<Order>> {
         let text = std::env::var(ORDER_ENV).ok()?;
-        Some(serde_json::from_str(&text).map_err(|e| Error::Runner(format!("{ORDER_ENV} is malformed: {e}"))))
+        Some(serde_json::from_str(&text).map_err(|source| LocalError::BadOrder { var: ORDER_ENV, source }))
     }
 }
 
@@ -115,11 +117,51 @@ impl Slot {
     }
 }
 
+/// How many of a replica's last output lines are kept to explain why it did not start.
+const RECENT_LINES: usize = 10;
+
+/// A replica that exits this many times before it ever answers `/healthz` fails `up` at once: the
+/// cause (a corrupt store, a bad environment, a crash at start) will not go away by waiting.
+/// The Docker runner gives up after as many restarts.
+const START_ATTEMPTS: u32 = 3;
+
+/// How long every replica together may take to become healthy.
+const HEALTH_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The last lines each replica wrote, kept apart by replica.
+struct RecentLines(Mutex<Vec<VecDeque<String>>>);
+
+impl RecentLines {
+    fn new(replicas: usize) -> Self {
+        RecentLines(Mutex::new(vec![VecDeque::new(); replicas]))
+    }
+
+    fn push(&self, index: usize, line: &str) {
+        let mut all = self.0.lock().expect("recent lines lock");
+        let mine = &mut all[index];
+        if mine.len() == RECENT_LINES {
+            mine.pop_front();
+        }
+        mine.push_back(line.to_string());
+    }
+
+    fn tail(&self, index: usize) -> String {
+        let all = self.0.lock().expect("recent lines lock");
+        let lines: Vec<&str> = all[index].iter().map(String::as_str).collect();
+        if lines.is_empty() {
+            "(none)".to_string()
+        } else {
+            lines.join("\n")
+        }
+    }
+}
+
 struct Shared {
     order: Order,
     book: AddressBook,
     secret: String,
     statuses: Mutex<Vec<ReplicaStatus>>,
+    recent: RecentLines,
     logs: mpsc::UnboundedSender<String>,
     stop: watch::Receiver<bool>,
 }
@@ -143,8 +185,19 @@ impl Shared {
 
 /// Runs a whole app until SIGTERM or Ctrl-C, then stops every replica and removes its state.
 pub(crate) async fn run(order: Order, plan: Plan) -> Result<()> {
+    run_holding(order, plan, None).await
+}
+
+/// [`run`] in the foreground (`up --attach`): the deploy lock is held until the app is ready, so
+/// a concurrent `up` or `delete` of the app waits its turn, and released then, so that `delete`
+/// from another terminal can stop the attached app.
+pub(crate) async fn run_attached(order: Order, plan: Plan, lock: DeployLock) -> Result<()> {
+    run_holding(order, plan, Some(lock)).await
+}
+
+async fn run_holding(order: Order, plan: Plan, lock: Option<DeployLock>) -> Result<()> {
     let app = order.app.clone();
-    let outcome = supervise(order.clone(), plan).await;
+    let outcome = supervise(order.clone(), plan, lock).await;
     if let Err(e) = &outcome {
         report(&order, &format!("FAILED: {e}"));
     }
@@ -153,7 +206,7 @@ pub(crate) async fn run(order: Order, plan: Plan) -> Result<()> {
     outcome
 }
 
-async fn supervise(order: Order, plan: Plan) -> Result<()> {
+async fn supervise(order: Order, plan: Plan, lock: Option<DeployLock>) -> Result<()> {
     let slots = bind_all(&order, &plan)?;
     let mut book = AddressBook::default();
     for node in &plan.nodes {
@@ -176,6 +229,7 @@ async fn supervise(order: Order, plan: Plan) -> Result<()> {
         plan: plan.clone(),
         book: book.clone(),
         supervisor_pid: Some(std::process::id()),
+        supervisor_started: process_start(std::process::id()),
     }
     .save()?;
 
@@ -184,6 +238,7 @@ async fn supervise(order: Order, plan: Plan) -> Result<()> {
     let log_writer = tokio::spawn(write_logs(order.clone(), log_rx));
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
+        recent: RecentLines::new(slots.len()),
         statuses: Mutex::new(
             slots
                 .iter()
@@ -215,6 +270,7 @@ async fn supervise(order: Order, plan: Plan) -> Result<()> {
     tokio::pin!(signals);
     let result = match ready {
         Ok(()) => {
+            drop(lock);
             report(&shared.order, "READY");
             silence_stdout(&shared.order);
             signals.await;
@@ -230,36 +286,43 @@ async fn supervise(order: Order, plan: Plan) -> Result<()> {
 }
 
 fn bind_all(order: &Order, plan: &Plan) -> Result<Vec<Slot>> {
+    let exposed_count = plan.exposed().map(|n| n.replicas).sum();
+    // Checked before anything binds: a range past 65535 is refused, not wrapped around.
+    let mut exposed_ports = crate::runner::exposed_ports(order.port, exposed_count)?.into_iter();
     let mut slots = Vec::new();
-    let mut next_port = order.port;
     for node in &plan.nodes {
         for replica in 0..node.replicas {
-            let (bind, shown) = if node.exposed {
-                let port = next_port;
-                next_port += 1;
-                let addr = SocketAddr::new(order.bind, port);
-                (addr, connect_address(addr))
+            let bind = if node.exposed {
+                let port = exposed_ports.next().expect("one port per exposed replica");
+                SocketAddr::new(order.bind, port)
             } else {
-                let addr: SocketAddr = "127.0.0.1:0".parse().expect("valid");
-                (addr, addr)
+                "127.0.0.1:0".parse().expect("valid")
             };
             let listener = std::net::TcpListener::bind(bind).map_err(|e| match e.kind() {
-                std::io::ErrorKind::AddrInUse => Error::Runner(format!(
-                    "port {} on {} is already in use; stop what uses it or deploy with --port <another>",
-                    bind.port(),
-                    bind.ip()
-                )),
-                _ => Error::io(format!("binding {bind} for node '{}'", node.name), e),
+                std::io::ErrorKind::AddrInUse => LocalError::PortTaken { address: bind },
+                _ => LocalError::io(format!("binding {bind} for node '{}'", node.name), e),
             })?;
-            let address = if node.exposed {
-                shown.to_string()
-            } else {
-                listener.local_addr().map_err(|e| Error::io("reading a bound address", e))?.to_string()
-            };
+            widen_backlog(&listener);
+            // The address actually bound: with port 0 (internal nodes, or `--port 0`) the system
+            // chose it, and the record must hold the real one.
+            let bound = listener.local_addr().map_err(|e| LocalError::io("reading a bound address", e))?;
+            let address = if node.exposed { connect_address(bound) } else { bound }.to_string();
             slots.push(Slot { node: node.clone(), replica, listener, address });
         }
     }
     Ok(slots)
+}
+
+/// How many connections may wait to be accepted. The standard library listens with 128, which a
+/// burst of callers overflows: the kernel then drops their handshakes and each retries a second
+/// later. nginx uses 511; the kernel caps it at `net.core.somaxconn`.
+const BACKLOG: i32 = 1024;
+
+/// Lets more connections wait in the listener's queue (listening again only changes the backlog).
+fn widen_backlog(listener: &std::net::TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: listen on a socket this function borrows; failure leaves the old backlog.
+    unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) };
 }
 
 /// Keeps one replica running until the app stops.
@@ -302,14 +365,12 @@ async fn keep_running(index: usize, slot: Slot, shared: Arc<Shared>, width: usiz
             s.state = "running".into();
         });
         let pumps = [
-            child
-                .stdout
-                .take()
-                .map(|out| tokio::spawn(pump(BufReader::new(out), name.clone(), width, shared.clone()))),
-            child
-                .stderr
-                .take()
-                .map(|err| tokio::spawn(pump(BufReader::new(err), name.clone(), width, shared.clone()))),
+            child.stdout.take().map(|out| {
+                tokio::spawn(pump(BufReader::new(out), index, name.clone(), width, shared.clone()))
+            }),
+            child.stderr.take().map(|err| {
+                tokio::spawn(pump(BufReader::new(err), index, name.clone(), width, shared.clone()))
+            }),
         ];
         let exit = tokio::select! {
             status = child.wait() => status,
@@ -380,12 +441,14 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
 
 async fn pump<R: tokio::io::AsyncRead + Unpin>(
     reader: BufReader<R>,
+    index: usize,
     name: String,
     width: usize,
     shared: Arc<Shared>,
 ) {
     let mut lines = reader.lines();
     while let Ok(Some(line)) = lines.next_line().await {
+        shared.recent.push(index, &line);
         shared.log(format!("{name:<width$} | {line}"));
     }
 }
@@ -413,9 +476,12 @@ async fn write_logs(order: Order, mut lines: mpsc::UnboundedReceiver<String>) {
     }
 }
 
+/// Waits until every replica answers `/healthz`. Fails as soon as one keeps exiting before it
+/// ever answered (see [`START_ATTEMPTS`]), naming its last exit and output, and at the deadline
+/// for one that runs but never answers.
 async fn wait_healthy(client: &HttpClient, shared: &Shared) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let addresses: Vec<(usize, String)> = shared
+    let deadline = Instant::now() + HEALTH_DEADLINE;
+    let mut waiting: Vec<(usize, String)> = shared
         .statuses
         .lock()
         .expect("status lock")
@@ -423,35 +489,35 @@ async fn wait_healthy(client: &HttpClient, shared: &Shared) -> Result<()> {
         .enumerate()
         .map(|(i, s)| (i, s.address.clone()))
         .collect();
-    for (index, address) in addresses {
-        while !client.is_healthy(&address).await {
-            if Instant::now() > deadline {
-                let status = shared.statuses.lock().expect("status lock")[index].clone();
-                let tail = tail_lines(
-                    &log_path(&shared.order.app),
-                    &format!("{}-{}", status.node, status.replica),
-                    10,
-                );
-                return Err(Error::Runner(format!(
-                    "replica '{}-{}' did not become healthy within 60s (state: {}, last exit: {}); its last log lines:\n{}",
-                    status.node,
-                    status.replica,
-                    status.state,
-                    status.last_exit.unwrap_or_else(|| "none".into()),
-                    tail
-                )));
+    loop {
+        let healthy = futures_util::future::join_all(waiting.iter().map(|(_, a)| client.is_healthy(a))).await;
+        let mut still = healthy.into_iter();
+        waiting.retain(|_| !still.next().unwrap_or(false));
+        let Some((first, _)) = waiting.first() else { return Ok(()) };
+        let statuses = shared.statuses.lock().expect("status lock").clone();
+        for (index, _) in &waiting {
+            let status = &statuses[*index];
+            if status.restarts >= START_ATTEMPTS {
+                return Err(LocalError::CannotStart {
+                    replica: format!("{}-{}", status.node, status.replica),
+                    exits: status.restarts,
+                    last_exit: status.last_exit.clone().unwrap_or_else(|| "unknown".into()),
+                    tail: shared.recent.tail(*index),
+                });
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        if Instant::now() > deadline {
+            let status = &statuses[*first];
+            return Err(LocalError::NeverHealthy {
+                replica: format!("{}-{}", status.node, status.replica),
+                after: HEALTH_DEADLINE,
+                state: status.state.clone(),
+                last_exit: status.last_exit.clone().unwrap_or_else(|| "none".into()),
+                tail: shared.recent.tail(*first),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(())
-}
-
-/// The last `n` lines of the log that belong to `replica`.
-pub(crate) fn tail_lines(path: &std::path::Path, replica: &str, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mine: Vec<&str> = text.lines().filter(|l| l.starts_with(replica)).collect();
-    mine[mine.len().saturating_sub(n)..].join("\n")
 }
 
 fn report(order: &Order, line: &str) {
@@ -484,7 +550,61 @@ async fn shutdown_signal() {
     }
 }
 
-/// Stops whatever is left of a supervisor's process group (used by `delete`).
-pub(crate) async fn stop_supervisor(pid: u32) -> usize {
-    stop_group(pid, Duration::from_secs(10)).await
+/// Stops a verified supervisor and whatever is left of its process group (used by `delete`).
+pub(crate) async fn stop_supervisor(supervisor: &Verified) -> usize {
+    stop_group(supervisor, Duration::from_secs(10)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn order(port: u16) -> Order {
+        Order {
+            app: "test".into(),
+            port,
+            bind: "127.0.0.1".parse().unwrap(),
+            binary: PathBuf::from("/bin/true"),
+            attach: false,
+            storage: StorageConfig::File("/tmp/unused.sqlite".into()),
+        }
+    }
+
+    fn two_exposed_services() -> Plan {
+        let services =
+            [crate::service("first", |r: Value| r).expose(), crate::service("second", |r: Value| r).expose()];
+        crate::model::compile(&services).unwrap().0
+    }
+
+    #[test]
+    fn the_recent_lines_of_replica_1_leave_out_replica_10s_and_keep_the_last_ten() {
+        let recent = RecentLines::new(11);
+        for n in 0..15 {
+            recent.push(1, &format!("one {n}"));
+        }
+        recent.push(10, "ten");
+        let tail = recent.tail(1);
+        assert_eq!(tail.lines().count(), RECENT_LINES);
+        assert!(tail.starts_with("one 5") && tail.ends_with("one 14") && !tail.contains("ten"), "{tail}");
+        assert_eq!(recent.tail(10), "ten");
+        assert_eq!(recent.tail(2), "(none)");
+    }
+
+    #[test]
+    fn exposed_ports_past_65535_are_refused_before_anything_binds() {
+        let e = bind_all(&order(65535), &two_exposed_services()).err().expect("refused").to_string();
+        assert!(e.contains("65535-65536") && e.contains("--port"), "{e}");
+    }
+
+    #[test]
+    fn port_0_binds_a_free_port_per_exposed_replica_and_records_it() {
+        let slots = bind_all(&order(0), &two_exposed_services()).unwrap();
+        let ports: Vec<u16> = slots.iter().map(|s| s.address.parse::<SocketAddr>().unwrap().port()).collect();
+        assert_eq!(ports.len(), 2);
+        assert!(ports.iter().all(|&p| p != 0) && ports[0] != ports[1], "{ports:?}");
+        for slot in &slots {
+            assert_eq!(slot.listener.local_addr().unwrap().to_string(), slot.address);
+        }
+    }
 }
