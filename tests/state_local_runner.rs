@@ -185,3 +185,142 @@ async fn after_redis_comes_back_every_call_succeeds_at_once() {
     }
     assert!(failures.is_empty(), "{} of 24 calls failed after Redis came back: {failures:?}", failures.len());
 }
+
+/// What concurrent clients saw while the test did harm: calls that succeeded, and calls that
+/// failed after they may have run (their update may or may not be stored).
+#[derive(Debug, Default)]
+struct Outcome {
+    ok: u64,
+    may_have_run: u64,
+    conflicts: u64,
+}
+
+/// `clients` closed-loop clients until `stop` is set (at most 5000 calls each), classifying every
+/// answer. A conflict (-32002) wrote nothing; any other failure might have written.
+async fn hammer_until(address: String, clients: usize, stop: Arc<std::sync::atomic::AtomicBool>) -> Outcome {
+    let client = RpcClient::new().with_timeout(std::time::Duration::from_secs(5));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (client, address, stop) = (client.clone(), address.clone(), stop.clone());
+        tasks.spawn(async move {
+            let mut seen = Outcome::default();
+            for _ in 0..5000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                match client.call(&address, SERVICE, &json!({})).await {
+                    Ok(_) => seen.ok += 1,
+                    Err(CallError::Rpc(e)) if e.code == RpcError::CONFLICT => seen.conflicts += 1,
+                    Err(_) => seen.may_have_run += 1,
+                }
+            }
+            seen
+        });
+    }
+    let mut total = Outcome::default();
+    while let Some(seen) = tasks.join_next().await {
+        let seen = seen.unwrap();
+        total.ok += seen.ok;
+        total.may_have_run += seen.may_have_run;
+        total.conflicts += seen.conflicts;
+    }
+    total
+}
+
+/// The pid of one replica of the deployed app, from the supervisor's status file.
+fn replica_pid(app: &Deployed, node: &str, replica: usize) -> Option<u32> {
+    let text = std::fs::read_to_string(app.home.path().join("apps/server6/status.json")).ok()?;
+    let statuses: Vec<Value> = serde_json::from_str(&text).ok()?;
+    statuses
+        .iter()
+        .find(|s| s["node"] == node && s["replica"] == replica)
+        .and_then(|s| s["pid"].as_u64())
+        .map(|p| p as u32)
+}
+
+/// Kills replica 0, then replica 2, of server6 with SIGKILL while 8 clients increment the shared
+/// counter: every success is stored, and nothing is stored that no client could have caused.
+async fn killing_replicas_twice_keeps_the_count_within_what_clients_saw(
+    app: Deployed,
+    storage: StorageConfig,
+) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn(hammer_until(app.address(), 8, stop.clone()));
+    for victim in [0, 2] {
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        let node = "replicated-storage-service.replica";
+        let pid = replica_pid(&app, node, victim).expect("the replica runs");
+        let killed = Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+        assert!(killed.success());
+        // The supervisor restarts it; the load goes on meanwhile.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while replica_pid(&app, node, victim).is_none_or(|p| p == pid) {
+            assert!(std::time::Instant::now() < deadline, "replica {victim} was not restarted");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = load.await.unwrap();
+    let count = stored_count(&storage).await;
+    println!("{storage}: {seen:?}, stored {count}");
+    assert!(seen.ok > 0, "{seen:?}");
+    assert!(
+        seen.ok <= count && count <= seen.ok + seen.may_have_run,
+        "stored {count}, but {} calls succeeded and {} failed after they may have run",
+        seen.ok,
+        seen.may_have_run
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_twice_mid_run_loses_no_stored_update_on_the_file_store() {
+    let app = Deployed::new(&[]);
+    app.up(&[]);
+    let storage = StorageConfig::File(app.file_store());
+    killing_replicas_twice_keeps_the_count_within_what_clients_saw(app, storage).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_twice_mid_run_loses_no_stored_update_on_redis() {
+    let Some(redis) =
+        RedisServer::start_or_skip("a_replica_killed_twice_mid_run_loses_no_stored_update_on_redis")
+    else {
+        return;
+    };
+    let app = Deployed::new(&[("REDIS_URL", &redis.url())]);
+    app.up(&["--storage", "redis"]);
+    killing_replicas_twice_keeps_the_count_within_what_clients_saw(app, StorageConfig::Redis(redis.url()))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_mid_run_is_a_clear_storage_error_writes_nothing_partial_and_recovers() {
+    let Some(redis) = RedisServer::start_or_skip("redis_stopped_mid_run") else { return };
+    let app = Deployed::new(&[("REDIS_URL", &redis.url())]);
+    app.up(&["--storage", "redis"]);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn(hammer_until(app.address(), 8, stop.clone()));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Stopped (frozen, as a stalled host is) for two seconds: it keeps its data.
+    redis.pause();
+    // While it is down, a call fails with -32003 naming the store.
+    let e = RpcClient::new().call(&app.address(), SERVICE, &json!({})).await.unwrap_err();
+    assert!(
+        matches!(e, CallError::Rpc(ref e) if e.code == RpcError::STORAGE && e.message.contains(&redis.address())),
+        "{e}"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    redis.resume();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = load.await.unwrap();
+    // It recovered by itself: calls succeed again.
+    let answer = RpcClient::new().call(&app.address(), SERVICE, &json!({})).await.unwrap();
+    let count = stored_count(&StorageConfig::Redis(redis.url())).await;
+    assert_eq!(answer["requests"], json!(count), "the value stored is whole and current");
+    assert!(
+        seen.ok < count && count <= seen.ok + seen.may_have_run + 1,
+        "stored {count}; {seen:?} (+1 for the check after)"
+    );
+}

@@ -123,9 +123,32 @@ impl RedisServer {
 
     /// Kills the server (as a crash would) and waits for it to be gone.
     pub fn stop(&mut self) {
+        self.resume();
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Freezes the server (SIGSTOP), as a stalled host or a network partition would: connections
+    /// stay open, nothing is answered, and what was sent is still executed after [`resume`].
+    ///
+    /// [`resume`]: RedisServer::resume
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a [paused](RedisServer::pause) server run again, with every key it held.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) on the pid of a child this value owns and has not reaped.
+            unsafe {
+                libc::kill(child.id() as i32, signal);
+            }
         }
     }
 
