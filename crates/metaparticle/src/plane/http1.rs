@@ -116,7 +116,8 @@ impl Http1Pool {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let connections = idle.get_mut(peer)?;
         while let Some(Idle { stream, since }) = connections.pop() {
-            if since.elapsed() < IDLE_LIMIT && is_open(&stream) {
+            let idle_for = since.elapsed();
+            if idle_for < IDLE_LIMIT && is_open(&stream, idle_for) {
                 return Some(stream);
             }
         }
@@ -134,10 +135,29 @@ impl Http1Pool {
 
 /// Whether an idle connection is still open: the peer has neither closed it nor sent anything
 /// unasked (which would be a protocol error on an idle HTTP/1.1 connection).
-fn is_open(stream: &TcpStream) -> bool {
+///
+/// A connection reused at once (the hot path under load) is checked against what the runtime
+/// already knows, which costs no system call. One that sat idle longer is asked of the kernel:
+/// the runtime learns of a peer's close only when it next polls for events, and a busy worker may
+/// not have done so yet, while a request sent on a connection the peer closed (a replica that was
+/// killed and restarted) fails after it was sent, which cannot be retried safely.
+fn is_open(stream: &TcpStream, idle_for: Duration) -> bool {
+    if idle_for < KERNEL_CHECK_AFTER {
+        let mut probe = [0u8; 1];
+        return matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+    }
+    use std::os::fd::AsRawFd;
     let mut probe = [0u8; 1];
-    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    // SAFETY: recv(2) on the descriptor `stream` owns, into a buffer of the length given; PEEK
+    // leaves any data where it is and DONTWAIT keeps the call from blocking.
+    let read = unsafe {
+        libc::recv(stream.as_raw_fd(), probe.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+    };
+    read < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
 }
+
+/// How long a connection may sit idle before its reuse asks the kernel whether it is still open.
+const KERNEL_CHECK_AFTER: Duration = Duration::from_millis(2);
 
 async fn connect(peer: &str) -> Result<TcpStream, SendError> {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer)).await {
@@ -276,6 +296,50 @@ fn parse_head(bytes: &[u8]) -> Result<Option<Head>, SendError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server on a plain thread: answers each connection's first request, keeps it open until
+    /// told to close it, and counts the connections it accepted.
+    fn one_answer_per_connection(
+    ) -> (String, std::sync::mpsc::Sender<()>, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (close, closing) = std::sync::mpsc::channel::<()>();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(2) {
+                let mut stream = stream.unwrap();
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}");
+                let _ = closing.recv_timeout(Duration::from_secs(5));
+            }
+        });
+        (address, close, accepted)
+    }
+
+    #[test]
+    fn a_kept_alive_connection_the_peer_closed_while_the_worker_was_busy_is_not_reused() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let (address, close, accepted) = one_answer_per_connection();
+            let peer: Arc<str> = address.into();
+            let pool = Http1Pool::default();
+            assert!(pool.post(&peer, &[], b"{}").await.is_ok());
+            close.send(()).unwrap();
+            // The worker is busy (it does not poll for events), so its runtime has not seen the close.
+            std::thread::sleep(Duration::from_millis(50));
+            let answer = pool.post(&peer, &[], b"{}").await;
+            assert!(answer.is_ok(), "a dead kept-alive connection was reused: {answer:?}");
+            assert_eq!(
+                accepted.load(std::sync::atomic::Ordering::SeqCst),
+                2,
+                "a fresh connection carried it"
+            );
+        });
+    }
 
     #[test]
     fn a_request_is_one_buffer_with_its_length() {
