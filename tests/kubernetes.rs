@@ -22,7 +22,7 @@ use support::{binary, free_port, Run};
 
 /// Every code-walk example (server4 is histogram under the chapter's own name, so its app differs),
 /// the sharding tutorial, and the nested topology; server5 keeps state on a volume (server6 and
-/// server7 need Redis: see [`redis_manifests_validate`]).
+/// server7 and the shop need Redis: they are validated with it).
 const EXAMPLES: [&str; 8] =
     ["server1", "server2", "server3", "server4", "histogram", "sharded_http", "shard_of_spreads", "server5"];
 /// The oldest and the newest Kubernetes the README names as supported.
@@ -162,7 +162,7 @@ fn every_examples_manifests_validate_against_the_official_schemas() {
     let printed = EXAMPLES
         .iter()
         .map(|name| (name.to_string(), manifests(name)))
-        .chain(["server6", "server7"].map(|name| {
+        .chain(["server6", "server7", "shop"].map(|name| {
             let users = [redis[0], ("SIMPLE_USER_STORAGE_USERS", "alice:pw")];
             (format!("{name}-redis"), manifests_with(name, &["--storage", "redis"], &users))
         }))

@@ -140,8 +140,20 @@ impl Drop for App {
 
 /// One JSON-RPC call over a fresh connection: the result, or the error object / transport error.
 fn rpc(address: &str, method: &str, request: Value) -> Result<Value, String> {
+    rpc_as(address, method, request, None)
+}
+
+/// [`rpc`] with HTTP Basic credentials `user:password`.
+fn rpc_as(address: &str, method: &str, request: Value, user: Option<&str>) -> Result<Value, String> {
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": [request]}).to_string();
-    let (status, text) = http(address, "POST", "/", &body)?;
+    let headers = match user {
+        Some(user) => {
+            let (name, password) = user.split_once(':').expect("user:password");
+            format!("Authorization: {}\r\n", metaparticle::client::basic_auth_header(name, password))
+        }
+        None => String::new(),
+    };
+    let (status, text) = http_with(address, "POST", "/", &body, &headers)?;
     let answer: Value = serde_json::from_str(&text).map_err(|e| format!("HTTP {status}: {e}: {text}"))?;
     match answer.get("result") {
         Some(result) => Ok(result.clone()),
@@ -151,11 +163,22 @@ fn rpc(address: &str, method: &str, request: Value) -> Result<Value, String> {
 
 /// One HTTP/1.1 request with `Connection: close`: status and body.
 fn http(address: &str, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
+    http_with(address, method, path, body, "")
+}
+
+/// [`http`] with extra header lines (each ending in `\r\n`).
+fn http_with(
+    address: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &str,
+) -> Result<(u16, String), String> {
     let mut stream = std::net::TcpStream::connect(address).map_err(|e| e.to_string())?;
     stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
         body.len()
     )
     .map_err(|e| e.to_string())?;
@@ -340,4 +363,48 @@ fn server6_replicas_share_one_counter_in_redis_and_lose_no_update() {
     assert_eq!(servers.len(), 3, "all three replica pods served: {servers:?}");
     let by_pod: HashMap<&str, usize> = app.cluster.pods().iter().map(|p| (p.owner.as_str(), 1)).collect();
     assert!(by_pod.contains_key("StatefulSet/replicated-storage-service-replica"), "{by_pod:?}");
+}
+
+#[test]
+fn the_shop_runs_as_pods_whose_services_call_each_other_by_cluster_names() {
+    if !docker_or_skip() {
+        return;
+    }
+    let redis = match kube_harness::redis::image() {
+        Ok(image) => image,
+        Err(why) if std::env::var("MP_REQUIRE_REDIS").is_ok_and(|v| v == "1") => {
+            panic!("{why}, and MP_REQUIRE_REDIS=1 requires this test to run")
+        }
+        Err(why) => {
+            let _ = writeln!(std::io::stderr(), "skipped: {why}");
+            return;
+        }
+    };
+    let password = format!("pw-{:016x}", rand::random::<u64>());
+    let mut cluster = Cluster::new("shop", "shop");
+    cluster.create_secret("redis", &[("password", &password)]);
+    cluster.apply(&kube_harness::redis::manifest(&redis)).unwrap_or_else(|e| panic!("{e}"));
+    let url = format!("redis://:{password}@redis.shop.svc.cluster.local:6379");
+    let app = App::deploy_into(
+        cluster,
+        "shop",
+        true,
+        &["--storage", "redis"],
+        &[("REDIS_URL", &url)],
+        &[("storage-password", &password)],
+    );
+    let frontend = app.cluster.service_address("frontend");
+    let shop = |user: &str, request: Value| rpc_as(&frontend, "frontend", request, Some(user));
+    // The frontend pods call the catalog's gather root and the cart's router by their Service names.
+    let page = shop("alice:wonderland", json!({ "search": "oak" })).unwrap();
+    let skus: Vec<&str> =
+        page["results"].as_array().unwrap().iter().map(|p| p["sku"].as_str().unwrap()).collect();
+    assert_eq!(skus, ["clock-wall", "shelf-oak", "chair-oak", "desk-oak"], "{page}");
+    // Each shopper's basket lives on the shopper's cart shard, in Redis.
+    shop("alice:wonderland", json!({ "add": { "sku": "desk-oak", "quantity": 1 } })).unwrap();
+    let alice = shop("alice:wonderland", json!({ "add": { "sku": "mug-stone", "quantity": 2 } })).unwrap();
+    assert_eq!((alice["items"].clone(), alice["total_cents"].clone()), (json!(3), json!(37300)), "{alice}");
+    assert_eq!(shop("bob:builder", json!({ "cart": {} })).unwrap()["items"], json!(0));
+    let err = shop("alice:wonderland", json!({ "add": { "sku": "yacht", "quantity": 1 } })).unwrap_err();
+    assert!(err.contains("-32044"), "a callee's error crosses pods with its code: {err}");
 }
