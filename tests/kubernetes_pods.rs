@@ -16,9 +16,10 @@ use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kube_harness::docker::{bounded, engine_answers};
+use kube_harness::docker::bounded;
 use kube_harness::Cluster;
 use serde_json::{json, Value};
+use support::docker::engine_answers;
 
 /// How long a whole app may take to become ready (first pods start while images are still cold).
 const READY_WITHIN: Duration = Duration::from_secs(120);
@@ -310,30 +311,7 @@ fn server6_replicas_share_one_counter_in_redis_and_lose_no_update() {
     if !docker_or_skip() {
         return;
     }
-    let redis = match kube_harness::redis::image() {
-        Ok(image) => image,
-        Err(why) if std::env::var("MP_REQUIRE_REDIS").is_ok_and(|v| v == "1") => {
-            panic!("{why}, and MP_REQUIRE_REDIS=1 requires this test to run")
-        }
-        Err(why) => {
-            let _ = writeln!(std::io::stderr(), "skipped: {why}");
-            return;
-        }
-    };
-    let password = format!("pw-{:016x}", rand::random::<u64>());
-    let mut cluster = Cluster::new("server6", "counters");
-    cluster.create_secret("redis", &[("password", &password)]);
-    cluster.apply(&kube_harness::redis::manifest(&redis)).unwrap_or_else(|e| panic!("{e}"));
-    // The address a user gives: the Redis Service's cluster name; the password goes to the Secret.
-    let url = format!("redis://:{password}@redis.counters.svc.cluster.local:6379");
-    let app = App::deploy_into(
-        cluster,
-        "server6",
-        true,
-        &["--storage", "redis"],
-        &[("REDIS_URL", &url)],
-        &[("storage-password", &password)],
-    );
+    let Some(app) = deploy_with_redis("server6", "counters") else { return };
     let address = app.cluster.service_address("replicated-storage-service");
     let (clients, per_client) = (8, 25);
     let outcomes: Vec<(usize, HashSet<String>)> = std::thread::scope(|scope| {
@@ -370,29 +348,7 @@ fn the_shop_runs_as_pods_whose_services_call_each_other_by_cluster_names() {
     if !docker_or_skip() {
         return;
     }
-    let redis = match kube_harness::redis::image() {
-        Ok(image) => image,
-        Err(why) if std::env::var("MP_REQUIRE_REDIS").is_ok_and(|v| v == "1") => {
-            panic!("{why}, and MP_REQUIRE_REDIS=1 requires this test to run")
-        }
-        Err(why) => {
-            let _ = writeln!(std::io::stderr(), "skipped: {why}");
-            return;
-        }
-    };
-    let password = format!("pw-{:016x}", rand::random::<u64>());
-    let mut cluster = Cluster::new("shop", "shop");
-    cluster.create_secret("redis", &[("password", &password)]);
-    cluster.apply(&kube_harness::redis::manifest(&redis)).unwrap_or_else(|e| panic!("{e}"));
-    let url = format!("redis://:{password}@redis.shop.svc.cluster.local:6379");
-    let app = App::deploy_into(
-        cluster,
-        "shop",
-        true,
-        &["--storage", "redis"],
-        &[("REDIS_URL", &url)],
-        &[("storage-password", &password)],
-    );
+    let Some(app) = deploy_with_redis("shop", "shop") else { return };
     let frontend = app.cluster.service_address("frontend");
     let shop = |user: &str, request: Value| rpc_as(&frontend, "frontend", request, Some(user));
     // The frontend pods call the catalog's gather root and the cart's router by their Service names.
@@ -407,4 +363,34 @@ fn the_shop_runs_as_pods_whose_services_call_each_other_by_cluster_names() {
     assert_eq!(shop("bob:builder", json!({ "cart": {} })).unwrap()["items"], json!(0));
     let err = shop("alice:wonderland", json!({ "add": { "sku": "yacht", "quantity": 1 } })).unwrap_err();
     assert!(err.contains("-32044"), "a callee's error crosses pods with its code: {err}");
+}
+
+/// Deploys `example` with `--storage redis` into a cluster namespace that also runs a Redis
+/// (FROM scratch, password in a Secret), as a user would point the app at it: the Redis Service's
+/// cluster name in `REDIS_URL`, the password in the app's Secret. `None` (after saying why) when
+/// the Redis image cannot be built here and Redis is not required.
+fn deploy_with_redis(example: &str, namespace: &str) -> Option<App> {
+    let redis = match kube_harness::redis::image() {
+        Ok(image) => image,
+        Err(why) if std::env::var("MP_REQUIRE_REDIS").is_ok_and(|v| v == "1") => {
+            panic!("{why}, and MP_REQUIRE_REDIS=1 requires this test to run")
+        }
+        Err(why) => {
+            let _ = writeln!(std::io::stderr(), "skipped: {why}");
+            return None;
+        }
+    };
+    let password = format!("pw-{:016x}", rand::random::<u64>());
+    let mut cluster = Cluster::new(example, namespace);
+    cluster.create_secret("redis", &[("password", &password)]);
+    cluster.apply(&kube_harness::redis::manifest(&redis)).unwrap_or_else(|e| panic!("{e}"));
+    let url = format!("redis://:{password}@redis.{namespace}.svc.cluster.local:6379");
+    Some(App::deploy_into(
+        cluster,
+        example,
+        true,
+        &["--storage", "redis"],
+        &[("REDIS_URL", &url)],
+        &[("storage-password", &password)],
+    ))
 }

@@ -6,16 +6,6 @@ use std::time::{Duration, Instant};
 /// Longest one Docker command may take (a cold image build of a debug binary included).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Whether a Docker engine answers here.
-pub fn engine_answers() -> bool {
-    Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// `docker <args>`: its stdout, or what went wrong.
 pub fn docker(args: &[&str]) -> Result<String, String> {
     let output = bounded(Command::new("docker").args(args))?;

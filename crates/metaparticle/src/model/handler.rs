@@ -137,11 +137,11 @@ pub struct SyncContextHandler<Req, Out, R>(PhantomData<fn(Req) -> (Out, R)>);
 pub struct AsyncContextHandler<Req, Fut, R>(PhantomData<fn(Req) -> (Fut, R)>);
 
 /// A user function of either shape, called with the context or without it.
-struct Plain<F>(F);
-struct WithContext<F>(F);
+pub(crate) struct Plain<F>(pub(crate) F);
+pub(crate) struct WithContext<F>(pub(crate) F);
 
 /// How one shape of user function is invoked; lets one erased implementation serve both shapes.
-trait Invoke<Req, Out>: Send + Sync + 'static {
+pub(crate) trait Invoke<Req, Out>: Send + Sync + 'static {
     /// Whether the user's function takes the context (and so can make calls).
     const TAKES_CONTEXT: bool;
 

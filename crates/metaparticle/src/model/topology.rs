@@ -30,7 +30,7 @@ use serde_json::Value;
 use super::callee::ServiceName;
 use super::context::Context;
 use super::handler::sealed::IntoErased;
-use super::handler::{decode_request, ErasedHandler, Handler, IntoReply};
+use super::handler::{decode_request, ErasedHandler, Handler, IntoReply, Invoke, Plain, WithContext};
 use super::shard_key::ShardKey;
 use crate::future::BoxFuture;
 use crate::wire::jsonrpc::RpcError;
@@ -363,11 +363,10 @@ pub struct AsyncContextMerge<Part, Fut, R>(PhantomData<fn(Part) -> (Fut, R)>);
 /// The signature a merge function is erased from (only for `PhantomData`).
 type MergeSignature<Part, Out, R> = fn(Vec<Part>) -> (Out, R);
 
-/// A merge of either shape, erased: `invoke` runs the user's function on decoded parts.
-struct MergeFn<F, Part, Out, R, const CONTEXT: bool, const ASYNC: bool>(
-    F,
-    PhantomData<MergeSignature<Part, Out, R>>,
-);
+/// A synchronous merge of either shape (with or without the context), erased.
+struct MergeNow<I, Part, Out, R>(I, PhantomData<MergeSignature<Part, Out, R>>);
+/// An asynchronous merge of either shape, erased.
+struct MergeLater<I, Part, Fut, R>(I, PhantomData<MergeSignature<Part, Fut, R>>);
 
 /// Decodes the leaves' answers as the merge's part type; a leaf that answered something else is
 /// named.
@@ -420,22 +419,7 @@ where
     type Reply = Out::Reply;
 
     fn into_erased_merge(self) -> Arc<dyn ErasedMerge> {
-        Arc::new(MergeFn::<F, Part, Out, R, false, false>(self, PhantomData))
-    }
-}
-
-impl<F, Part, Out, R> ErasedMerge for MergeFn<F, Part, Out, R, false, false>
-where
-    F: Fn(Vec<Part>) -> Out + Send + Sync + 'static,
-    Part: DeserializeOwned + 'static,
-    Out: IntoReply<R> + 'static,
-    R: 'static,
-{
-    fn merge(&self, parts: Vec<Value>, _: Context) -> BoxFuture<Result<Value, RpcError>> {
-        match decode_parts::<Part>(parts) {
-            Ok(parts) => merge_now::<Out, R>(|| (self.0)(parts)),
-            Err(e) => Box::pin(std::future::ready(Err(e))),
-        }
+        Arc::new(MergeNow(Plain(self), PhantomData))
     }
 }
 
@@ -449,26 +433,7 @@ where
     type Reply = Out::Reply;
 
     fn into_erased_merge(self) -> Arc<dyn ErasedMerge> {
-        Arc::new(MergeFn::<F, Part, Out, R, true, false>(self, PhantomData))
-    }
-}
-
-impl<F, Part, Out, R> ErasedMerge for MergeFn<F, Part, Out, R, true, false>
-where
-    F: Fn(Context, Vec<Part>) -> Out + Send + Sync + 'static,
-    Part: DeserializeOwned + 'static,
-    Out: IntoReply<R> + 'static,
-    R: 'static,
-{
-    fn merge(&self, parts: Vec<Value>, context: Context) -> BoxFuture<Result<Value, RpcError>> {
-        match decode_parts::<Part>(parts) {
-            Ok(parts) => merge_now::<Out, R>(|| (self.0)(context, parts)),
-            Err(e) => Box::pin(std::future::ready(Err(e))),
-        }
-    }
-
-    fn may_block(&self) -> bool {
-        true
+        Arc::new(MergeNow(WithContext(self), PhantomData))
     }
 }
 
@@ -483,23 +448,7 @@ where
     type Reply = <Fut::Output as IntoReply<R>>::Reply;
 
     fn into_erased_merge(self) -> Arc<dyn ErasedMerge> {
-        Arc::new(MergeFn::<F, Part, Fut, R, false, true>(self, PhantomData))
-    }
-}
-
-impl<F, Part, Fut, R> ErasedMerge for MergeFn<F, Part, Fut, R, false, true>
-where
-    F: Fn(Vec<Part>) -> Fut + Send + Sync + 'static,
-    Part: DeserializeOwned + 'static,
-    Fut: Future + Send + 'static,
-    Fut::Output: IntoReply<R>,
-    R: 'static,
-{
-    fn merge(&self, parts: Vec<Value>, _: Context) -> BoxFuture<Result<Value, RpcError>> {
-        match decode_parts::<Part>(parts) {
-            Ok(parts) => merge_later::<Fut, R>(|| (self.0)(parts)),
-            Err(e) => Box::pin(std::future::ready(Err(e))),
-        }
+        Arc::new(MergeLater(Plain(self), PhantomData))
     }
 }
 
@@ -514,13 +463,33 @@ where
     type Reply = <Fut::Output as IntoReply<R>>::Reply;
 
     fn into_erased_merge(self) -> Arc<dyn ErasedMerge> {
-        Arc::new(MergeFn::<F, Part, Fut, R, true, true>(self, PhantomData))
+        Arc::new(MergeLater(WithContext(self), PhantomData))
     }
 }
 
-impl<F, Part, Fut, R> ErasedMerge for MergeFn<F, Part, Fut, R, true, true>
+impl<I, Part, Out, R> ErasedMerge for MergeNow<I, Part, Out, R>
 where
-    F: Fn(Context, Vec<Part>) -> Fut + Send + Sync + 'static,
+    I: Invoke<Vec<Part>, Out>,
+    Part: DeserializeOwned + 'static,
+    Out: IntoReply<R> + 'static,
+    R: 'static,
+{
+    fn merge(&self, parts: Vec<Value>, context: Context) -> BoxFuture<Result<Value, RpcError>> {
+        match decode_parts::<Part>(parts) {
+            Ok(parts) => merge_now::<Out, R>(|| self.0.invoke(context, parts)),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
+    /// A synchronous merge that takes the context may call other services, which blocks.
+    fn may_block(&self) -> bool {
+        I::TAKES_CONTEXT
+    }
+}
+
+impl<I, Part, Fut, R> ErasedMerge for MergeLater<I, Part, Fut, R>
+where
+    I: Invoke<Vec<Part>, Fut>,
     Part: DeserializeOwned + 'static,
     Fut: Future + Send + 'static,
     Fut::Output: IntoReply<R>,
@@ -528,7 +497,7 @@ where
 {
     fn merge(&self, parts: Vec<Value>, context: Context) -> BoxFuture<Result<Value, RpcError>> {
         match decode_parts::<Part>(parts) {
-            Ok(parts) => merge_later::<Fut, R>(|| (self.0)(context, parts)),
+            Ok(parts) => merge_later::<Fut, R>(|| self.0.invoke(context, parts)),
             Err(e) => Box::pin(std::future::ready(Err(e))),
         }
     }
