@@ -1,0 +1,211 @@
+//! Seeing what a running app does, on the local runner, as a user would: traces exported to a
+//! real OTLP receiver form one tree per request across processes, every node's `/metrics` passes
+//! `promtool check metrics`, and nothing is exported without the OpenTelemetry variables.
+//!
+//! The receiver (Rotel, from PyPI) and `promtool` (Debian's `prometheus`) are real programs; where
+//! one is missing its test skips, unless `MP_REQUIRE_OTLP=1` / `MP_REQUIRE_PROMTOOL=1` (CI).
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::observe::{promtool_check, promtool_or_skip, OtlpReceiver, ReceivedSpan};
+use support::Sandbox;
+
+/// POSTs a JSON-RPC call to `port` as a caller that sends `traceparent` (and Basic credentials).
+fn call_traced(
+    port: u16,
+    method: &str,
+    request: Value,
+    traceparent: Option<&str>,
+    user: Option<&str>,
+) -> Value {
+    use std::io::{Read, Write};
+    let body = json!({"jsonrpc": "2.0", "method": method, "params": [request], "id": 1}).to_string();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut head = format!(
+        "POST / HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+        body.len()
+    );
+    if let Some(traceparent) = traceparent {
+        head.push_str(&format!("traceparent: {traceparent}\r\n"));
+    }
+    if let Some(user) = user {
+        head.push_str(&format!("authorization: Basic {}\r\n", base64(user.as_bytes())));
+    }
+    write!(stream, "{head}\r\n{body}").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    serde_json::from_str(answer.split_once("\r\n\r\n").expect("an HTTP answer").1).unwrap()
+}
+
+/// Standard base64, for a Basic `Authorization` header.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The `host:port` of every replica of the deployed app, from its record.
+fn every_replica(sandbox: &Sandbox) -> Vec<(String, String)> {
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(sandbox.app_dir().join("deployment.json")).unwrap()).unwrap();
+    let mut replicas = Vec::new();
+    for (node, addresses) in record["book"].as_object().unwrap() {
+        for address in addresses.as_array().unwrap() {
+            replicas.push((node.clone(), address.as_str().unwrap().to_string()));
+        }
+    }
+    replicas
+}
+
+const CALLER_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+const CALLER_SPAN: &str = "b7ad6b7169203331";
+
+fn attribute<'s>(span: &'s ReceivedSpan, key: &str) -> &'s str {
+    span.attributes
+        .get(key)
+        .map(String::as_str)
+        .unwrap_or_else(|| panic!("{} has no {key}: {span:#?}", span.name))
+}
+
+#[test]
+fn one_shop_request_is_one_trace_tree_across_its_processes_in_a_real_otlp_receiver() {
+    let Some(receiver) = OtlpReceiver::start_or_skip() else { return };
+    let mut sandbox = Sandbox::new("shop");
+    sandbox.env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), receiver.endpoint()));
+    sandbox.env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()));
+    sandbox.up();
+    let traceparent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+    let add = json!({ "add": { "sku": "desk-oak", "quantity": 1 } });
+    let basket = call_traced(sandbox.port, "frontend", add, Some(&traceparent), Some("alice:wonderland"));
+    assert_eq!(basket["result"]["items"], 1, "{basket}");
+
+    // frontend and its attempt, frontend.replica; its call to the catalog, the gather root, four
+    // attempts and four leaves; its call to the cart, the router, its attempt and the shard.
+    let spans = receiver.spans_of(CALLER_TRACE, 17, Duration::from_secs(20));
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(spans.len(), 17, "{names:?}");
+
+    // One tree: one span continues the caller's, every other hangs off a span of the trace.
+    let ids: HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    let roots: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.parent_id == CALLER_SPAN).collect();
+    assert_eq!(roots.len(), 1, "{names:?}");
+    assert_eq!((roots[0].name.as_str(), attribute(roots[0], "metaparticle.role")), ("frontend", "balancer"));
+    for span in &spans {
+        assert!(span.parent_id == CALLER_SPAN || ids.contains(span.parent_id.as_str()), "{span:#?}");
+        assert_eq!(attribute(span, "metaparticle.outcome"), "ok", "{span:#?}");
+    }
+    let children = |parent: &ReceivedSpan| -> Vec<&ReceivedSpan> {
+        spans.iter().filter(|s| s.parent_id == parent.span_id).collect()
+    };
+    // Spans were recorded by the processes that did the work: 1 + 1 + 1 + 4 + 1 + 1 replicas.
+    let recorders: HashSet<&str> = spans.iter().map(|s| s.instance.as_str()).collect();
+    assert_eq!(recorders.len(), 9, "{recorders:?}");
+
+    let replica = children(roots[0])[0];
+    assert_eq!((replica.name.as_str(), replica.kind.as_str()), ("call frontend.replica", "SPAN_KIND_CLIENT"));
+    assert_eq!(attribute(replica, "metaparticle.attempt"), "1");
+    let served = children(replica);
+    assert_eq!(served[0].name, "frontend.replica");
+    let calls: HashMap<&str, &ReceivedSpan> =
+        children(served[0]).into_iter().map(|c| (c.name.as_str(), c)).collect();
+    assert!(calls.contains_key("call catalog") && calls.contains_key("call cart"), "{calls:?}");
+
+    let catalog = children(calls["call catalog"])[0];
+    assert_eq!(attribute(catalog, "metaparticle.role"), "gather");
+    let leaves: HashSet<&str> = children(catalog)
+        .into_iter()
+        .map(|hop| attribute(children(hop)[0], "metaparticle.replica"))
+        .collect();
+    assert_eq!(leaves, HashSet::from(["0", "1", "2", "3"]), "every leaf is a child of its own hop");
+
+    let router = children(calls["call cart"])[0];
+    assert_eq!(attribute(router, "metaparticle.role"), "router");
+    let shard = children(children(router)[0])[0];
+    assert_eq!(shard.name, "cart.shard");
+    assert_eq!(attribute(shard, "metaparticle.state.conflicts"), "0", "a lone shopper meets no conflict");
+    assert_eq!(attribute(shard, "metaparticle.retries"), "0");
+}
+
+#[test]
+fn a_request_without_a_traceparent_begins_a_trace_and_without_variables_nothing_is_exported() {
+    let Some(receiver) = OtlpReceiver::start_or_skip() else { return };
+    let mut traced = Sandbox::new("server2");
+    traced.extra = vec!["--app".into(), "observe-traced".into()];
+    traced.env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), receiver.endpoint()));
+    traced.env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()));
+    traced.up();
+    let untraced = Sandbox::new("server1");
+    untraced.up();
+    call_traced(
+        untraced.port,
+        "simple-service",
+        json!({}),
+        Some(&format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01")),
+        None,
+    );
+    call_traced(traced.port, "replicated-service", json!({}), None, None);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let spans = loop {
+        let spans = receiver.spans();
+        if spans.len() >= 3 || std::time::Instant::now() > deadline {
+            break spans;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(spans.len(), 3, "the balancer, its attempt and the replica: {spans:#?}");
+    let root = spans.iter().find(|s| s.name == "replicated-service").unwrap();
+    assert_eq!(root.parent_id, "", "a new trace's first span has no parent");
+    assert!(spans.iter().all(|s| s.trace_id == root.trace_id));
+    // The app deployed without variables sent nothing, not even for a caller's trace.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(receiver.spans().iter().all(|s| s.trace_id != CALLER_TRACE));
+}
+
+#[test]
+fn promtool_accepts_the_metrics_of_every_node_of_the_shop() {
+    let Some(promtool) = promtool_or_skip() else { return };
+    let mut sandbox = Sandbox::new("shop");
+    // Tracing on (spans recorded, exported nowhere), so that its counters are checked too.
+    sandbox.env.push(("OTEL_TRACES_EXPORTER".into(), "none".into()));
+    sandbox.up();
+    // Successes and errors of several codes, through every kind of node.
+    for request in [
+        json!({ "search": "oak" }),
+        json!({ "add": { "sku": "desk-oak", "quantity": 1 } }),
+        json!({ "add": { "sku": "yacht", "quantity": 1 } }),
+        json!({ "add": { "sku": "candle", "quantity": 100 } }),
+    ] {
+        call_traced(sandbox.port, "frontend", request, None, Some("alice:wonderland"));
+    }
+    let replicas = every_replica(&sandbox);
+    assert_eq!(replicas.len(), 13);
+    for (node, address) in replicas {
+        let (status, text) = support::try_http_get(&address, "/metrics").expect("the node answers");
+        assert_eq!(status, 200, "{node} at {address}");
+        if let Err(said) = promtool_check(&promtool, &text) {
+            panic!("promtool rejects the metrics of {node} at {address}:\n{said}\n{text}");
+        }
+        assert!(text.contains("# TYPE metaparticle_rpc_requests_total counter"), "{node}: {text}");
+        assert!(text.contains("process_start_time_seconds{"), "{node}: {text}");
+    }
+    let front = support::try_http_get(&format!("127.0.0.1:{}", sandbox.port), "/metrics").unwrap().1;
+    // The balancer knows the outcomes it relayed: 2 answers held errors (-32044, -32602).
+    assert!(front.contains(r#"outcome="error"} 2"#), "{front}");
+    assert!(front.contains(r#"code="-32044"} 1"#), "{front}");
+}
