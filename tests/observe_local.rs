@@ -209,3 +209,100 @@ fn promtool_accepts_the_metrics_of_every_node_of_the_shop() {
     assert!(front.contains(r#"outcome="error"} 2"#), "{front}");
     assert!(front.contains(r#"code="-32044"} 1"#), "{front}");
 }
+
+/// Runs headless Chromium on `url` with `args` (a fresh profile each time); its stdout.
+fn chromium(chromium: &std::path::Path, url: &str, args: &[&str]) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        // Virtual time runs the page's script (and its polling) for 4 s, without waiting 4 s.
+        .arg("--virtual-time-budget=4000")
+        .args(args)
+        .arg(url)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .expect("chromium runs");
+    assert!(output.status.success(), "chromium failed on {url}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Starts the program's `dashboard` for the sandbox's app; the child and the page's address.
+fn dashboard(sandbox: &Sandbox) -> (support::observe::Reaped, String) {
+    let address = format!("127.0.0.1:{}", support::free_port());
+    let child = sandbox
+        .program_command(&["dashboard", "--listen", &address])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("the dashboard starts");
+    let child = support::observe::Reaped(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while support::try_http_get(&address, "/").is_none() {
+        assert!(std::time::Instant::now() < deadline, "the dashboard did not listen on {address}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, address)
+}
+
+#[test]
+fn the_dashboard_shows_every_replica_with_its_traffic_in_a_real_browser() {
+    let Some(chromium_path) = support::observe::chromium_or_skip() else { return };
+    let sandbox = Sandbox::new("shop");
+    sandbox.up();
+    let (_dashboard, address) = dashboard(&sandbox);
+    // Traffic for a few seconds, so that the page's rates (over the last 5 s) are not zero.
+    let started = std::time::Instant::now();
+    let mut calls = 0;
+    while started.elapsed() < Duration::from_secs(3) || calls < 30 {
+        call_traced(sandbox.port, "frontend", json!({ "search": "oak" }), None, Some("alice:wonderland"));
+        calls += 1;
+    }
+    let url = format!("http://{address}/");
+    let dom = chromium(&chromium_path, &url, &["--dump-dom"]);
+
+    let replicas: Vec<String> = every_replica(&sandbox)
+        .into_iter()
+        .map(|(node, address)| {
+            let index =
+                every_replica(&sandbox).iter().filter(|(n, _)| *n == node).position(|(_, a)| *a == address);
+            format!("{node}-{}", index.unwrap())
+        })
+        .collect();
+    assert_eq!(replicas.len(), 13);
+    for replica in &replicas {
+        assert!(
+            dom.contains(&format!("data-replica=\"{replica}\"")),
+            "the page does not show {replica}:\n{dom}"
+        );
+    }
+    assert!(dom.contains("app shop"), "{dom}");
+    for service in ["frontend", "cart", "catalog"] {
+        assert!(dom.contains(&format!("data-service=\"{service}\"")), "no service {service}");
+    }
+    assert!(dom.contains("spread x2") && dom.contains("shard x4") && dom.contains("scatter x4"), "patterns");
+    // The front's requests per second, as the page drew them.
+    let rps = |replica: &str| -> f64 {
+        let at = dom.find(&format!("data-replica=\"{replica}\"")).unwrap();
+        let row = &dom[at..at + 300];
+        let value = row.split("data-rps=\"").nth(1).unwrap().split('"').next().unwrap();
+        value.parse().unwrap_or_else(|_| panic!("no rate for {replica}: {row}"))
+    };
+    assert!(rps("frontend-0") > 1.0, "the front served {calls} calls in ~3 s");
+    assert!(rps("catalog.leaf-3") > 1.0, "every search reaches every leaf");
+    assert_eq!(dom.matches("data-health=\"healthy\"").count(), 13, "{dom}");
+
+    // A replica's log lines, as the page fetches them when one is clicked.
+    let (status, logs) = support::try_http_get(&address, "/api/logs?replica=cart-0").unwrap();
+    assert_eq!(status, 200);
+    assert!(logs.contains("serving"), "{logs}");
+
+    // The screenshot is kept as an artifact of the test run.
+    let artifacts = support::target_dir().join("test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("dashboard-shop.png");
+    let _ = std::fs::remove_file(&shot);
+    chromium(&chromium_path, &url, &["--window-size=1400,1100", &format!("--screenshot={}", shot.display())]);
+    let png = std::fs::read(&shot).expect("chromium wrote the screenshot");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "{} bytes", png.len());
+    eprintln!("dashboard screenshot: {}", shot.display());
+}

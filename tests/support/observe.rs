@@ -227,3 +227,13 @@ pub fn chromium_or_skip() -> Option<PathBuf> {
         .find_map(|name| on_path(name))
         .or_else(|| skip("Chromium is not installed (Debian: chromium)", "MP_REQUIRE_CHROMIUM"))
 }
+
+/// A child process killed and reaped when dropped.
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
