@@ -306,3 +306,30 @@ fn the_dashboard_shows_every_replica_with_its_traffic_in_a_real_browser() {
     assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "{} bytes", png.len());
     eprintln!("dashboard screenshot: {}", shot.display());
 }
+
+#[test]
+fn the_kubernetes_manifests_carry_the_deployers_opentelemetry_settings_but_not_its_headers() {
+    let mut sandbox = Sandbox::new("shop");
+    sandbox
+        .env
+        .push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), "http://otel-collector.observability:4318".into()));
+    sandbox.env.push(("OTEL_TRACES_SAMPLER".into(), "parentbased_traceidratio".into()));
+    sandbox.env.push(("OTEL_EXPORTER_OTLP_HEADERS".into(), "x-api-key=do-not-write-me".into()));
+    // The cart keeps state in four pods, which on Kubernetes takes a Redis.
+    sandbox.env.push(("REDIS_HOST".into(), "redis.shop".into()));
+    let run = sandbox.program(&[
+        "--runner",
+        "kubernetes",
+        "--storage",
+        "redis",
+        "manifests",
+        "--namespace",
+        "shop",
+    ]);
+    assert!(run.ok, "{}", run.stderr);
+    let pods = run.stdout.matches("name: OTEL_EXPORTER_OTLP_ENDPOINT").count();
+    assert_eq!(pods, 6, "every workload (frontend, its replicas, cart, its shards, catalog, its leaves)");
+    assert!(run.stdout.contains("value: http://otel-collector.observability:4318"), "{}", run.stdout);
+    assert!(run.stdout.contains("name: OTEL_TRACES_SAMPLER"));
+    assert!(!run.stdout.contains("do-not-write-me"), "credentials must not reach a manifest");
+}

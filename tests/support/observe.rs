@@ -70,14 +70,20 @@ pub struct ReceivedSpan {
 /// A Rotel collector on loopback printing every span it receives; stopped when dropped.
 pub struct OtlpReceiver {
     child: Child,
+    pub host: String,
     pub http_port: u16,
     output: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl OtlpReceiver {
-    /// Starts the receiver, or skips without one.
+    /// Starts the receiver on loopback, or skips without one.
     pub fn start_or_skip() -> Option<Self> {
+        Self::start_on_or_skip("127.0.0.1")
+    }
+
+    /// Starts the receiver listening on `host` (an address of this machine), or skips.
+    pub fn start_on_or_skip(host: &str) -> Option<Self> {
         let Some(agent) = rotel_agent() else {
             return skip(
                 "no OTLP receiver is installed (PyPI: rotel; `python3 -m pip install rotel==0.0.1a15`)",
@@ -86,11 +92,12 @@ impl OtlpReceiver {
         };
         let dir = tempfile::tempdir().unwrap();
         let (grpc_port, http_port) = (super::free_port(), super::free_port());
+        let host = host.to_string();
         let output = dir.path().join("spans.txt");
         let child = Command::new(agent)
             .arg("start")
             .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc_port}")])
-            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http_port}")])
+            .args(["--otlp-http-endpoint", &format!("{host}:{http_port}")])
             .args(["--debug-log", "traces", "--debug-log-verbosity", "detailed", "--exporter", "blackhole"])
             .arg("--pid-file")
             .arg(dir.path().join("rotel.pid"))
@@ -101,9 +108,9 @@ impl OtlpReceiver {
             .stderr(Stdio::null())
             .spawn()
             .expect("the OTLP receiver starts");
-        let receiver = OtlpReceiver { child, http_port, output, _dir: dir };
+        let receiver = OtlpReceiver { child, host: host.clone(), http_port, output, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", http_port)).is_err() {
+        while std::net::TcpStream::connect((host.as_str(), http_port)).is_err() {
             assert!(Instant::now() < deadline, "the OTLP receiver did not listen on {http_port}");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -112,7 +119,7 @@ impl OtlpReceiver {
 
     /// The `OTEL_EXPORTER_OTLP_ENDPOINT` of this receiver.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        format!("http://{}:{}", self.host, self.http_port)
     }
 
     /// Every span received so far.

@@ -255,6 +255,7 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(false)
-        .with_target(false)
+        // Each line a request's code writes ends with its trace id (see plane::trace::log_tag).
+        .event_format(crate::plane::trace::log_tag::format())
         .try_init();
 }

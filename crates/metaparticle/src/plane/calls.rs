@@ -118,12 +118,13 @@ where
         return run().await;
     }
     // Log lines the code writes there name the request's trace, as they do inline.
-    let span = tracing::Span::current();
+    let trace = super::trace::log_tag::current();
     let ran = tokio::task::spawn_blocking(move || {
-        let _entered = span.enter();
-        let _allowed = MayWait::here();
-        let mut outcome = run();
-        (&mut outcome).now_or_never().ok_or(outcome)
+        super::trace::log_tag::within(trace, || {
+            let _allowed = MayWait::here();
+            let mut outcome = run();
+            (&mut outcome).now_or_never().ok_or(outcome)
+        })
     })
     .await;
     match ran {

@@ -20,12 +20,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::task::JoinSet;
 
-use tracing::Instrument;
-
 use super::identity::Identity;
 use super::inbound::Inbound;
 use super::metrics::Metrics;
 use super::shutdown::Shutdown;
+use super::trace::log_tag;
 use super::trace::span::SpanRecord;
 use super::trace::Tracer;
 use crate::future::BoxFuture;
@@ -339,15 +338,12 @@ async fn rpc(server: &NodeServer, req: Request<Incoming>) -> Response<Full<Bytes
         None => (incoming.map(|context| RequestTrace { context, notes: None }), None),
     };
     // Log lines written while serving (a retry, a missing leaf, the user's own) name the trace.
-    let log_span = match &trace {
-        Some(t) => tracing::info_span!("request", trace = %t.context.trace_id),
-        None => tracing::Span::none(),
-    };
+    let trace_id = trace.as_ref().map(|t| t.context.trace_id);
     let tracer = span.as_ref().and(server.tracer.clone());
     let inbound = Inbound { user, deadline, trace, tracer };
     // `hostname()` in user code reads the identity of the replica serving; in the test harness many
     // replicas share one process, so it is set per request (a real node sets it once per process).
-    let handled = server.role.handle(body, inbound).instrument(log_span);
+    let handled = log_tag::Tagged::new(server.role.handle(body, inbound), trace_id);
     let reply = super::identity::scope(server.identity.clone(), handled).await;
     in_flight.finish(reply.error);
     if let (Some(span), Some(tracer)) = (span, &server.tracer) {
@@ -365,16 +361,17 @@ async fn rpc(server: &NodeServer, req: Request<Incoming>) -> Response<Full<Bytes
 /// The attributes of a served request's span: which node and replica, what became of it, and
 /// the retries and state conflicts it took.
 fn describe_request(record: &mut SpanRecord, server: &NodeServer, reply: &Reply, notes: &SpanNotes) {
-    let id = &server.identity;
+    // Few attributes, each said once: the node and app are the span's name and its resource.
     record
         .set("rpc.system", "jsonrpc")
         .set("rpc.method", server.service.clone())
-        .set("metaparticle.node", id.node.as_str())
-        .set("metaparticle.replica", id.replica as i64)
+        .set("metaparticle.replica", server.identity.replica as i64)
         .set("metaparticle.role", server.kind)
-        .set("http.response.status_code", i64::from(reply.status.as_u16()))
         .set("metaparticle.outcome", if reply.error.is_some() { "error" } else { "ok" })
         .set("metaparticle.retries", i64::from(notes.retries()));
+    if reply.status != hyper::StatusCode::OK {
+        record.set("http.response.status_code", i64::from(reply.status.as_u16()));
+    }
     if notes.ran_state() {
         record.set("metaparticle.state.conflicts", i64::from(notes.state_conflicts()));
     }

@@ -28,6 +28,7 @@ use super::http1::{Answer, Http1Pool, SendError};
 use super::inbound::Inbound;
 use super::metrics::{HopOutcome, Metrics, UpstreamCounters};
 use super::trace::span::SpanRecord;
+use super::trace::tracer::hop_name;
 use super::trace::Tracer;
 use crate::wire::headers;
 use crate::wire::jsonrpc::{decode_response, encode_call, RpcError};
@@ -123,7 +124,7 @@ impl HttpClient {
 
 /// One replica as seen by a caller.
 struct Replica {
-    name: String,
+    name: Arc<str>,
     address: Arc<str>,
     health_uri: Uri,
     pending: AtomicUsize,
@@ -141,6 +142,8 @@ pub(crate) struct Pool {
     turn: AtomicUsize,
     /// The node's counts of hops to this target.
     counters: Option<UpstreamCounters>,
+    /// The name of the spans of hops to this target.
+    hop_name: Arc<str>,
 }
 
 impl Pool {
@@ -159,7 +162,7 @@ impl Pool {
             .map(|r| Replica {
                 address: r.address.as_str().into(),
                 health_uri: format!("http://{}/healthz", r.address).parse().expect("valid"),
-                name: r.name,
+                name: r.name.into(),
                 pending: AtomicUsize::new(0),
                 healthy: AtomicBool::new(true),
             })
@@ -176,6 +179,7 @@ impl Pool {
             idempotent,
             turn,
             counters,
+            hop_name: hop_name(label),
         });
         if pool.replicas.len() > 1 {
             tokio::spawn(probe_forever(Arc::downgrade(&pool)));
@@ -282,8 +286,9 @@ impl Pool {
                 Err(_) => Step::Fail(HopOutcome::Timeout, RpcError::timeout(&replica.name, timeout)),
             };
             if let (Some(hop), Some((_, tracer))) = (hop, recording) {
-                tracer
-                    .record_hop(hop, &self.label, |span| describe_attempt(span, replica, tried.len(), &step));
+                tracer.record_hop(hop, &self.hop_name, |span| {
+                    describe_attempt(span, replica, tried.len(), &step)
+                });
             }
             match step {
                 Step::Done(answer) => return Ok(answer),
@@ -339,13 +344,13 @@ enum Step {
 
 /// The span of one attempt: which replica, which attempt, and what became of it.
 fn describe_attempt(span: &mut SpanRecord, replica: &Replica, attempt: usize, step: &Step) {
-    span.set("rpc.system", "jsonrpc")
-        .set("server.address", replica.address.clone())
-        .set("metaparticle.upstream.replica", replica.name.as_str())
+    span.set("metaparticle.upstream.replica", replica.name.clone())
         .set("metaparticle.attempt", attempt as i64);
     match step {
         Step::Done(answer) => {
-            span.set("http.response.status_code", i64::from(answer.status.as_u16()));
+            if answer.status != StatusCode::OK {
+                span.set("http.response.status_code", i64::from(answer.status.as_u16()));
+            }
             span.set("metaparticle.outcome", if answer.error.is_some() { "error" } else { "ok" });
             if let Some(code) = answer.error {
                 span.set("rpc.jsonrpc.error_code", code);

@@ -67,6 +67,7 @@ async fn call_with_trace(app: &TestApp, method: &str, traceparent: &str) -> Valu
 fn text(span: &SpanRecord, key: &str) -> Option<String> {
     match span.get(key)? {
         AttributeValue::Text(t) => Some(t.to_string()),
+        AttributeValue::Static(t) => Some(t.to_string()),
         AttributeValue::Int(n) => Some(n.to_string()),
         AttributeValue::Bool(b) => Some(b.to_string()),
     }
@@ -119,10 +120,11 @@ async fn a_callers_trace_runs_through_the_balancer_to_the_replica_as_one_tree() 
     assert_eq!(text(attempt, "metaparticle.attempt").as_deref(), Some("1"));
     let replica = &children[&attempt.span_id.to_string()][0];
     assert_eq!((replica.kind, &*replica.name), (SpanKind::Server, "echo.replica"));
+    let served_by = format!("{}-{}", replica.name, text(replica, "metaparticle.replica").unwrap());
     assert_eq!(
         text(attempt, "metaparticle.upstream.replica"),
-        text(replica, "metaparticle.node")
-            .map(|n| { format!("{n}-{}", text(replica, "metaparticle.replica").unwrap()) })
+        Some(served_by),
+        "the attempt names its replica"
     );
     assert_eq!(replica.trace_state.as_deref(), Some("vendor=opaque"), "tracestate travels untouched");
 }
@@ -247,7 +249,11 @@ async fn log_lines_written_while_serving_carry_the_trace_id() {
     }
     let lines = Lines::default();
     let writer = lines.clone();
-    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .event_format(crate::plane::trace::log_tag::format())
+        .finish();
     // Every task of this (single-threaded) test runtime logs through it.
     let _default = tracing::subscriber::set_default(subscriber);
     let greet = |_: Value| {

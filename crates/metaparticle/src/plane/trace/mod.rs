@@ -9,6 +9,7 @@
 //! | [`tracer`] | sampling, the spans' hand-over to the exporter thread, OTLP/HTTP |
 //! | [`span`] | what a finished span holds |
 //! | [`otlp`] | spans as protobuf, per the official OTLP definitions |
+//! | [`log_tag`] | log lines that name the trace of the request they were written for |
 //!
 //! The spans of one request form one tree across processes: a node's server span is the child
 //! of its caller's hop; each attempt of a hop it makes is a client span, child of its server
@@ -27,6 +28,7 @@
 //! a caller's `traceparent` on, so traces begun outside the app continue through it.
 
 pub(crate) mod config;
+pub(crate) mod log_tag;
 pub(crate) mod otlp;
 pub(crate) mod span;
 pub(crate) mod tracer;

@@ -103,6 +103,7 @@ fn encode_span(out: &mut Vec<u8>, span: &SpanRecord) {
 fn key_value(out: &mut Vec<u8>, key: &str, value: &AttributeValue) {
     text(out, 1, key);
     message(out, 2, |out| match value {
+        AttributeValue::Static(t) => text(out, 1, t),
         AttributeValue::Text(t) => text(out, 1, t),
         AttributeValue::Bool(b) => varint_field(out, 2, u64::from(*b)),
         AttributeValue::Int(n) => varint_field(out, 3, *n as u64),
@@ -147,16 +148,26 @@ fn text(out: &mut Vec<u8>, field: u32, data: &str) {
 }
 
 /// A nested message: written in place, then its length put before it (a length prefix of one
-/// byte is reserved first and widened only for messages of 128 bytes or more).
+/// byte is reserved first and widened only for messages of 128 bytes or more, which are few: a
+/// span's attributes are short).
 fn message(out: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>)) {
     tag(out, field, LENGTH_DELIMITED);
     let at = out.len();
     out.push(0);
     write(out);
     let length = out.len() - at - 1;
-    let mut prefix = Vec::with_capacity(10);
-    varint(&mut prefix, length as u64);
-    out.splice(at..at + 1, prefix);
+    if length < 0x80 {
+        out[at] = length as u8;
+        return;
+    }
+    let (mut prefix, mut used, mut rest) = ([0u8; 10], 0, length as u64);
+    while rest >= 0x80 {
+        prefix[used] = (rest as u8) | 0x80;
+        rest >>= 7;
+        used += 1;
+    }
+    prefix[used] = rest as u8;
+    out.splice(at..at + 1, prefix[..=used].iter().copied());
 }
 
 #[cfg(test)]

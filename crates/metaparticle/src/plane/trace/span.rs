@@ -18,6 +18,8 @@ pub(crate) enum SpanKind {
 /// An attribute's value.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum AttributeValue {
+    /// Text known when the program was built (no allocation per span).
+    Static(&'static str),
     /// Text.
     Text(Arc<str>),
     /// A whole number.
@@ -26,9 +28,9 @@ pub(crate) enum AttributeValue {
     Bool(bool),
 }
 
-impl From<&str> for AttributeValue {
-    fn from(text: &str) -> Self {
-        AttributeValue::Text(text.into())
+impl From<&'static str> for AttributeValue {
+    fn from(text: &'static str) -> Self {
+        AttributeValue::Static(text)
     }
 }
 
