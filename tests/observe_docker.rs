@@ -17,15 +17,27 @@ use serde_json::Value;
 use support::docker::{binaries_or_skip, Deployed};
 use support::observe::{promtool_check, promtool_or_skip, OtlpReceiver, Reaped};
 
-/// This machine's address on Docker's default bridge, as containers reach the host.
+/// This machine's address on Docker's default bridge, as containers reach the host: the bridge's
+/// gateway, or, where the engine does not say it, the first address of its subnet (which is what
+/// the engine gives its bridge interface).
 fn bridge_gateway() -> String {
-    let output = Command::new("docker")
-        .args(["network", "inspect", "bridge", "--format", "{{(index .IPAM.Config 0).Gateway}}"])
-        .output()
-        .expect("docker runs");
-    let gateway = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    assert!(!gateway.is_empty(), "Docker's default bridge has no gateway");
-    gateway
+    let inspect = |format: &str| {
+        let output = Command::new("docker")
+            .args(["network", "inspect", "bridge", "--format", format])
+            .output()
+            .expect("docker runs");
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    let gateway = inspect("{{range .IPAM.Config}}{{.Gateway}}{{end}}");
+    if !gateway.is_empty() {
+        return gateway;
+    }
+    let subnet = inspect("{{range .IPAM.Config}}{{.Subnet}}{{end}}");
+    let network = subnet.split('/').next().unwrap_or_default();
+    let mut octets: Vec<u8> = network.split('.').filter_map(|o| o.parse().ok()).collect();
+    assert_eq!(octets.len(), 4, "Docker's default bridge has no IPv4 subnet: '{subnet}'");
+    octets[3] += 1;
+    octets.iter().map(u8::to_string).collect::<Vec<_>>().join(".")
 }
 
 fn post(port: u16, traceparent: &str) -> Value {

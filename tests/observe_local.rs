@@ -333,3 +333,56 @@ fn the_kubernetes_manifests_carry_the_deployers_opentelemetry_settings_but_not_i
     assert!(run.stdout.contains("name: OTEL_TRACES_SAMPLER"));
     assert!(!run.stdout.contains("do-not-write-me"), "credentials must not reach a manifest");
 }
+
+#[test]
+fn every_example_shows_all_its_replicas_on_the_dashboard_and_every_metrics_page_passes_promtool() {
+    let Some(promtool) = promtool_or_skip() else { return };
+    for example in [
+        "server1",
+        "server2",
+        "server3",
+        "histogram",
+        "server5",
+        "server6",
+        "server7",
+        "shard_of_spreads",
+        "sharded_http",
+    ] {
+        let mut sandbox = Sandbox::new(example);
+        sandbox.env.push(("SIMPLE_USER_STORAGE_USERS".into(), "alice:wonderland".into()));
+        sandbox.up();
+        let (_dashboard, address) = dashboard(&sandbox);
+        let replicas = every_replica(&sandbox);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let state: Value = loop {
+            let state: Value =
+                serde_json::from_str(&support::try_http_get(&address, "/api/state").unwrap().1).unwrap();
+            let shown = state["nodes"].as_array().map_or(0, |nodes| {
+                nodes.iter().flat_map(|n| n["replicas"].as_array().cloned().unwrap_or_default()).count()
+            });
+            if shown == replicas.len() || std::time::Instant::now() > deadline {
+                break state;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        for node in state["nodes"].as_array().unwrap() {
+            for replica in node["replicas"].as_array().unwrap() {
+                assert_eq!(replica["health"], "healthy", "{example}: {replica}");
+            }
+        }
+        let shown: usize =
+            state["nodes"].as_array().unwrap().iter().map(|n| n["replicas"].as_array().unwrap().len()).sum();
+        assert_eq!(shown, replicas.len(), "{example}: {state}");
+        for (node, address) in replicas {
+            let (status, text) = support::try_http_get(&address, "/metrics").expect("the node answers");
+            // A program's own HTTP server (sharded_http) serves what it serves; our nodes, metrics.
+            if status == 200 && text.contains("# TYPE metaparticle_") {
+                if let Err(said) = promtool_check(&promtool, &text) {
+                    panic!("{example}: promtool rejects the metrics of {node} at {address}:\n{said}");
+                }
+            } else {
+                assert_eq!(example, "sharded_http", "{node} at {address} serves no metrics: {status} {text}");
+            }
+        }
+    }
+}

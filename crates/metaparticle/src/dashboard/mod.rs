@@ -13,10 +13,10 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | [`runtime`] | what the app's runner knows: replicas' addresses, states, restarts, logs |
-//! | [`scrape`] | a node's `/metrics`, and rates and quantiles between two readings |
-//! | [`view`] | the snapshot the page draws |
-//! | [`server`] | the HTTP side: the page, `/api/state`, `/api/logs` |
+//! | `runtime.rs` | what the app's runner knows: replicas' addresses, states, restarts, logs |
+//! | `scrape.rs` | a node's `/metrics`, and rates and quantiles between two readings |
+//! | `view.rs` | the snapshot the page draws |
+//! | `server.rs` | the HTTP side: the page (`page.html`), `/api/state`, `/api/logs` |
 
 mod runtime;
 mod scrape;
