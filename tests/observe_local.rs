@@ -386,3 +386,43 @@ fn every_example_shows_all_its_replicas_on_the_dashboard_and_every_metrics_page_
         }
     }
 }
+
+#[test]
+fn the_metaparticle_client_serves_the_dashboard_of_an_app_from_anywhere() {
+    let sandbox = Sandbox::new("server2");
+    sandbox.up();
+    let address = format!("127.0.0.1:{}", support::free_port());
+    let child = std::process::Command::new(support::binary("metaparticle"))
+        .args(["dashboard", "server2", "--listen", &address])
+        .env("METAPARTICLE_HOME", sandbox.home.path())
+        .current_dir(std::env::temp_dir())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("the client starts");
+    let _child = support::observe::Reaped(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let state = loop {
+        let state = support::try_http_get(&address, "/api/state")
+            .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+            .filter(|s| s["nodes"].as_array().is_some_and(|n| n.len() == 2));
+        match state {
+            Some(state) => break state,
+            None => {
+                assert!(std::time::Instant::now() < deadline, "the client's dashboard never showed the app")
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(state["runner"], "local");
+    assert_eq!(state["services"][0]["pattern"], "spread x3");
+    assert_eq!(state["nodes"][1]["replicas"].as_array().unwrap().len(), 3);
+    // Loopback only, and a clear word for an app that is not there.
+    let elsewhere = sandbox.client(&["dashboard", "server2", "--listen", "0.0.0.0:0"]);
+    assert!(!elsewhere.ok && elsewhere.stderr.contains("only on loopback"), "{}", elsewhere.stderr);
+    let missing = sandbox.client(&["dashboard", "nothing-here", "--listen", "127.0.0.1:0"]);
+    assert!(
+        !missing.ok && missing.stderr.contains("app 'nothing-here' is not running"),
+        "{}",
+        missing.stderr
+    );
+}
