@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod observe;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -80,6 +81,8 @@ pub struct Sandbox {
     pub example: String,
     pub port: u16,
     pub extra: Vec<String>,
+    /// Variables set for every run of the program (as a user's shell would).
+    pub env: Vec<(String, String)>,
 }
 
 impl Sandbox {
@@ -89,6 +92,7 @@ impl Sandbox {
             example: example.into(),
             port: free_port(),
             extra: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -102,6 +106,7 @@ impl Sandbox {
         let mut command = Command::new(binary(&format!("examples/{}", self.example)));
         command.args(args).arg("--port").arg(self.port.to_string()).args(&self.extra);
         command.env("METAPARTICLE_HOME", self.home.path()).env_remove("CARGO");
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         command
     }
 

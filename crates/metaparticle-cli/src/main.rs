@@ -6,6 +6,7 @@
 //! $ metaparticle call sharded-service '{"user":"alice"}'
 //! $ metaparticle call simple-service --app shop      # when several apps expose the service
 //! $ metaparticle list
+//! $ metaparticle dashboard shop                      # a live page of app 'shop' on http://127.0.0.1:3030/
 //! ```
 
 use std::process::ExitCode;
@@ -44,6 +45,15 @@ enum Command {
     },
     /// List the deployed apps and their exposed services.
     List,
+    /// Serve a live page of a running app on loopback: its topology, every replica's health,
+    /// requests per second, p50/p99 latency, errors, restarts and log lines.
+    Dashboard {
+        /// The app (see `metaparticle list`).
+        app: String,
+        /// Where the page listens (loopback only; port 0 picks a free port).
+        #[arg(long, default_value = metaparticle::dashboard::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,6 +66,9 @@ fn main() -> ExitCode {
             runtime.block_on(call(&service, &request, address, app.as_deref(), user.as_deref()))
         }
         Command::List => list(),
+        Command::Dashboard { app, listen } => {
+            runtime.block_on(metaparticle::dashboard::serve(&app, listen)).map_err(|e| e.to_string())
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,5 @@
 //! The command line every metaparticle program gets: `up` (default), `delete`, `status`, `logs`,
-//! `plan`, and with the Kubernetes runner `manifests`.
+//! `plan`, `dashboard`, and with the Kubernetes runner `manifests`.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -143,6 +143,13 @@ enum Command {
     /// Build this program's container image (FROM scratch, tagged by content; push it when
     /// DOCKER_REGISTRY is set) and print its reference, e.g. for `manifests --image`.
     Image,
+    /// Serve a live page of the running app on loopback: its topology as a graph, every replica's
+    /// health, requests per second, p50/p99 latency, errors and restarts, and its log lines.
+    Dashboard {
+        /// Where the page listens (loopback only; port 0 picks a free port).
+        #[arg(long, default_value = crate::dashboard::DEFAULT_LISTEN)]
+        listen: SocketAddr,
+    },
 }
 
 /// Where nodes run.
@@ -191,6 +198,9 @@ impl Cli {
             println!("{}", docker::image_reference(&app).await?);
             return Ok(());
         }
+        if let Command::Dashboard { listen } = command {
+            return Ok(crate::dashboard::serve(&app, listen).await?);
+        }
         // The app's record says which runner deployed it; `--runner` decides when there is none
         // (a first deploy, Kubernetes, or `delete --runner docker` after a deploy crashed early).
         let recorded = Deployment::load(&app)?.and_then(|d| RunnerKind::from_record(&d.runner));
@@ -229,7 +239,7 @@ impl Cli {
             check_bind(self.bind, self.port)?;
         }
         let outcome: Result<()> = match (runner, command) {
-            (_, Command::Plan | Command::Image) => unreachable!("handled above"),
+            (_, Command::Plan | Command::Image | Command::Dashboard { .. }) => unreachable!("handled above"),
             (RunnerKind::Local, Command::Up { attach }) => Ok(local::up(&deploy(attach), &plan).await?),
             (RunnerKind::Local, Command::Delete { .. }) => Ok(local::delete(&app).await?),
             (RunnerKind::Local, Command::Status) => Ok(local::status(&app).await?),
@@ -260,7 +270,9 @@ impl Cli {
                         "on Kubernetes, read the logs with `kubectl logs --prefix -l {} --all-containers`",
                         k8s::names::app_selector(&app)
                     ))),
-                    Command::Plan | Command::Image => unreachable!("handled above"),
+                    Command::Plan | Command::Image | Command::Dashboard { .. } => {
+                        unreachable!("handled above")
+                    }
                 }
             }
         };

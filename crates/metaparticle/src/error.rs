@@ -58,6 +58,9 @@ pub enum Error {
     #[cfg(feature = "kubernetes")]
     #[error(transparent)]
     Kubernetes(#[from] crate::runner::kubernetes::KubernetesError),
+    /// The dashboard could not be served.
+    #[error(transparent)]
+    Dashboard(#[from] crate::dashboard::DashboardError),
     /// The app is not deployed.
     #[error("app '{0}' is not running")]
     NotRunning(String),

@@ -32,6 +32,7 @@
 //! | deploy, inspect, tear down (the program's command line) | [`serve()`] |
 //! | look at the compiled topology | [`plan`] |
 //! | call a deployed service from Rust | [`client`] |
+//! | watch a running app: topology, health, rates, logs | [`dashboard`] (`program dashboard`) |
 //! | launch a whole topology inside a test | [`testing`] |
 //!
 //! Errors outside a request are one [`Error`], whose variants wrap each subsystem's own error
@@ -46,7 +47,7 @@
 //! ```text
 //! serve, cli         entry point and the program's command line
 //! runner/            control plane: local processes, Docker, Kubernetes      deployments  app records
-//! testing/           the in-process harness                                  client       JSON-RPC from outside
+//! testing/, dashboard/  the in-process harness; the live page of an app     client       JSON-RPC from outside
 //! plane/             data plane: node roles, hops, balancing, HTTP server, metrics, launch contract
 //! state/             runtime of stateful handlers: load, run, compare-and-swap, retry
 //! storage/           the stores behind one compare-and-swap trait: file (SQLite), Redis
@@ -57,6 +58,7 @@
 
 mod cli;
 pub mod client;
+pub mod dashboard;
 pub mod deployments;
 mod error;
 mod future;

@@ -17,6 +17,7 @@ use crate::plane::identity::set_process_identity;
 use crate::plane::node::{build, listener, NodeLaunch, ReplicaShared, Timeouts};
 use crate::plane::server::Limits;
 use crate::plane::shutdown::{Shutdown, Trigger, DRAIN_TIMEOUT};
+use crate::plane::trace::TraceConfig;
 use crate::plane::upstream::HttpClient;
 use crate::runner::local::supervisor::Order;
 
@@ -84,12 +85,15 @@ fn run_node(plan: Plan, registry: Registry, launch: NodeLaunch) -> Result<()> {
     // Built once for all workers, inside a runtime: a store may start its connection task here.
     let shared = {
         let _entered = main_runtime.enter();
-        ReplicaShared::new(&plan, &registry, &launch, &Limits::default())?
+        // Tracing as the standard OpenTelemetry variables say (off without them).
+        let trace = TraceConfig::from_lookup(|name| std::env::var(name).ok());
+        ReplicaShared::new(&plan, &registry, &launch, &Limits::default(), &trace)?
     };
+    let spans = shared.clone();
     // One stop signal for the accept loop and every worker (see `plane::shutdown`).
     let (trigger, shutdown) = Shutdown::new(drain_timeout());
     if own_server {
-        return main_runtime.block_on(until_terminated(
+        let served = main_runtime.block_on(until_terminated(
             async move {
                 let listener = tokio::net::TcpListener::from_std(listener)
                     .map_err(|e| Error::io("registering the listener", e))?;
@@ -98,6 +102,8 @@ fn run_node(plan: Plan, registry: Registry, launch: NodeLaunch) -> Result<()> {
             },
             trigger,
         ));
+        spans.flush_spans(SPAN_FLUSH);
+        return served;
     }
     // Share-nothing workers, as nginx runs them: each thread has its own single-threaded runtime
     // and its own connections to upstreams, and serves the connections dealt to it by the accept
@@ -149,8 +155,13 @@ fn run_node(plan: Plan, registry: Registry, launch: NodeLaunch) -> Result<()> {
     while threads.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    // The spans of the last requests leave before the process does.
+    spans.flush_spans(SPAN_FLUSH);
     served
 }
+
+/// How long a stopping node waits for its last spans to be exported.
+const SPAN_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Assembles the node for one worker, with that worker's own upstream connections.
 fn build_worker(
@@ -244,6 +255,7 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(false)
-        .with_target(false)
+        // Each line a request's code writes ends with its trace id (see plane::trace::log_tag).
+        .event_format(crate::plane::trace::log_tag::format())
         .try_init();
 }

@@ -20,6 +20,8 @@
 //! ```
 
 mod redis_server;
+#[cfg(test)]
+mod trace_tree_tests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -41,6 +43,7 @@ use crate::model::{compile, Plan};
 pub use crate::plane::node::Timeouts;
 use crate::plane::node::{build, Listen, NodeLaunch, NodeProgram, ReplicaShared};
 pub use crate::plane::server::Limits;
+use crate::plane::trace::Tracer;
 use crate::plane::upstream::HttpClient;
 use crate::plane::AddressBook;
 pub use crate::state::counters::StateStats;
@@ -105,6 +108,17 @@ pub async fn launch_with_storage(
 
 /// [`launch`] with other data-plane defaults.
 pub async fn launch_with(services: impl IntoIterator<Item = Service>, options: Options) -> Result<TestApp> {
+    // The harness records no spans: a test's environment should not make it export any.
+    launch_traced(services, options, |_, _| None).await
+}
+
+/// [`launch_with`], each replica tracing with the tracer `tracer_for` gives it (from its
+/// identity and service), for the crate's own tests of traces.
+pub(crate) async fn launch_traced(
+    services: impl IntoIterator<Item = Service>,
+    options: Options,
+    tracer_for: impl Fn(&crate::model::identity::Identity, &str) -> Option<std::sync::Arc<Tracer>>,
+) -> Result<TestApp> {
     let app = options.app.clone().unwrap_or_else(|| "test".to_string());
     let (storage, scratch) = match options.storage.clone() {
         Some(storage) => (storage, None),
@@ -148,7 +162,9 @@ pub async fn launch_with(services: impl IntoIterator<Item = Service>, options: O
             secret: secret.clone(),
             storage: Some(storage.clone()),
         };
-        let shared = ReplicaShared::new(&plan, &registry, &launch, &options.limits)?;
+        let service = plan.node(&launch.node).map(|n| n.service.clone()).unwrap_or_default();
+        let tracer = tracer_for(&launch.identity(), &service);
+        let shared = ReplicaShared::with_tracer(&plan, &registry, &launch, &options.limits, tracer)?;
         let server =
             build(&plan, &registry, &launch, &client, options.timeouts, options.limits.clone(), &shared)?;
         let handle = nodes.spawn(server.clone().run(listener).map(|_| ()));

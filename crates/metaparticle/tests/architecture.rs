@@ -24,7 +24,7 @@ const LAYERS: &[&[&str]] = &[
     &["plane"],
     &["client", "deployments"],
     &["runner"],
-    &["testing", "error"],
+    &["testing", "error", "dashboard"],
     &["cli", "serve"],
 ];
 

@@ -171,17 +171,23 @@ impl<Req, Reply> ServiceName<Req, Reply> for Callee<Req, Reply> {
     }
 }
 
+/// Where a call from a handler comes from: the request it serves.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CallOrigin {
+    /// The request's authenticated user, whom the callee serves too.
+    pub(crate) user: Option<Arc<str>>,
+    /// When the request's caller stops waiting; the call may not take longer.
+    pub(crate) deadline: Option<Instant>,
+    /// The request's trace, which the call continues.
+    pub(crate) trace: Option<crate::model::request_trace::RequestTrace>,
+}
+
 /// How a handler's calls leave its node (implemented by the data plane, which owns the hops):
 /// the model only describes a call, it never makes one.
 pub(crate) trait Caller: Send + Sync + 'static {
-    /// Calls `service` with `request` on behalf of `user`, waiting no longer than `deadline`.
-    fn call(
-        &self,
-        service: &str,
-        request: Value,
-        user: Option<Arc<str>>,
-        deadline: Option<Instant>,
-    ) -> BoxFuture<Result<Value, RpcError>>;
+    /// Calls `service` with `request` on behalf of the origin's user, waiting no longer than its
+    /// deadline, as a hop of its trace.
+    fn call(&self, service: &str, request: Value, origin: CallOrigin) -> BoxFuture<Result<Value, RpcError>>;
 
     /// Waits for `call` on this thread, for a synchronous handler; refuses (`-32603`) where
     /// waiting would block the runtime that must carry the call.

@@ -28,9 +28,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::callee::{Callee, Caller};
+use super::callee::{CallOrigin, Callee, Caller};
 use super::handler_error::HandlerError;
 use super::identity::Identity;
+use super::request_trace::RequestTrace;
 use super::transactions::Transactions;
 use crate::wire::jsonrpc::RpcError;
 
@@ -51,6 +52,8 @@ struct Inner {
     state: Option<Arc<dyn Transactions>>,
     /// How calls to the services this one declares leave the node; `None` if it declares none.
     caller: Option<Arc<dyn Caller>>,
+    /// The request's trace, which its calls continue; `None` when it has none.
+    trace: Option<RequestTrace>,
 }
 
 /// What the data plane knows about a request when it hands it to user code.
@@ -61,12 +64,13 @@ pub(crate) struct ContextParts {
     pub(crate) missing_leaves: Vec<String>,
     pub(crate) state: Option<Arc<dyn Transactions>>,
     pub(crate) caller: Option<Arc<dyn Caller>>,
+    pub(crate) trace: Option<RequestTrace>,
 }
 
 impl Context {
     pub(crate) fn new(parts: ContextParts) -> Self {
-        let ContextParts { identity, user, deadline, missing_leaves, state, caller } = parts;
-        Self { inner: Arc::new(Inner { identity, user, deadline, missing_leaves, state, caller }) }
+        let ContextParts { identity, user, deadline, missing_leaves, state, caller, trace } = parts;
+        Self { inner: Arc::new(Inner { identity, user, deadline, missing_leaves, state, caller, trace }) }
     }
 
     /// The app, node and replica serving this request.
@@ -157,7 +161,7 @@ impl Context {
         request: Value,
     ) -> impl Future<Output = Result<Value, HandlerError>> + Send + 'static {
         let call = match &self.inner.caller {
-            Some(caller) => Ok(caller.call(service, request, self.inner.user.clone(), self.inner.deadline)),
+            Some(caller) => Ok(caller.call(service, request, self.origin())),
             None => Err(RpcError::undeclared_call(&self.inner.identity.node, service)),
         };
         async move { Ok(call?.await?) }
@@ -177,12 +181,7 @@ impl Context {
         let Some(caller) = &self.inner.caller else {
             return Err(RpcError::undeclared_call(&self.inner.identity.node, callee.name()).into());
         };
-        let call = caller.call(
-            callee.name(),
-            encode(callee, request)?,
-            self.inner.user.clone(),
-            self.inner.deadline,
-        );
+        let call = caller.call(callee.name(), encode(callee, request)?, self.origin());
         decode(callee, caller.wait(call)?)
     }
 
@@ -198,7 +197,15 @@ impl Context {
             missing_leaves: Vec::new(),
             state: None,
             caller: None,
+            trace: None,
         })
+    }
+
+    /// The id of the trace this request belongs to (32 hex digits, as in its W3C `traceparent`),
+    /// if it has one: the caller sent a `traceparent`, or the app records traces (see the README's
+    /// "Seeing what a running app does"). Log it to find the request's spans and log lines.
+    pub fn trace_id(&self) -> Option<String> {
+        self.inner.trace.as_ref().map(|t| t.context.trace_id.to_string())
     }
 
     /// The identity, shared (to run user code as this replica elsewhere).
@@ -208,6 +215,20 @@ impl Context {
 
     pub(crate) fn state(&self) -> Option<&Arc<dyn Transactions>> {
         self.inner.state.as_ref()
+    }
+
+    /// The request's trace, if it has one.
+    pub(crate) fn trace(&self) -> Option<&RequestTrace> {
+        self.inner.trace.as_ref()
+    }
+
+    /// On whose behalf, until when and in which trace a call from this request goes.
+    fn origin(&self) -> CallOrigin {
+        CallOrigin {
+            user: self.inner.user.clone(),
+            deadline: self.inner.deadline,
+            trace: self.inner.trace.clone(),
+        }
     }
 }
 
@@ -241,6 +262,7 @@ impl std::fmt::Debug for Context {
             .field("missing_leaves", &self.inner.missing_leaves)
             .field("stateful", &self.inner.state.is_some())
             .field("calls", &self.inner.caller.is_some())
+            .field("trace", &self.inner.trace.as_ref().map(|t| t.context.trace_id))
             .finish()
     }
 }

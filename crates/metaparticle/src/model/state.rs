@@ -298,7 +298,12 @@ where
         // The attempt runs in the state runtime's commit task, away from the request's task:
         // it runs as the request's replica, so `hostname()` inside the handler is still right.
         let identity = context.identity_arc();
+        // Each run after the first means another writer won: the request's span counts them.
+        let trace = context.trace().cloned();
         let attempt = move |stored: Option<&[u8]>| {
+            if let Some(trace) = &trace {
+                trace.note_stateful_run();
+            }
             let mut state: S = match stored {
                 None => S::default(),
                 Some(bytes) => {

@@ -23,15 +23,15 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures_util::FutureExt;
 use serde_json::Value;
 
 use super::inbound::Inbound;
+use super::trace::Tracer;
 use super::upstream::Pool;
 use crate::future::BoxFuture;
-use crate::model::callee::Caller;
+use crate::model::callee::{CallOrigin, Caller};
 use crate::wire::jsonrpc::RpcError;
 
 /// The callees of one node, each behind its own pool.
@@ -40,31 +40,34 @@ pub(crate) struct AppCaller {
     node: String,
     /// Callee service name → a pool over its front node's replicas.
     callees: HashMap<String, Arc<Pool>>,
+    /// Where the spans of calls go, for requests that are recorded.
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl AppCaller {
     /// A caller for `node` over the pools of the services it declares.
-    pub(crate) fn new(node: &str, callees: HashMap<String, Arc<Pool>>) -> Arc<Self> {
-        Arc::new(Self { node: node.to_string(), callees })
+    pub(crate) fn new(
+        node: &str,
+        callees: HashMap<String, Arc<Pool>>,
+        tracer: Option<Arc<Tracer>>,
+    ) -> Arc<Self> {
+        Arc::new(Self { node: node.to_string(), callees, tracer })
     }
 }
 
 impl Caller for AppCaller {
-    fn call(
-        &self,
-        service: &str,
-        request: Value,
-        user: Option<Arc<str>>,
-        deadline: Option<Instant>,
-    ) -> BoxFuture<Result<Value, RpcError>> {
+    fn call(&self, service: &str, request: Value, origin: CallOrigin) -> BoxFuture<Result<Value, RpcError>> {
         let Some(pool) = self.callees.get(service).cloned() else {
             return Box::pin(std::future::ready(Err(RpcError::undeclared_call(&self.node, service))));
         };
         let service = service.to_string();
+        let CallOrigin { user, deadline, trace } = origin;
+        // The call's attempts are spans of the request's trace when the request is recorded.
+        let tracer = trace.as_ref().and_then(|t| t.notes.as_ref()).and(self.tracer.clone());
         Box::pin(async move {
             // The callee answers each call on its own; the id only has to make it a call (not a
             // notification, which gets no answer).
-            pool.call(&service, &request, &Value::from(1), &Inbound { user, deadline }).await
+            pool.call(&service, &request, &Value::from(1), &Inbound { user, deadline, trace, tracer }).await
         })
     }
 
@@ -114,10 +117,14 @@ where
     if !may_block {
         return run().await;
     }
+    // Log lines the code writes there name the request's trace, as they do inline.
+    let trace = super::trace::log_tag::current();
     let ran = tokio::task::spawn_blocking(move || {
-        let _allowed = MayWait::here();
-        let mut outcome = run();
-        (&mut outcome).now_or_never().ok_or(outcome)
+        super::trace::log_tag::within(trace, || {
+            let _allowed = MayWait::here();
+            let mut outcome = run();
+            (&mut outcome).now_or_never().ok_or(outcome)
+        })
     })
     .await;
     match ran {

@@ -23,6 +23,8 @@ use hyper::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::wire::headers;
+
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// An idle connection older than this is closed rather than reused. Our servers close idle
@@ -89,7 +91,7 @@ impl Http1Pool {
         peer: &Arc<str>,
         headers: &[(&str, &str)],
         body: &[u8],
-    ) -> Result<(StatusCode, Bytes), SendError> {
+    ) -> Result<Answer, SendError> {
         let request = encode_request(peer, headers, body);
         let (mut stream, reused) = match self.checkout(peer) {
             Some(stream) => (stream, true),
@@ -104,11 +106,11 @@ impl Http1Pool {
             stream = connect(peer).await?;
             stream.write_all(&request).await.map_err(|e| SendError::NotSent(e.to_string()))?;
         }
-        let (status, answer, keep_alive) = read_response(&mut stream).await?;
+        let (answer, keep_alive) = read_response(&mut stream).await?;
         if keep_alive {
             self.checkin(peer, stream);
         }
-        Ok((status, answer))
+        Ok(answer)
     }
 
     /// A kept-alive connection to `peer` that is still open and not about to be closed.
@@ -194,6 +196,17 @@ fn encode_request(peer: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> 
     request
 }
 
+/// A node's answer to a hop.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    /// The HTTP status.
+    pub(crate) status: StatusCode,
+    /// The body (JSON).
+    pub(crate) body: Bytes,
+    /// The JSON-RPC error code the node says its answer holds (see [`headers::ERROR`]).
+    pub(crate) error: Option<i64>,
+}
+
 /// What a response head says about its body.
 struct Head {
     status: StatusCode,
@@ -201,10 +214,11 @@ struct Head {
     length: usize,
     content_length: Option<usize>,
     keep_alive: bool,
+    error: Option<i64>,
 }
 
-/// Reads one response: status, body, and whether the connection may carry another request.
-async fn read_response(stream: &mut TcpStream) -> Result<(StatusCode, Bytes, bool), SendError> {
+/// Reads one response, and whether the connection may carry another request.
+async fn read_response(stream: &mut TcpStream) -> Result<(Answer, bool), SendError> {
     let mut buffer = BytesMut::with_capacity(8 * 1024);
     let head = loop {
         if read_more(stream, &mut buffer).await? == 0 {
@@ -232,7 +246,9 @@ async fn read_response(stream: &mut TcpStream) -> Result<(StatusCode, Bytes, boo
             }
             // Anything after the body would be an answer nobody asked for: do not reuse.
             let keep_alive = head.keep_alive && buffer.len() == length;
-            Ok((head.status, buffer.split_to(length).freeze(), keep_alive))
+            let answer =
+                Answer { status: head.status, body: buffer.split_to(length).freeze(), error: head.error };
+            Ok((answer, keep_alive))
         }
         None => {
             // Delimited by the peer closing the connection.
@@ -241,7 +257,7 @@ async fn read_response(stream: &mut TcpStream) -> Result<(StatusCode, Bytes, boo
                     return Err(SendError::TooLarge(None));
                 }
             }
-            Ok((head.status, buffer.freeze(), false))
+            Ok((Answer { status: head.status, body: buffer.freeze(), error: head.error }, false))
         }
     }
 }
@@ -266,7 +282,8 @@ fn parse_head(bytes: &[u8]) -> Result<Option<Head>, SendError> {
         .code
         .and_then(|code| StatusCode::from_u16(code).ok())
         .ok_or_else(|| SendError::Broken("the answer has no valid status".into()))?;
-    let mut head = Head { status, length, content_length: None, keep_alive: response.version == Some(1) };
+    let mut head =
+        Head { status, length, content_length: None, keep_alive: response.version == Some(1), error: None };
     for header in response.headers.iter() {
         let value = std::str::from_utf8(header.value).unwrap_or_default().trim();
         if header.name.eq_ignore_ascii_case("content-length") {
@@ -274,6 +291,8 @@ fn parse_head(bytes: &[u8]) -> Result<Option<Head>, SendError> {
                 SendError::Broken(format!("the answer's content-length '{value}' is not a number"))
             })?;
             head.content_length = Some(parsed);
+        } else if header.name.eq_ignore_ascii_case(headers::ERROR) {
+            head.error = value.parse().ok();
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(SendError::Broken(format!(
                 "the answer uses transfer-encoding '{value}', which internal hops do not accept"

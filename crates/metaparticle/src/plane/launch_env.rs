@@ -18,9 +18,11 @@
 //! | `MP_SECRET` | the app's per-deployment secret for internal hops | the app's Secret, key `secret` |
 //! | `MP_STORAGE` | where stateful handlers keep their scopes: `file:/abs/path.sqlite` or `redis://host:port` without a password (optional; default: the app's file store) | literal |
 //! | `MP_STORAGE_PASSWORD` | the storage server's password (optional) | the app's Secret, key `storage-password` |
+//! | `OTEL_*` | the deployer's OpenTelemetry settings, as far as it set them ([`CARRIED`]: where spans go, sampling, the resource; not the export headers, which hold credentials) | literal |
 
 use super::launch_error::LaunchError;
 use super::node::{Listen, NodeLaunch};
+use super::trace::config::CARRIED;
 use crate::storage::StorageConfig;
 
 /// The variable that names the node; its presence makes a process a node instead of a deployer.
@@ -91,6 +93,8 @@ impl NodeLaunch {
         if let Some(h) = &self.hostname {
             vars.push(literal("MP_HOSTNAME", h.clone()));
         }
+        // Nodes trace as the deployer's environment says, in a container or a pod too.
+        vars.extend(otel_settings(|name| std::env::var(name).ok()));
         if let Some(storage) = &self.storage {
             // The password travels apart from the address, so that a runner can keep it out of
             // anything it writes down (a pod spec, a manifest in Git).
@@ -154,6 +158,15 @@ impl NodeLaunch {
             storage,
         })
     }
+}
+
+/// The OpenTelemetry variables `lookup` gives that a node should get: every one of [`CARRIED`]
+/// that is set.
+pub(crate) fn otel_settings(lookup: impl Fn(&str) -> Option<String>) -> Vec<LaunchVar> {
+    CARRIED
+        .iter()
+        .filter_map(|&name| Some(LaunchVar { name, value: LaunchValue::Literal(lookup(name)?) }))
+        .collect()
 }
 
 /// The replica index in `MP_REPLICA`: a number, or the name of a StatefulSet pod
@@ -275,6 +288,22 @@ mod tests {
         assert_eq!(value("MP_REPLICA"), Some(LaunchValue::Replica(2)));
         assert_eq!(value("MP_STORAGE_PASSWORD"), Some(LaunchValue::StoragePassword("pw".into())));
         assert_eq!(value("MP_STORAGE"), Some(LaunchValue::Literal("redis://redis:6379".into())));
+    }
+
+    #[test]
+    fn the_deployers_opentelemetry_settings_reach_nodes_but_not_its_export_headers() {
+        let env: HashMap<&str, &str> = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=secret"),
+            ("PATH", "/usr/bin"),
+        ]
+        .into_iter()
+        .collect();
+        let vars = otel_settings(|name| env.get(name).map(|v| v.to_string()));
+        let names: Vec<&str> = vars.iter().map(|v| v.name).collect();
+        assert_eq!(names, ["OTEL_TRACES_SAMPLER", "OTEL_EXPORTER_OTLP_ENDPOINT"]);
+        assert_eq!(vars[1].value, LaunchValue::Literal("http://collector:4318".into()));
     }
 
     #[test]

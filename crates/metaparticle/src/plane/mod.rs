@@ -22,6 +22,7 @@ pub(crate) mod node;
 pub(crate) mod roles;
 pub(crate) mod server;
 pub(crate) mod shutdown;
+pub(crate) mod trace;
 pub(crate) mod upstream;
 
 pub(crate) use address_book::AddressBook;

@@ -19,6 +19,7 @@ use super::metrics::Metrics;
 use super::roles::{Balancer, Gather, Leaf, Router};
 use super::server::{Limits, NodeServer, Role};
 use super::shutdown::Shutdown;
+use super::trace::{TraceConfig, Tracer};
 use super::upstream::{HttpClient, Pool};
 use crate::model::callee::Caller;
 use crate::model::topology::ErasedServer;
@@ -133,30 +134,51 @@ impl NodeProgram {
     }
 }
 
-/// What every worker of one replica shares: its metrics and, on a stateful node, its state
-/// runtime (one queue per key for the whole process, whichever worker a connection was dealt to).
+/// What every worker of one replica shares: its metrics, its tracer and, on a stateful node, its
+/// state runtime (one queue per key for the whole process, whichever worker a connection was
+/// dealt to).
 #[derive(Clone)]
 pub(crate) struct ReplicaShared {
     /// The replica's Prometheus metrics.
     pub(crate) metrics: Arc<Metrics>,
     state: Option<Arc<StateRuntime>>,
     counters: StateCounters,
+    /// Where the replica's spans go; `None` when tracing is off.
+    pub(crate) tracer: Option<Arc<Tracer>>,
 }
 
 impl ReplicaShared {
-    /// What the workers of one replica of `launch.node` share; a stateful node opens its store here.
+    /// What the workers of one replica of `launch.node` share, tracing as `trace` says; a
+    /// stateful node opens its store here.
     pub(crate) fn new(
         plan: &Plan,
         registry: &Registry,
         launch: &NodeLaunch,
         limits: &Limits,
+        trace: &TraceConfig,
+    ) -> Result<Self, LaunchError> {
+        let node = plan.node(&launch.node).ok_or_else(|| LaunchError::UnknownNode(launch.node.clone()))?;
+        let identity = launch.identity();
+        let tracer = Tracer::start(trace, &identity, &node.service);
+        Self::with_tracer(plan, registry, launch, limits, tracer)
+    }
+
+    /// [`ReplicaShared::new`] with a tracer made elsewhere (a test's, whose spans it reads).
+    pub(crate) fn with_tracer(
+        plan: &Plan,
+        registry: &Registry,
+        launch: &NodeLaunch,
+        limits: &Limits,
+        tracer: Option<Arc<Tracer>>,
     ) -> Result<Self, LaunchError> {
         let node = plan.node(&launch.node).ok_or_else(|| LaunchError::UnknownNode(launch.node.clone()))?;
         let identity = launch.identity();
         let counters = StateCounters::default();
+        let spans = tracer.as_ref().map(|t| t.counters());
         let stateful = matches!(registry.get(&node.name), Behaviour::Handler(h) if h.uses_state());
         if !stateful {
-            return Ok(Self { metrics: Metrics::new(&identity), state: None, counters });
+            let metrics = Metrics::new(&identity, None, spans);
+            return Ok(Self { metrics, state: None, counters, tracer });
         }
         // Every runner names the store; a node never guesses one (a guess would split state).
         let config = launch.storage.as_ref().ok_or(LaunchError::Environment {
@@ -166,7 +188,15 @@ impl ReplicaShared {
         let store = config.open()?;
         let state =
             StateRuntime::new(store, &launch.app, &node.service, counters.clone(), limits.max_state_group);
-        Ok(Self { metrics: Metrics::with_state(&identity, &counters), state: Some(state), counters })
+        let metrics = Metrics::new(&identity, Some(&counters), spans);
+        Ok(Self { metrics, state: Some(state), counters, tracer })
+    }
+
+    /// Exports the spans still waiting, for at most `timeout` (before the process ends).
+    pub(crate) fn flush_spans(&self, timeout: Duration) {
+        if let Some(tracer) = &self.tracer {
+            tracer.flush(timeout);
+        }
     }
 
     /// The replica's state updates so far (zero on a node without state).
@@ -188,12 +218,14 @@ pub(crate) fn build(
     let metrics = shared.metrics.clone();
     let node = plan.node(&launch.node).ok_or_else(|| LaunchError::UnknownNode(launch.node.clone()))?;
     let identity = Arc::new(launch.identity());
+    // Every pool of this replica counts its hops in the replica's metrics.
+    let client = &client.counting(metrics.clone());
     let call_timeout = node.settings.call_timeout.unwrap_or(timeouts.call);
     let pool = |target: &Target| -> Result<Arc<Pool>, LaunchError> {
         let replicas = launch.book.resolve(target)?;
         Ok(Pool::new(&target.to_string(), replicas, client.clone(), call_timeout, node.settings.idempotent))
     };
-    let caller = callees(plan, node, launch, client, call_timeout)?;
+    let caller = callees(plan, node, launch, client, call_timeout, shared.tracer.clone())?;
     let role: Arc<dyn Role> = match (&node.role, registry.get(&node.name)) {
         (PlanRole::Server, Behaviour::Server(server)) => return Ok(NodeProgram::Server(server)),
         (PlanRole::HttpBalancer { upstream }, _) => {
@@ -247,6 +279,10 @@ pub(crate) fn build(
         secret: launch.secret.clone(),
         internal: !node.exposed,
         auth: registry.auth(&node.name).filter(|_| node.exposed),
+        service: node.service.as_str().into(),
+        kind: node.role.kind(),
+        span_name: node.name.as_str().into(),
+        tracer: shared.tracer.clone(),
     })))
 }
 
@@ -259,6 +295,7 @@ fn callees(
     launch: &NodeLaunch,
     client: &HttpClient,
     call_timeout: Duration,
+    tracer: Option<Arc<Tracer>>,
 ) -> Result<Option<Arc<dyn Caller>>, LaunchError> {
     if node.calls.is_empty() {
         return Ok(None);
@@ -270,7 +307,7 @@ fn callees(
         let pool = Pool::new(&front.name, replicas, client.clone(), call_timeout, front.settings.idempotent);
         pools.insert(service.clone(), pool);
     }
-    Ok(Some(AppCaller::new(&node.name, pools) as Arc<dyn Caller>))
+    Ok(Some(AppCaller::new(&node.name, pools, tracer) as Arc<dyn Caller>))
 }
 
 /// Opens the socket a launch names.

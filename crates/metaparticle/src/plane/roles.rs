@@ -28,7 +28,7 @@ use crate::model::handler::ErasedHandler;
 use crate::model::identity::Identity;
 use crate::model::topology::{ErasedKey, ErasedMerge, ScatterPolicy};
 use crate::model::transactions::Transactions;
-use crate::wire::jsonrpc::{dispatch, error_for_body, RpcError};
+use crate::wire::jsonrpc::{dispatch_served, error_for_body, RpcError, Served};
 
 /// The context user code gets for a request: this replica, the request's user and deadline, and
 /// the way to the services it may call.
@@ -46,6 +46,7 @@ fn context_for(
         missing_leaves,
         state: state.cloned(),
         caller: caller.cloned(),
+        trace: inbound.trace.clone(),
     })
 }
 
@@ -100,7 +101,7 @@ impl Role for Leaf {
         // Synchronous code that may wait for its calls runs where waiting is safe (see `calls`).
         let may_block = self.caller.is_some() && self.handler.may_block();
         Box::pin(async move {
-            let served = dispatch(&body, &service, |call| {
+            let served = dispatch_served(&body, &service, |call| {
                 let (handler, context) = (handler.clone(), context.clone());
                 let run = run_user_code(may_block, move || handler.call(call.request, context));
                 until_deadline(inbound.deadline, &identity, run)
@@ -121,8 +122,11 @@ impl Role for Balancer {
         let pool = self.pool.clone();
         Box::pin(async move {
             match pool.forward(body.clone(), &inbound).await {
-                Ok((status, answer)) => Reply { status, body: answer },
-                Err(e) => Reply::json(error_for_body(&body, e)),
+                Ok(answer) => Reply { status: answer.status, body: answer.body, error: answer.error },
+                Err(e) => {
+                    let first_error = Some(e.code);
+                    Reply::json(Served { body: error_for_body(&body, e), first_error })
+                }
             }
         })
     }
@@ -142,7 +146,7 @@ impl Role for Router {
     fn handle(&self, body: Bytes, inbound: Inbound) -> BoxFuture<Reply> {
         let (key, shards, service) = (self.key.clone(), self.shards.clone(), self.service.clone());
         Box::pin(async move {
-            let out = dispatch(&body, &service, |call| {
+            let out = dispatch_served(&body, &service, |call| {
                 let (key, shards, service, inbound) = (&key, &shards, &service, &inbound);
                 async move {
                     let shard = key.shard_of(&call.request, inbound.user.as_deref(), shards.len())?;
@@ -182,7 +186,7 @@ impl Role for Gather {
         let (policy, leaf_timeout, metrics) = (self.policy, self.leaf_timeout, self.metrics.clone());
         let (identity, caller) = (self.identity.clone(), self.caller.clone());
         Box::pin(async move {
-            let out = dispatch(&body, &service, |call| {
+            let out = dispatch_served(&body, &service, |call| {
                 let (merge, leaves, service, metrics, inbound) =
                     (&merge, &leaves, &service, &metrics, &inbound);
                 let (identity, caller) = (&identity, &caller);

@@ -24,10 +24,14 @@ use super::identity::Identity;
 use super::inbound::Inbound;
 use super::metrics::Metrics;
 use super::shutdown::Shutdown;
+use super::trace::log_tag;
+use super::trace::span::SpanRecord;
+use super::trace::Tracer;
 use crate::future::BoxFuture;
 use crate::model::auth::BasicAuth;
+use crate::model::request_trace::{RequestTrace, SpanNotes};
 use crate::wire::headers::{self, constant_time_eq};
-use crate::wire::jsonrpc::{encode_response, to_bytes, RpcError};
+use crate::wire::jsonrpc::{encode_response, to_bytes, RpcError, Served};
 
 /// What a role answers to a JSON-RPC body.
 pub(crate) struct Reply {
@@ -36,14 +40,16 @@ pub(crate) struct Reply {
     pub status: StatusCode,
     /// The body, JSON.
     pub body: Bytes,
+    /// The JSON-RPC error code the body holds (the first, in a batch); `None` if it holds none.
+    pub error: Option<i64>,
 }
 
 impl Reply {
     /// A 200 with a JSON body, or a 204 for nothing to say.
-    pub(crate) fn json(body: Option<Vec<u8>>) -> Self {
-        match body {
-            Some(b) => Reply { status: StatusCode::OK, body: b.into() },
-            None => Reply { status: StatusCode::NO_CONTENT, body: Bytes::new() },
+    pub(crate) fn json(served: Served) -> Self {
+        match served.body {
+            Some(b) => Reply { status: StatusCode::OK, body: b.into(), error: served.first_error },
+            None => Reply { status: StatusCode::NO_CONTENT, body: Bytes::new(), error: served.first_error },
         }
     }
 }
@@ -101,6 +107,14 @@ pub(crate) struct NodeServer {
     pub internal: bool,
     /// Credentials an exposed node requires of its callers (see [`crate::model::auth`]).
     pub auth: Option<Arc<BasicAuth>>,
+    /// The service the node serves (every node serves one JSON-RPC method).
+    pub service: Arc<str>,
+    /// What the node is (`balancer`, `leaf`, `router`, `gather`), for its spans.
+    pub kind: &'static str,
+    /// The name of the node's spans (the node's name).
+    pub span_name: Arc<str>,
+    /// Where its spans go; `None` when tracing is off (a caller's trace is still passed on).
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 /// Serves a JSON-RPC node on `connections` until `shutdown` (then drains) or the future is dropped.
@@ -223,9 +237,8 @@ async fn handle(
     server: Arc<NodeServer>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let in_flight = server.metrics.start();
     let response = route(&server, req).await;
-    in_flight.finish(response.status().as_u16());
+    server.metrics.answered(response.status().as_u16());
     Ok(response)
 }
 
@@ -288,6 +301,8 @@ async fn rpc(server: &NodeServer, req: Request<Incoming>) -> Response<Full<Bytes
     };
     // Any caller may say how long it will wait: it can only shorten the work done for it.
     let deadline = Inbound::deadline_from(req.headers());
+    // A caller's trace is continued; a node that records traces begins one for a caller without.
+    let incoming = Inbound::trace_from(req.headers());
     let limit = server.limits.max_body;
     let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
@@ -314,11 +329,56 @@ async fn rpc(server: &NodeServer, req: Request<Incoming>) -> Response<Full<Bytes
             return r;
         }
     };
-    let inbound = Inbound { user, deadline };
+    let in_flight = server.metrics.start();
+    let (trace, span) = match &server.tracer {
+        Some(tracer) => {
+            let (trace, span) = tracer.begin(incoming);
+            (Some(trace), span)
+        }
+        None => (incoming.map(|context| RequestTrace { context, notes: None }), None),
+    };
+    // Log lines written while serving (a retry, a missing leaf, the user's own) name the trace.
+    let trace_id = trace.as_ref().map(|t| t.context.trace_id);
+    let tracer = span.as_ref().and(server.tracer.clone());
+    let inbound = Inbound { user, deadline, trace, tracer };
     // `hostname()` in user code reads the identity of the replica serving; in the test harness many
     // replicas share one process, so it is set per request (a real node sets it once per process).
-    let reply = super::identity::scope(server.identity.clone(), server.role.handle(body, inbound)).await;
-    respond(reply.status, "application/json", reply.body)
+    let handled = log_tag::Tagged::new(server.role.handle(body, inbound), trace_id);
+    let reply = super::identity::scope(server.identity.clone(), handled).await;
+    in_flight.finish(reply.error);
+    if let (Some(span), Some(tracer)) = (span, &server.tracer) {
+        tracer.record_server(span, &server.span_name, |record, notes| {
+            describe_request(record, server, &reply, notes)
+        });
+    }
+    let mut response = respond(reply.status, "application/json", reply.body);
+    if let Some(code) = reply.error {
+        response.headers_mut().insert(headers::ERROR, HeaderValue::from(code));
+    }
+    response
+}
+
+/// The attributes of a served request's span: which node and replica, what became of it, and
+/// the retries and state conflicts it took.
+fn describe_request(record: &mut SpanRecord, server: &NodeServer, reply: &Reply, notes: &SpanNotes) {
+    // Few attributes, each said once: the node and app are the span's name and its resource.
+    record
+        .set("rpc.system", "jsonrpc")
+        .set("rpc.method", server.service.clone())
+        .set("metaparticle.replica", server.identity.replica as i64)
+        .set("metaparticle.role", server.kind)
+        .set("metaparticle.outcome", if reply.error.is_some() { "error" } else { "ok" })
+        .set("metaparticle.retries", i64::from(notes.retries()));
+    if reply.status != hyper::StatusCode::OK {
+        record.set("http.response.status_code", i64::from(reply.status.as_u16()));
+    }
+    if notes.ran_state() {
+        record.set("metaparticle.state.conflicts", i64::from(notes.state_conflicts()));
+    }
+    if let Some(code) = reply.error {
+        record.set("rpc.jsonrpc.error_code", code);
+        record.error = Some(format!("answered with JSON-RPC error {code}"));
+    }
 }
 
 /// HTTP 401 with a JSON-RPC error body, before anything runs.

@@ -24,10 +24,15 @@ use serde_json::Value;
 
 use super::address_book::ResolvedReplica;
 use super::balance::{choose, Load};
-use super::http1::{Http1Pool, SendError};
+use super::http1::{Answer, Http1Pool, SendError};
 use super::inbound::Inbound;
+use super::metrics::{HopOutcome, Metrics, UpstreamCounters};
+use super::trace::span::SpanRecord;
+use super::trace::tracer::hop_name;
+use super::trace::Tracer;
 use crate::wire::headers;
 use crate::wire::jsonrpc::{decode_response, encode_call, RpcError};
+use crate::wire::trace_context::{TraceContext, TRACEPARENT, TRACESTATE};
 
 /// How often replicas are probed, and how long a probe may take.
 const PROBE_EVERY: Duration = Duration::from_millis(500);
@@ -41,6 +46,8 @@ pub(crate) struct HttpClient {
     /// JSON-RPC calls, which always go to our own nodes.
     calls: Arc<Http1Pool>,
     secret: Arc<str>,
+    /// Where each pool made with this client counts its hops; `None` outside a node.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl HttpClient {
@@ -53,28 +60,44 @@ impl HttpClient {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(4)
             .build(connector);
-        Self { probes, calls: Arc::default(), secret: secret.into() }
+        Self { probes, calls: Arc::default(), secret: secret.into(), metrics: None }
     }
 
-    /// `POST /` of `body` to `address`, on behalf of `user`, telling the node it has `timeout`.
+    /// This client, with the pools made from it counting their hops in `metrics`.
+    pub(crate) fn counting(&self, metrics: Arc<Metrics>) -> Self {
+        Self { metrics: Some(metrics), ..self.clone() }
+    }
+
+    /// `POST /` of `body` to `address`, on behalf of `user`, telling the node it has `timeout`,
+    /// as a hop of `trace`.
     async fn post(
         &self,
         address: &Arc<str>,
         body: &[u8],
         user: Option<&str>,
         timeout: Duration,
-    ) -> Result<(StatusCode, Bytes), SendError> {
-        let user = user.filter(|u| HeaderValue::from_str(u).is_ok());
+        trace: Option<&TraceContext>,
+    ) -> Result<Answer, SendError> {
         let mut millis = [0; 20];
         let millis = headers::format_millis(timeout.as_millis() as u64, &mut millis);
-        // No per-request allocation for the header list: one array, the user's entry only when set.
-        let all = [
-            (headers::SECRET, &*self.secret),
-            (headers::TIMEOUT, millis),
-            (headers::USER, user.unwrap_or("")),
-        ];
-        let sent = if user.is_some() { &all[..] } else { &all[..2] };
-        self.calls.post(address, sent, body).await
+        let mut traceparent = [0; 55];
+        // No per-request allocation for the header list: one array, filled as far as needed.
+        let mut all =
+            [(headers::SECRET, &*self.secret), (headers::TIMEOUT, millis), ("", ""), ("", ""), ("", "")];
+        let mut used = 2;
+        if let Some(user) = user.filter(|u| HeaderValue::from_str(u).is_ok()) {
+            all[used] = (headers::USER, user);
+            used += 1;
+        }
+        if let Some(trace) = trace {
+            all[used] = (TRACEPARENT, trace.traceparent(&mut traceparent));
+            used += 1;
+            if let Some(state) = trace.state.as_deref().filter(|s| HeaderValue::from_str(s).is_ok()) {
+                all[used] = (TRACESTATE, state);
+                used += 1;
+            }
+        }
+        self.calls.post(address, &all[..used], body).await
     }
 
     /// Whether the node at `address` (`host:port`) answers `GET /healthz`, quickly, with a status
@@ -101,7 +124,7 @@ impl HttpClient {
 
 /// One replica as seen by a caller.
 struct Replica {
-    name: String,
+    name: Arc<str>,
     address: Arc<str>,
     health_uri: Uri,
     pending: AtomicUsize,
@@ -117,6 +140,10 @@ pub(crate) struct Pool {
     idempotent: bool,
     /// Choices made so far; see [`super::balance`].
     turn: AtomicUsize,
+    /// The node's counts of hops to this target.
+    counters: Option<UpstreamCounters>,
+    /// The name of the spans of hops to this target.
+    hop_name: Arc<str>,
 }
 
 impl Pool {
@@ -135,7 +162,7 @@ impl Pool {
             .map(|r| Replica {
                 address: r.address.as_str().into(),
                 health_uri: format!("http://{}/healthz", r.address).parse().expect("valid"),
-                name: r.name,
+                name: r.name.into(),
                 pending: AtomicUsize::new(0),
                 healthy: AtomicBool::new(true),
             })
@@ -143,7 +170,17 @@ impl Pool {
         // Each worker of a balancer has its own pool; starting at different replicas keeps them
         // from all sending their first requests to the same one.
         let turn = AtomicUsize::new(rand::random::<u16>() as usize);
-        let pool = Arc::new(Self { label: label.to_string(), replicas, client, timeout, idempotent, turn });
+        let counters = client.metrics.as_ref().map(|m| m.upstream(label));
+        let pool = Arc::new(Self {
+            label: label.to_string(),
+            replicas,
+            client,
+            timeout,
+            idempotent,
+            turn,
+            counters,
+            hop_name: hop_name(label),
+        });
         if pool.replicas.len() > 1 {
             tokio::spawn(probe_forever(Arc::downgrade(&pool)));
         }
@@ -193,11 +230,11 @@ impl Pool {
     /// Sends a body to one replica and returns its answer, retrying elsewhere if nothing was sent
     /// (or, for idempotent services, if the connection failed after sending). Each attempt waits
     /// at most the pool's timeout, and never past the request's deadline.
-    pub(crate) async fn forward(
-        &self,
-        body: Bytes,
-        inbound: &Inbound,
-    ) -> Result<(StatusCode, Bytes), RpcError> {
+    ///
+    /// Every attempt carries the request's trace; when the request is recorded, each attempt is
+    /// a span of its own (which replica, which attempt, what became of it), and the replica's
+    /// span is its child.
+    pub(crate) async fn forward(&self, body: Bytes, inbound: &Inbound) -> Result<Answer, RpcError> {
         let mut tried = Vec::with_capacity(2);
         let mut last_error = None;
         while let Some(i) = self.choose(&tried) {
@@ -207,33 +244,75 @@ impl Pool {
             if timeout.is_zero() {
                 return Err(RpcError::timeout(&replica.name, self.timeout));
             }
+            if tried.len() > 1 {
+                self.count(|c| {
+                    c.retries.inc();
+                });
+                if let Some(notes) = inbound.trace.as_ref().and_then(|t| t.notes.as_ref()) {
+                    notes.retried();
+                }
+            }
+            self.count(|c| {
+                c.requests.inc();
+            });
+            let recording = inbound.recording();
+            let hop = recording.map(|(trace, _)| Tracer::hop(trace));
+            let context = hop.as_ref().map(|h| h.context()).or(inbound.trace.as_ref().map(|t| &t.context));
             // The guard, not a decrement after the await: a cancelled request (a gather root's leaf
             // timeout, a caller that hung up) drops this future mid-await and must not leave its
             // count behind, or the replica would look busier for ever.
             let in_flight = self.begin(i);
-            let sent = self.client.post(&replica.address, &body, inbound.user.as_deref(), timeout);
+            let sent = self.client.post(&replica.address, &body, inbound.user.as_deref(), timeout, context);
             let outcome = tokio::time::timeout(timeout, sent).await;
             drop(in_flight);
-            match outcome {
-                Ok(Ok(answer)) => return Ok(answer),
+            let step = match outcome {
+                Ok(Ok(answer)) => Step::Done(answer),
                 // The replica ran the request and answered; another would answer the same.
                 Ok(Err(e @ SendError::TooLarge(_))) => {
-                    return Err(RpcError::answer_too_large(&replica.name, e))
+                    Step::Fail(HopOutcome::TooLarge, RpcError::answer_too_large(&replica.name, e))
                 }
                 Ok(Err(e)) if e.is_not_sent() => {
                     replica.healthy.store(false, Ordering::Relaxed);
                     tracing::warn!(replica = %replica.name, error = %e, "not sent; trying another replica");
-                    last_error = Some(RpcError::unavailable(&replica.name, e.to_string()));
+                    Step::Retry(HopOutcome::NotSent, RpcError::unavailable(&replica.name, e.to_string()))
                 }
                 Ok(Err(e)) if self.idempotent => {
                     tracing::warn!(replica = %replica.name, error = %e, "failed mid-flight; retrying (idempotent)");
-                    last_error = Some(RpcError::unavailable(&replica.name, e.to_string()));
+                    Step::Retry(HopOutcome::Failed, RpcError::unavailable(&replica.name, e.to_string()))
                 }
-                Ok(Err(e)) => return Err(RpcError::unavailable(&replica.name, e.to_string())),
-                Err(_) => return Err(RpcError::timeout(&replica.name, timeout)),
+                Ok(Err(e)) => {
+                    Step::Fail(HopOutcome::Failed, RpcError::unavailable(&replica.name, e.to_string()))
+                }
+                Err(_) => Step::Fail(HopOutcome::Timeout, RpcError::timeout(&replica.name, timeout)),
+            };
+            if let (Some(hop), Some((_, tracer))) = (hop, recording) {
+                tracer.record_hop(hop, &self.hop_name, |span| {
+                    describe_attempt(span, replica, tried.len(), &step)
+                });
+            }
+            match step {
+                Step::Done(answer) => return Ok(answer),
+                Step::Fail(outcome, e) => {
+                    self.count(|c| {
+                        c.errors(outcome).inc();
+                    });
+                    return Err(e);
+                }
+                Step::Retry(outcome, e) => {
+                    self.count(|c| {
+                        c.errors(outcome).inc();
+                    });
+                    last_error = Some(e);
+                }
             }
         }
         Err(last_error.unwrap_or_else(|| RpcError::unavailable(&self.label, "it has no replicas")))
+    }
+
+    fn count(&self, add: impl FnOnce(&UpstreamCounters)) {
+        if let Some(counters) = &self.counters {
+            add(counters);
+        }
     }
 
     /// Calls `method` with `request` on one replica and decodes the answer.
@@ -244,11 +323,46 @@ impl Pool {
         id: &Value,
         inbound: &Inbound,
     ) -> Result<Value, RpcError> {
-        let (status, body) = self.forward(Bytes::from(encode_call(method, request, id)), inbound).await?;
+        let Answer { status, body, .. } =
+            self.forward(Bytes::from(encode_call(method, request, id)), inbound).await?;
         if status == StatusCode::FORBIDDEN || (!status.is_success() && body.is_empty()) {
             return Err(RpcError::unavailable(&self.label, format!("it answered HTTP {status}")));
         }
         decode_response(&body)
+    }
+}
+
+/// What became of one attempt of a hop.
+enum Step {
+    /// An answer (which may hold a JSON-RPC error of the replica's).
+    Done(Answer),
+    /// A failure that ends the request.
+    Fail(HopOutcome, RpcError),
+    /// A failure after which another replica is tried.
+    Retry(HopOutcome, RpcError),
+}
+
+/// The span of one attempt: which replica, which attempt, and what became of it.
+fn describe_attempt(span: &mut SpanRecord, replica: &Replica, attempt: usize, step: &Step) {
+    span.set("metaparticle.upstream.replica", replica.name.clone())
+        .set("metaparticle.attempt", attempt as i64);
+    match step {
+        Step::Done(answer) => {
+            if answer.status != StatusCode::OK {
+                span.set("http.response.status_code", i64::from(answer.status.as_u16()));
+            }
+            span.set("metaparticle.outcome", if answer.error.is_some() { "error" } else { "ok" });
+            if let Some(code) = answer.error {
+                span.set("rpc.jsonrpc.error_code", code);
+                span.error = Some(format!("{} answered with JSON-RPC error {code}", replica.name));
+            }
+        }
+        Step::Fail(outcome, e) | Step::Retry(outcome, e) => {
+            span.set("metaparticle.outcome", outcome.as_str());
+            span.set("error.type", outcome.as_str());
+            span.set("metaparticle.retried", matches!(step, Step::Retry(..)));
+            span.error = Some(e.message.clone());
+        }
     }
 }
 

@@ -15,6 +15,11 @@ pub(crate) const USER: &str = "x-metaparticle-user";
 /// longer on the hops it makes in turn.
 pub(crate) const TIMEOUT: &str = "x-metaparticle-timeout-ms";
 
+/// The JSON-RPC error code of an answer that holds an error (the first, in a batch), set by the
+/// node that answered: a balancer relays answers untouched and learns their outcome from this
+/// header, for its metrics and its span, without parsing them.
+pub(crate) const ERROR: &str = "x-metaparticle-error";
+
 /// Writes `millis` in decimal into `buffer` without allocating; the text is returned.
 pub(crate) fn format_millis(millis: u64, buffer: &mut [u8; 20]) -> &str {
     let mut at = buffer.len();

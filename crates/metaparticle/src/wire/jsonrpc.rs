@@ -22,6 +22,7 @@
 //! | -32050 | the handler returned a [`crate::HandlerError`] (its own code if it set one) |
 
 use std::future::Future;
+use std::sync::OnceLock;
 
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
@@ -400,40 +401,77 @@ pub(crate) type Dispatched = Option<Vec<u8>>;
 /// Notifications (calls without an `id`) are never answered, even when their method or params
 /// are wrong; only what is not a request at all is answered with `-32600` and a null id, as the
 /// specification's examples show.
+#[cfg(any(test, fuzzing))]
 pub(crate) async fn dispatch<F, Fut>(body: &[u8], service: &str, handle: F) -> Dispatched
 where
     F: Fn(Call) -> Fut,
     Fut: Future<Output = Result<Value, RpcError>>,
 {
+    dispatch_served(body, service, handle).await.body
+}
+
+/// What [`dispatch_served`] produced: the body, and the first error it holds.
+#[derive(Debug)]
+pub(crate) struct Served {
+    /// The body to send, or nothing (only notifications were received).
+    pub(crate) body: Dispatched,
+    /// The code of the first error among the answers (a notification's too: it failed, even if
+    /// unanswered); `None` if every call succeeded.
+    pub(crate) first_error: Option<i64>,
+}
+
+/// [`dispatch`], also saying whether an answer is an error (for the node's metrics and span)
+/// without anyone parsing the body again.
+pub(crate) async fn dispatch_served<F, Fut>(body: &[u8], service: &str, handle: F) -> Served
+where
+    F: Fn(Call) -> Fut,
+    Fut: Future<Output = Result<Value, RpcError>>,
+{
+    let first_error = OnceLock::new();
+    let alone = |error: RpcError| {
+        let code = error.code;
+        Served { body: Some(encode_reply(&ReplyId::Value(Value::Null), Err(error))), first_error: Some(code) }
+    };
     let parsed: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
-        Err(e) => return Some(encode_reply(&ReplyId::Value(Value::Null), Err(RpcError::parse_error(e)))),
+        Err(e) => return alone(RpcError::parse_error(e)),
     };
-    match parsed {
-        Value::Array(items) if items.is_empty() => {
-            Some(encode_reply(&ReplyId::Value(Value::Null), Err(RpcError::invalid_request("an empty batch"))))
-        }
+    let body = match parsed {
+        Value::Array(items) if items.is_empty() => return alone(RpcError::invalid_request("an empty batch")),
         Value::Array(items) => {
             let verbatim = verbatim_ids(body, &items);
-            let answers = items.into_iter().zip(verbatim).map(|(item, id)| one(item, id, service, &handle));
+            let answers = items
+                .into_iter()
+                .zip(verbatim)
+                .map(|(item, id)| one(item, id, service, &handle, &first_error));
             let responses: Vec<Vec<u8>> = join_all(answers).await.into_iter().flatten().collect();
             (!responses.is_empty()).then(|| encode_batch(responses))
         }
         single => {
             let verbatim = verbatim_id(body, &single);
-            one(single, verbatim, service, &handle).await
+            one(single, verbatim, service, &handle, &first_error).await
         }
-    }
+    };
+    Served { body, first_error: first_error.into_inner() }
 }
 
-async fn one<F, Fut>(item: Value, verbatim: Option<String>, service: &str, handle: &F) -> Option<Vec<u8>>
+async fn one<F, Fut>(
+    item: Value,
+    verbatim: Option<String>,
+    service: &str,
+    handle: &F,
+    first_error: &OnceLock<i64>,
+) -> Option<Vec<u8>>
 where
     F: Fn(Call) -> Fut,
     Fut: Future<Output = Result<Value, RpcError>>,
 {
     let envelope = match decode_envelope(item) {
         Ok(envelope) => envelope,
-        Err(bad) => return Some(encode_reply(&ReplyId::new(bad.id, verbatim), Err(bad.error))),
+        Err(bad) => {
+            let _ = first_error.set(bad.error.code);
+            return Some(encode_reply(&ReplyId::new(bad.id, verbatim), Err(bad.error)));
+        }
     };
     let Envelope { id, method, params } = envelope;
     let outcome = if method != service {
@@ -444,6 +482,9 @@ where
             Err(e) => Err(e),
         }
     };
+    if let Err(e) = &outcome {
+        let _ = first_error.set(e.code);
+    }
     // A notification is not answered, whatever happened to it.
     Some(encode_reply(&ReplyId::new(id?, verbatim), outcome))
 }
