@@ -97,16 +97,15 @@ impl Http1Pool {
             Some(stream) => (stream, true),
             None => (connect(peer).await?, false),
         };
-        if let Err(e) = stream.write_all(&request).await {
-            if !reused {
-                return Err(SendError::NotSent(e.to_string()));
-            }
-            // The peer closed a kept-alive connection before this request reached it: nothing
-            // ran, so a fresh connection may carry it.
+        let mut outcome = exchange(&mut stream, &request).await;
+        if reused && matches!(outcome, Err(SendError::NotSent(_))) {
+            // The peer closed a kept-alive connection before this request reached its
+            // application (a node that was just killed or shed the connection): nothing ran, so
+            // a fresh connection may carry it.
             stream = connect(peer).await?;
-            stream.write_all(&request).await.map_err(|e| SendError::NotSent(e.to_string()))?;
+            outcome = exchange(&mut stream, &request).await;
         }
-        let (answer, keep_alive) = read_response(&mut stream).await?;
+        let (answer, keep_alive) = outcome?;
         if keep_alive {
             self.checkin(peer, stream);
         }
@@ -217,11 +216,28 @@ struct Head {
     error: Option<i64>,
 }
 
+/// Writes `request` and reads its answer, and whether the connection may carry another request.
+async fn exchange(stream: &mut TcpStream, request: &[u8]) -> Result<(Answer, bool), SendError> {
+    stream.write_all(request).await.map_err(|e| SendError::NotSent(e.to_string()))?;
+    read_response(stream).await
+}
+
 /// Reads one response, and whether the connection may carry another request.
+///
+/// A reset before the first byte of the answer means the peer's socket was closed when the
+/// request arrived, or closed with the request still unread: its application never had the
+/// whole request, so it cannot have run it. (A peer that read the request and then died closes
+/// with nothing unread, which arrives as an end of stream, and may have run it.)
 async fn read_response(stream: &mut TcpStream) -> Result<(Answer, bool), SendError> {
     let mut buffer = BytesMut::with_capacity(8 * 1024);
     let head = loop {
-        if read_more(stream, &mut buffer).await? == 0 {
+        let read = match read_more(stream, &mut buffer).await {
+            Err(e) if buffer.is_empty() && e.kind() == io::ErrorKind::ConnectionReset => {
+                return Err(SendError::NotSent(format!("the peer reset the connection: {e}")))
+            }
+            other => other.map_err(broken)?,
+        };
+        if read == 0 {
             return Err(SendError::Broken("the connection closed before an answer".into()));
         }
         if let Some(head) = parse_head(&buffer)? {
@@ -237,7 +253,7 @@ async fn read_response(stream: &mut TcpStream) -> Result<(Answer, bool), SendErr
         Some(length) => {
             while buffer.len() < length {
                 buffer.reserve(length - buffer.len());
-                if read_more(stream, &mut buffer).await? == 0 {
+                if read_more(stream, &mut buffer).await.map_err(broken)? == 0 {
                     return Err(SendError::Broken(format!(
                         "the connection closed after {} of {length} body bytes",
                         buffer.len()
@@ -252,7 +268,7 @@ async fn read_response(stream: &mut TcpStream) -> Result<(Answer, bool), SendErr
         }
         None => {
             // Delimited by the peer closing the connection.
-            while read_more(stream, &mut buffer).await? > 0 {
+            while read_more(stream, &mut buffer).await.map_err(broken)? > 0 {
                 if buffer.len() > MAX_BODY {
                     return Err(SendError::TooLarge(None));
                 }
@@ -262,11 +278,16 @@ async fn read_response(stream: &mut TcpStream) -> Result<(Answer, bool), SendErr
     }
 }
 
-async fn read_more(stream: &mut TcpStream, buffer: &mut BytesMut) -> Result<usize, SendError> {
+async fn read_more(stream: &mut TcpStream, buffer: &mut BytesMut) -> io::Result<usize> {
     if buffer.capacity() - buffer.len() < 1024 {
         buffer.reserve(8 * 1024);
     }
-    stream.read_buf(buffer).await.map_err(|e| SendError::Broken(e.to_string()))
+    stream.read_buf(buffer).await
+}
+
+/// A read that failed after the request was sent: it may have run.
+fn broken(e: io::Error) -> SendError {
+    SendError::Broken(e.to_string())
 }
 
 /// The head at the start of `bytes`, `None` if it is not complete yet.
@@ -358,6 +379,35 @@ mod tests {
                 "a fresh connection carried it"
             );
         });
+    }
+
+    #[test]
+    fn a_kept_alive_connection_reset_before_the_request_was_read_carries_it_on_a_fresh_one() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer: Arc<str> = listener.local_addr().unwrap().to_string().into();
+        let server = std::thread::spawn(move || {
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+            let (mut first, _) = listener.accept().unwrap();
+            let mut request = [0u8; 4096];
+            let _ = first.read(&mut request);
+            first.write_all(answer).unwrap();
+            // A node dying as the next request arrives: one byte read, the rest left unread, so
+            // closing resets the connection.
+            let _ = first.read(&mut request[..1]);
+            drop(first);
+            let (mut second, _) = listener.accept().unwrap();
+            let _ = second.read(&mut request);
+            second.write_all(answer).unwrap();
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let pool = Http1Pool::default();
+            assert!(pool.post(&peer, &[], b"{}").await.is_ok());
+            let answer = pool.post(&peer, &[], b"{}").await;
+            assert!(answer.is_ok(), "a request the peer never read was not carried again: {answer:?}");
+        });
+        server.join().unwrap();
     }
 
     #[test]
