@@ -133,9 +133,14 @@ pub(crate) async fn serve(
 /// process's connection table while it is open, busy while a request is served; when the table
 /// asks it to make room (see [`super::connections`]) it closes gracefully.
 ///
-/// Once `shutdown` fires, no connection is taken any more (the listener is closed), every open
-/// connection finishes the request it is serving and closes, and this returns when all have, or
-/// after the signal's drain bound, dropping what is left.
+/// Once `shutdown` fires, no connection is taken from the listener any more, but those the accept
+/// loop already dealt to this worker are served: their callers were accepted and are waiting.
+/// Every open connection finishes the request it is serving; its next answer says
+/// `Connection: close`, so a client that keeps calling moves to a fresh connection (which the
+/// next version of the node takes, during a rollout) without a request lost to the race of a
+/// server closing an idle keep-alive connection as the client reuses it. A connection that stays
+/// idle for [`IDLE_GRACE`] is closed. This returns when all have closed, or after the signal's
+/// drain bound, dropping what is left.
 pub(crate) async fn serve_connections<F, Fut, B>(
     mut connections: Connections,
     limits: Limits,
@@ -151,7 +156,7 @@ where
     let mut serving = JoinSet::new();
     let mut stop = shutdown.clone();
     loop {
-        let Accepted { stream, peer, registration } = tokio::select! {
+        let accepted = tokio::select! {
             next = connections.next() => match next? {
                 Some(connection) => connection,
                 None => break,
@@ -159,52 +164,87 @@ where
             Some(_) = serving.join_next(), if !serving.is_empty() => continue,
             _ = stop.requested() => break,
         };
-        let _ = stream.set_nodelay(true);
-        let (handle, limits, mut stop) = (handle.clone(), limits.clone(), shutdown.clone());
-        serving.spawn(async move {
-            let registration = Arc::new(registration);
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .max_buf_size(limits.max_head.max(8192));
-            let counted = registration.clone();
-            let service = service_fn(move |req: Request<Incoming>| {
-                let busy = counted.busy();
-                let too_large = head_size(&req) > limits.max_head;
-                let answer = (!too_large).then(|| handle(req, peer));
-                async move {
-                    let _busy = busy;
-                    match answer {
-                        Some(answer) => answer.await.map(|r| r.map(Either::Left)),
-                        None => Ok(head_too_large(limits.max_head).map(Either::Right)),
-                    }
-                }
-            });
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => return,
-                // Asked to make room, or the node is stopping: finish the request in flight (its
-                // answer says `Connection: close`), or close at once if idle.
-                _ = registration.closing() => {}
-                _ = stop.requested() => {}
-            }
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
-        });
+        serving.spawn(serve_connection(accepted, limits.clone(), handle.clone(), shutdown.clone()));
     }
-    // Refuse new callers now (a balancer in front retries them elsewhere), then drain.
-    drop(connections);
-    let drained = async { while serving.join_next().await.is_some() {} };
+    let drained = async {
+        // Connections already dealt to this worker: the accept loop stops at the same signal and
+        // then closes the channel, so this ends.
+        if let Connections::Dealt(_) = &connections {
+            while let Ok(Some(accepted)) = connections.next().await {
+                serving.spawn(serve_connection(accepted, limits.clone(), handle.clone(), shutdown.clone()));
+            }
+        }
+        // Refuse new callers now (a balancer in front retries them elsewhere).
+        drop(connections);
+        while serving.join_next().await.is_some() {}
+    };
     if tokio::time::timeout(shutdown.drain_timeout(), drained).await.is_err() {
-        tracing::warn!(
-            "{} connections still busy after {:?}; dropping them",
-            serving.len(),
-            shutdown.drain_timeout()
-        );
+        tracing::warn!("connections still busy after {:?}; dropping them", shutdown.drain_timeout());
     }
     Ok(())
+}
+
+/// How long a stopping node keeps an idle keep-alive connection open for its client's next
+/// request (answered, then closed) before closing it. A client that calls again within this
+/// time never sees its connection close under a request.
+pub(crate) const IDLE_GRACE: Duration = Duration::from_millis(500);
+
+/// Serves one connection until it closes, the table asks for its room, or the node stops.
+async fn serve_connection<F, Fut, B>(accepted: Accepted, limits: Limits, handle: F, shutdown: Shutdown)
+where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let Accepted { stream, peer, registration } = accepted;
+    let _ = stream.set_nodelay(true);
+    let registration = Arc::new(registration);
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_head.max(8192));
+    let counted = registration.clone();
+    let stopping = shutdown.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
+        let busy = counted.busy();
+        let too_large = head_size(&req) > limits.max_head;
+        let answer = (!too_large).then(|| handle(req, peer));
+        let stopping = stopping.clone();
+        async move {
+            let _busy = busy;
+            let mut response = match answer {
+                Some(answer) => answer.await.map(|r| r.map(Either::Left))?,
+                None => head_too_large(limits.max_head).map(Either::Right),
+            };
+            if stopping.is_requested() {
+                // hyper closes the connection once this answer is written.
+                response.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let mut stop = shutdown;
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        // Asked to make room: finish the request in flight (its answer says `Connection:
+        // close`), or close at once if idle.
+        _ = registration.closing() => {}
+        // Stopping: answers now say `Connection: close`; a connection still idle after the
+        // grace is closed (finishing a request that arrived meanwhile).
+        _ = stop.requested() => {
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = tokio::time::sleep(IDLE_GRACE) => {}
+                _ = registration.closing() => {}
+            }
+        }
+    }
+    connection.as_mut().graceful_shutdown();
+    let _ = connection.await;
 }
 
 /// The size of a request's head as sent: request line, headers and the blank line after them.

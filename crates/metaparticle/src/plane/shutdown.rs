@@ -52,7 +52,6 @@ impl Shutdown {
     }
 
     /// Whether it has fired.
-    #[cfg(test)]
     pub(crate) fn is_requested(&self) -> bool {
         self.fired.as_ref().is_some_and(|rx| *rx.borrow())
     }
