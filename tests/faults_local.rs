@@ -19,11 +19,11 @@ fn pid_of(sandbox: &Sandbox, replica: &str) -> (Option<u32>, String) {
         .lines()
         .find(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() > 7 && format!("{}-{}", f[0], f[2]) == replica
+            f.len() > 8 && format!("{}-{}", f[0], f[2]) == replica
         })
         .unwrap_or_else(|| panic!("{replica} not in status:\n{}", run.stdout));
     let f: Vec<&str> = line.split_whitespace().collect();
-    (f[4].parse().ok(), line.to_string())
+    (f[5].parse().ok(), line.to_string())
 }
 
 #[test]
@@ -87,7 +87,7 @@ fn killing_one_of_three_replicas_under_load_loses_almost_nothing_and_it_comes_ba
     loop {
         let (pid, line) = pid_of(&sandbox, "replicated-service.replica-1");
         if pid.is_some_and(|p| p != victim_pid) && line.contains("healthy") && line.contains("running") {
-            assert!(line.split_whitespace().nth(5) == Some("1"), "one restart counted: {line}");
+            assert!(line.split_whitespace().nth(6) == Some("1"), "one restart counted: {line}");
             break;
         }
         assert!(Instant::now() < deadline, "the replica was not restarted: {line}");

@@ -152,7 +152,7 @@ fn two_ups_of_one_app_at_once_leave_one_consistent_app() {
     let status = sandbox.program(&["status"]);
     assert!(status.ok && !status.stdout.contains("NOT RUNNING"), "{}", status.stdout);
     let pids: Vec<u32> =
-        status.stdout.lines().skip(2).filter_map(|l| l.split_whitespace().nth(4)?.parse().ok()).collect();
+        status.stdout.lines().skip(2).filter_map(|l| l.split_whitespace().nth(5)?.parse().ok()).collect();
     assert_eq!(pids.len(), 4, "{}", status.stdout);
     assert_eq!(sandbox.call("replicated-service", None)["request"], json!({"foo": "bar"}));
     let delete = sandbox.program(&["delete"]);

@@ -20,8 +20,8 @@ fn replicas(sandbox: &Sandbox) -> Vec<(String, u32, String)> {
         .skip(2)
         .map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
-            assert_eq!(f[7], "healthy", "{line}");
-            (format!("{}-{}", f[0], f[2]), f[4].parse().unwrap(), f[3].to_string())
+            assert_eq!(f[8], "healthy", "{line}");
+            (format!("{}-{}", f[0], f[2]), f[5].parse().unwrap(), f[4].to_string())
         })
         .collect()
 }

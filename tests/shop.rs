@@ -81,7 +81,7 @@ fn status_pid(sandbox: &Sandbox, node: &str, role: &str) -> u32 {
         .lines()
         .find(|l| l.split_whitespace().take(2).eq([node, role]))
         .unwrap_or_else(|| panic!("no {node} {role} in:\n{}", run.stdout));
-    line.split_whitespace().nth(4).unwrap().parse().unwrap()
+    line.split_whitespace().nth(5).unwrap().parse().unwrap()
 }
 
 #[test]

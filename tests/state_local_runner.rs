@@ -229,7 +229,14 @@ async fn hammer_until(address: String, clients: usize, stop: Arc<std::sync::atom
 
 /// The pid of one replica of the deployed app, from the supervisor's status file.
 fn replica_pid(app: &Deployed, node: &str, replica: usize) -> Option<u32> {
-    let text = std::fs::read_to_string(app.home.path().join("apps/server6/status.json")).ok()?;
+    // One status file per supervisor: `status-<pid>.json`.
+    let dir = app.home.path().join("apps/server6");
+    let file = std::fs::read_dir(&dir).ok()?.flatten().map(|e| e.path()).find(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("status-") && n.ends_with(".json"))
+    })?;
+    let text = std::fs::read_to_string(file).ok()?;
     let statuses: Vec<Value> = serde_json::from_str(&text).ok()?;
     statuses
         .iter()

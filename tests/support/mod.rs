@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod load;
 pub mod observe;
 
 use std::path::{Path, PathBuf};

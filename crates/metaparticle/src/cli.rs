@@ -1,5 +1,5 @@
-//! The command line every metaparticle program gets: `up` (default), `delete`, `status`, `logs`,
-//! `plan`, `dashboard`, and with the Kubernetes runner `manifests`.
+//! The command line every metaparticle program gets: `up` (default), `delete`, `rollback`,
+//! `status`, `logs`, `plan`, `dashboard`, and with the Kubernetes runner `manifests`.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -114,7 +114,8 @@ impl KubernetesArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Deploy (or replace) the app and return once every node is healthy. The default.
+    /// Deploy the app and return once every node is healthy. The default. On the local runner, an
+    /// app that is running is rolled over to this build with no request lost.
     Up {
         /// Stay in the foreground with every node's log lines; Ctrl-C tears everything down.
         #[arg(long)]
@@ -126,6 +127,9 @@ enum Command {
         #[arg(long)]
         purge: bool,
     },
+    /// Return a running app to the build it ran before its last `up` (local runner), the way
+    /// `up` rolls out: the old build starts beside the current one, then takes over.
+    Rollback,
     /// List every node, replica, address, process and its health.
     Status,
     /// Print the app's log, each line prefixed by its replica.
@@ -242,6 +246,11 @@ impl Cli {
             (_, Command::Plan | Command::Image | Command::Dashboard { .. }) => unreachable!("handled above"),
             (RunnerKind::Local, Command::Up { attach }) => Ok(local::up(&deploy(attach), &plan).await?),
             (RunnerKind::Local, Command::Delete { .. }) => Ok(local::delete(&app).await?),
+            (RunnerKind::Local, Command::Rollback) => Ok(local::rollback(&deploy(false)).await?),
+            (RunnerKind::Docker, Command::Rollback) => Err(Error::Usage(
+                "rollback is for the local runner so far; on Docker, check out the previous build and run up"
+                    .into(),
+            )),
             (RunnerKind::Local, Command::Status) => Ok(local::status(&app).await?),
             (RunnerKind::Local, Command::Logs { follow }) => Ok(local::logs(&app, follow).await?),
             (RunnerKind::Docker, Command::Up { attach }) => Ok(docker::up(&deploy(attach), &plan).await?),
@@ -266,6 +275,10 @@ impl Cli {
                     // A cluster keeps the app's state in its volume claim, not on this machine.
                     Command::Delete { purge } => return Ok(k8s::delete(&app, &options, purge).await?),
                     Command::Status => Ok(k8s::status(&app, &options).await?),
+                    Command::Rollback => Err(Error::Usage(format!(
+                        "on Kubernetes, roll back with `kubectl rollout undo` on the app's objects (labelled {})",
+                        k8s::names::app_selector(&app)
+                    ))),
                     Command::Logs { .. } => Err(Error::Usage(format!(
                         "on Kubernetes, read the logs with `kubectl logs --prefix -l {} --all-containers`",
                         k8s::names::app_selector(&app)

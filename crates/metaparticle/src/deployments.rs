@@ -73,6 +73,10 @@ pub struct Deployment {
     /// reuses the pid after it died (records of older versions lack it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub supervisor_started: Option<ProcessStart>,
+    /// The build deployed: the first 12 hex digits of the SHA-256 of the app's binary (local
+    /// runner; records of older versions lack it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// When a process started, in a form no later process can share: the kernel's boot and the
@@ -114,21 +118,50 @@ fn record_path(app: &str) -> PathBuf {
     app_dir(app).join("deployment.json")
 }
 
+fn previous_record_path(app: &str) -> PathBuf {
+    app_dir(app).join("previous.json")
+}
+
+fn next_record_path(app: &str) -> PathBuf {
+    app_dir(app).join("next.json")
+}
+
 impl Deployment {
     /// Writes the record atomically (write then rename), readable only by this user.
     pub fn save(&self) -> Result<()> {
+        self.save_to(&record_path(&self.app))
+    }
+
+    /// Records a version a rollout is starting (shown by `status` until it takes over).
+    pub fn save_as_next(&self) -> Result<()> {
+        self.save_to(&next_record_path(&self.app))
+    }
+
+    fn save_to(&self, path: &Path) -> Result<()> {
         let dir = app_dir(&self.app);
         create_private_dir(&dir)?;
-        let tmp = dir.join("deployment.json.tmp");
+        let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(self).expect("a deployment record serializes");
         std::fs::write(&tmp, text).map_err(|e| io(format!("writing {}", tmp.display()), e))?;
-        std::fs::rename(&tmp, record_path(&self.app))
-            .map_err(|e| io(format!("writing the record of app '{}'", self.app), e))
+        std::fs::rename(&tmp, path).map_err(|e| io(format!("writing the record of app '{}'", self.app), e))
     }
 
     /// The record of `app`, if it is deployed.
     pub fn load(app: &str) -> Result<Option<Deployment>> {
-        let path = record_path(app);
+        Self::load_from(record_path(app))
+    }
+
+    /// The record of the version a rollout of `app` is starting, if one is.
+    pub fn load_next(app: &str) -> Result<Option<Deployment>> {
+        Self::load_from(next_record_path(app))
+    }
+
+    /// Forgets the version a rollout was starting (it failed).
+    pub fn forget_next(app: &str) {
+        let _ = std::fs::remove_file(next_record_path(app));
+    }
+
+    fn load_from(path: PathBuf) -> Result<Option<Deployment>> {
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
@@ -136,6 +169,25 @@ impl Deployment {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(format!("reading {}", path.display()), e)),
         }
+    }
+
+    /// The record of the version `app` ran before its last rollout (what `rollback` returns to).
+    pub fn load_previous(app: &str) -> Result<Option<Deployment>> {
+        Self::load_from(previous_record_path(app))
+    }
+
+    /// Makes this record the app's current one, and the one it replaces the previous one.
+    pub fn replace_current(&self) -> Result<()> {
+        let (current, previous) = (record_path(&self.app), previous_record_path(&self.app));
+        match std::fs::rename(&current, &previous) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io(format!("keeping {} as {}", current.display(), previous.display()), e))
+            }
+            _ => {}
+        }
+        self.save()?;
+        Self::forget_next(&self.app);
+        Ok(())
     }
 
     /// Every deployed app's record, by app name; unreadable records are skipped.

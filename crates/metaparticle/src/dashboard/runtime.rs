@@ -53,10 +53,7 @@ pub(crate) async fn log_lines(
 
 /// The local supervisor's status file, with the record's addresses.
 fn local(record: &Deployment) -> Vec<ReplicaFacts> {
-    let statuses: Vec<ReplicaStatus> = std::fs::read(supervisor::status_path(&record.app))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default();
+    let statuses: Vec<ReplicaStatus> = supervisor::read_statuses(record);
     every_replica(record, |node, replica, address| {
         let status = statuses.iter().find(|s| s.node == node && s.replica == replica);
         ReplicaFacts {

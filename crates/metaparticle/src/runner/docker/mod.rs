@@ -200,6 +200,7 @@ async fn run_containers(
         book: book.clone(),
         supervisor_pid: None,
         supervisor_started: None,
+        version: None,
     };
     // Before any container starts, so that `delete` finds the app whatever happens next.
     record.save()?;

@@ -23,6 +23,29 @@ pub enum LocalError {
     /// The supervisor could not start the app and said why.
     #[error("{0}")]
     SupervisorFailed(String),
+    /// A rollout's new version did not become healthy; the version running before keeps serving.
+    #[error("{source}\nthe new version was not deployed: version {running} keeps serving")]
+    RolloutFailed {
+        /// The version still serving.
+        running: String,
+        /// Why the new version failed.
+        #[source]
+        source: Box<LocalError>,
+    },
+    /// `rollback` with no earlier version on record.
+    #[error("app '{app}' has no previous version to roll back to (it has not been redeployed since it was first deployed)")]
+    NoPrevious {
+        /// The app.
+        app: String,
+    },
+    /// The build `rollback` returns to is no longer on disk.
+    #[error("the build of version {version} is missing from {}; deploy it again with up", dir.display())]
+    PreviousBuildMissing {
+        /// The version.
+        version: String,
+        /// Where it was kept.
+        dir: PathBuf,
+    },
     /// The supervisor ended before it said whether the app started.
     #[error("the supervisor exited before the app was ready; see {}", log.display())]
     SupervisorExited {

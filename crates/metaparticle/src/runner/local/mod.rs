@@ -1,12 +1,29 @@
 //! The local runner: every replica is this program's own binary, started in its role on 127.0.0.1
 //! and kept alive by a supervisor process that outlives the deploying command.
 //!
-//! `up` snapshots the binary into the app's folder (so a rebuild never changes a running app
-//! underneath it; restarts run the deployed code), starts the supervisor in its own session, and
-//! returns once every replica answers `/healthz`. `delete` stops the supervisor's whole process
-//! group, checks that every port is free again, and removes the app's folder.
+//! `up` snapshots the binary into the app's folder, one folder per build (so a rebuild never
+//! changes a running app underneath it; restarts run the deployed code), starts the supervisor in
+//! its own session, and returns once every replica answers `/healthz`. `delete` stops the
+//! supervisor's whole process group, checks that every port is free again, and removes the app's
+//! folder.
+//!
+//! `up` of an app that is running rolls the new build out beside it, blue/green:
+//!
+//! 1. a second supervisor starts the new version's nodes on fresh internal ports (so a request
+//!    that entered one version is served by that version's nodes only, calls included), and
+//!    receives the old version's exposed listening sockets ([`handover`]);
+//! 2. once every new internal node is healthy, the new fronts start accepting from those same
+//!    sockets, beside the old fronts, and must stay up;
+//! 3. the new version becomes the app's record (the old one is kept for `rollback`), and its
+//!    supervisor asks the old one to retire: the old fronts stop accepting, finish what they
+//!    serve (their next answers say `Connection: close`), then the old nodes behind them stop.
+//!
+//! No caller is refused at any point: the kernel's one accept queue per port feeds whichever
+//! front accepts. A new version that does not become healthy is stopped and the old one never
+//! noticed. `rollback` runs the same steps with the previous build.
 
 pub(crate) mod error;
+pub(crate) mod handover;
 pub(crate) mod process;
 pub(crate) mod supervisor;
 
@@ -32,25 +49,47 @@ use supervisor::{Order, ReplicaStatus, ORDER_ENV};
 /// How long `up` waits for the supervisor's verdict (its own health deadline is shorter).
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Deploys `plan` as local processes; replaces the app if it is already running.
+/// Deploys `plan` as local processes. If the app is running, rolls the new build out beside it
+/// (see [`supervisor`]): the new version starts and becomes healthy, takes over the exposed
+/// ports, and the old version finishes its requests and exits; no caller is refused.
 pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
     let started = Instant::now();
     // Held until the app is ready or nothing of it is left: one deploy of an app at a time.
     let lock = DeployLock::acquire(&deploy.app)?;
     // Before anything is stopped or started: an unreachable store fails `up` with nothing deployed.
     check_storage(deploy).await?;
-    if let Some(old) = Deployment::load(&deploy.app)? {
-        println!("app '{}' is already running: replacing it with this build", deploy.app);
-        stop(&old).await?;
+    let exe = std::env::current_exe().map_err(|e| LocalError::io("finding this program's binary", e))?;
+    let version = build_version(&exe)?;
+    let running = match Deployment::load(&deploy.app)? {
+        Some(old) if live_supervisor(&old).is_some() && !deploy.attach => Some(old),
+        Some(old) => {
+            if live_supervisor(&old).is_some() {
+                println!("app '{}' is already running: replacing it with this build", deploy.app);
+            }
+            stop(&old).await?;
+            None
+        }
+        None => None,
+    };
+    match &running {
+        Some(old) => {
+            println!(
+                "app '{}' is running: rolling out {}",
+                deploy.app,
+                describe_changes(old, plan, &version)
+            );
+        }
+        None => deploy.check_exposed_ports(plan)?,
     }
-    deploy.check_exposed_ports(plan)?;
     let order = Order {
         app: deploy.app.clone(),
         port: deploy.port,
         bind: deploy.bind,
-        binary: snapshot_binary(&deploy.app)?,
+        binary: snapshot_binary(&deploy.app, &exe, &version)?,
         attach: deploy.attach,
         storage: deploy.storage.clone(),
+        version,
+        takeover: running.is_some(),
     };
     if deploy.attach {
         println!(
@@ -60,12 +99,61 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
         );
         return supervisor::run_attached(order, plan.clone(), lock).await;
     }
+    start_version(deploy, order, running.as_ref(), started).await?;
+    drop(lock);
+    Ok(())
+}
+
+/// Rolls the app back to the version it ran before its last rollout, the way `up` rolls out.
+pub(crate) async fn rollback(deploy: &Deploy) -> Result<()> {
+    let started = Instant::now();
+    let lock = DeployLock::acquire(&deploy.app)?;
+    let running = Deployment::load(&deploy.app)?
+        .filter(|r| live_supervisor(r).is_some())
+        .ok_or_else(|| LocalError::from(DeployError::NotRunning(deploy.app.clone())))?;
+    let previous = Deployment::load_previous(&deploy.app)?
+        .and_then(|p| p.version)
+        .ok_or_else(|| LocalError::NoPrevious { app: deploy.app.clone() })?;
+    let dir = deployments::app_dir(&deploy.app).join("bin").join(&previous);
+    let binary = std::fs::read_dir(&dir)
+        .ok()
+        .and_then(|mut entries| entries.find_map(|e| e.ok().map(|e| e.path())))
+        .ok_or_else(|| LocalError::PreviousBuildMissing { version: previous.clone(), dir: dir.clone() })?;
+    println!(
+        "app '{}': rolling back from version {} to version {previous}",
+        deploy.app,
+        running.version.as_deref().unwrap_or("?")
+    );
+    let order = Order {
+        app: deploy.app.clone(),
+        port: deploy.port,
+        bind: deploy.bind,
+        binary,
+        attach: false,
+        storage: deploy.storage.clone(),
+        version: previous,
+        takeover: true,
+    };
+    start_version(deploy, order, Some(&running), started).await?;
+    drop(lock);
+    Ok(())
+}
+
+/// Starts the supervisor of `order` and waits for its verdict. During a rollout (`running`),
+/// then waits for the old version to finish its requests and exit; if the new version fails,
+/// stops what it started and leaves the old version serving.
+async fn start_version(
+    deploy: &Deploy,
+    order: Order,
+    running: Option<&Deployment>,
+    started: Instant,
+) -> Result<()> {
     let mut command = std::process::Command::new(&order.binary);
     command
         .env(ORDER_ENV, serde_json::to_string(&order).expect("order serializes"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::from(open_supervisor_log(&deploy.app)?));
+        .stderr(Stdio::from(open_supervisor_log(&deploy.app, &order.version)?));
     process::detach(&mut command);
     let mut child = tokio::process::Command::from(command)
         .spawn()
@@ -85,7 +173,9 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
                 return Err(LocalError::SupervisorFailed(why));
             }
         }
-        Err(LocalError::SupervisorExited { log: deployments::app_dir(&deploy.app).join("supervisor.log") })
+        Err(LocalError::SupervisorExited {
+            log: deployments::app_dir(&deploy.app).join(format!("supervisor-{}.log", order.version)),
+        })
     })
     .await
     .unwrap_or(Err(LocalError::NotReady { after: READY_TIMEOUT }));
@@ -94,18 +184,44 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
         if let Some(supervisor) = Verified::own_child(&child) {
             supervisor::stop_supervisor(&supervisor).await;
         }
-        let _ = std::fs::remove_dir_all(deployments::app_dir(&deploy.app));
-        return Err(e);
+        return Err(match running {
+            Some(running) => {
+                let version = running.version.clone().unwrap_or_else(|| "?".into());
+                if version != order.version {
+                    let _ = std::fs::remove_dir_all(
+                        deployments::app_dir(&deploy.app).join("bin").join(&order.version),
+                    );
+                }
+                LocalError::RolloutFailed { running: version, source: Box::new(e) }
+            }
+            None => {
+                let _ = std::fs::remove_dir_all(deployments::app_dir(&deploy.app));
+                e
+            }
+        });
     }
-    drop(lock);
+    let healthy = started.elapsed();
     let record =
         Deployment::load(&deploy.app)?.ok_or_else(|| LocalError::NoRecord { app: deploy.app.clone() })?;
+    let plan = &record.plan;
     println!(
-        "deployed app '{}' (local runner): {} processes, healthy in {:.2}s",
+        "deployed app '{}' (local runner): version {}, {} processes, healthy in {:.2}s",
         deploy.app,
+        order.version,
         plan.process_count(),
-        started.elapsed().as_secs_f64()
+        healthy.as_secs_f64()
     );
+    if let Some(old) = running {
+        let retiring = Instant::now();
+        let stopped = wait_retired(old).await;
+        println!(
+            "  version {} {} {:.2}s after the new version took over",
+            old.version.as_deref().unwrap_or("?"),
+            if stopped { "finished its requests and stopped" } else { "was still stopping" },
+            retiring.elapsed().as_secs_f64()
+        );
+        keep_only_binaries(&deploy.app, &[&order.version, old.version.as_deref().unwrap_or_default()]);
+    }
     for endpoint in &record.endpoints {
         println!("  {} listens on http://{}/", endpoint.service, endpoint.address);
     }
@@ -114,6 +230,84 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
     }
     println!("status:     {} status\ntear down:  {} delete", deploy.invocation, deploy.invocation);
     Ok(())
+}
+
+/// Waits until the supervisor of a retiring version has exited (its fronts drain first, for at
+/// most their drain bound); false if it is still running after that and a margin.
+async fn wait_retired(old: &Deployment) -> bool {
+    let deadline = Instant::now() + crate::plane::shutdown::DRAIN_TIMEOUT * 2 + Duration::from_secs(10);
+    while live_supervisor(old).is_some() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// What a rollout changes, in one line: the build, and the nodes added, removed or rescaled.
+fn describe_changes(old: &Deployment, plan: &Plan, version: &str) -> String {
+    let mut changes = Vec::new();
+    match old.version.as_deref() {
+        Some(v) if v == version => changes.push(format!("the same build {version}")),
+        Some(v) => changes.push(format!("build {version} (rebuilt; running: {v})")),
+        None => changes.push(format!("build {version}")),
+    }
+    for node in &plan.nodes {
+        match old.plan.nodes.iter().find(|o| o.name == node.name) {
+            None => changes.push(format!("{} added ({} replicas)", node.name, node.replicas)),
+            Some(o) if o.replicas != node.replicas => {
+                changes.push(format!("{} rescaled {} -> {} replicas", node.name, o.replicas, node.replicas))
+            }
+            Some(_) => {}
+        }
+    }
+    for old_node in &old.plan.nodes {
+        if !plan.nodes.iter().any(|n| n.name == old_node.name) {
+            changes.push(format!("{} removed", old_node.name));
+        }
+    }
+    if changes.len() == 1 {
+        changes.push("no node added, removed or rescaled".into());
+    }
+    changes.join("; ")
+}
+
+/// The build's version: the first 12 hex digits of the SHA-256 of the binary.
+fn build_version(exe: &std::path::Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file =
+        std::fs::File::open(exe).map_err(|e| LocalError::io(format!("reading {}", exe.display()), e))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let read =
+            file.read(&mut buffer).map_err(|e| LocalError::io(format!("reading {}", exe.display()), e))?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+    }
+    Ok(hasher.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect())
+}
+
+/// Removes the kept builds, and supervisor logs, of every version but `keep` (the current and
+/// the previous one).
+fn keep_only_binaries(app: &str, keep: &[&str]) {
+    let dir = deployments::app_dir(app);
+    for entry in std::fs::read_dir(dir.join("bin")).into_iter().flatten().flatten() {
+        if !keep.iter().any(|k| entry.file_name() == **k) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let version = name.strip_prefix("supervisor-").and_then(|n| n.strip_suffix(".log"));
+        if version.is_some_and(|v| !keep.contains(&v)) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Tears an app down and says what it removed.
@@ -178,35 +372,64 @@ async fn stop(record: &Deployment) -> Result<Option<usize>> {
     Ok(stopped)
 }
 
-/// Prints every node, replica, address, process, restart count and health.
+/// Prints every node, replica, version, address, process, restart count and health; during a
+/// rollout, the retiring version's replicas too.
 pub(crate) async fn status(app: &str) -> Result<()> {
     let record =
         Deployment::load(app)?.ok_or_else(|| LocalError::from(DeployError::NotRunning(app.to_string())))?;
-    let statuses: Vec<ReplicaStatus> = std::fs::read(supervisor::status_path(app))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
     let alive = live_supervisor(&record).is_some();
     println!(
-        "app '{app}' (local runner): supervisor pid {}{}, deployed {}s ago",
+        "app '{app}' (local runner): version {}, supervisor pid {}{}, deployed {}s ago",
+        record.version.as_deref().unwrap_or("?"),
         record.supervisor_pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
         if alive { "" } else { " (NOT RUNNING: the record is stale; run delete)" },
         deployments::now_unix().saturating_sub(record.deployed_at)
     );
-    let client = HttpClient::new("");
+    let starting = Deployment::load_next(app)?.filter(|n| live_supervisor(n).is_some());
+    if let Some(new) = &starting {
+        println!(
+            "rolling out: version {} (supervisor pid {}) is starting; it takes over once every replica is healthy",
+            new.version.as_deref().unwrap_or("?"),
+            new.supervisor_pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+        );
+    }
+    let retiring = Deployment::load_previous(app)?.filter(|p| live_supervisor(p).is_some());
+    if let Some(old) = &retiring {
+        println!(
+            "rolling out: version {} (supervisor pid {}) is finishing its requests and stopping",
+            old.version.as_deref().unwrap_or("?"),
+            old.supervisor_pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+        );
+    }
     println!(
-        "{:<34} {:<8} {:<7} {:<21} {:<8} {:<8} {:<11} HEALTH",
-        "NODE", "ROLE", "REPLICA", "ADDRESS", "PID", "RESTARTS", "STATE"
+        "{:<34} {:<8} {:<7} {:<12} {:<21} {:<8} {:<8} {:<11} HEALTH",
+        "NODE", "ROLE", "REPLICA", "VERSION", "ADDRESS", "PID", "RESTARTS", "STATE"
     );
+    print_replicas(&record, alive).await;
+    if let Some(new) = &starting {
+        print_replicas(new, true).await;
+    }
+    if let Some(old) = &retiring {
+        print_replicas(old, true).await;
+    }
+    Ok(())
+}
+
+/// One line per replica of `record`'s version.
+async fn print_replicas(record: &Deployment, alive: bool) {
+    let statuses: Vec<ReplicaStatus> = supervisor::read_statuses(record);
+    let client = HttpClient::new("");
+    let version = record.version.as_deref().unwrap_or("?");
     for node in &record.plan.nodes {
         for (replica, address) in record.book.addresses(&node.name).unwrap_or_default().iter().enumerate() {
             let s = statuses.iter().find(|s| s.node == node.name && s.replica == replica);
             let healthy = client.is_healthy(address).await;
             println!(
-                "{:<34} {:<8} {:<7} {:<21} {:<8} {:<8} {:<11} {}",
+                "{:<34} {:<8} {:<7} {:<12} {:<21} {:<8} {:<8} {:<11} {}",
                 node.name,
                 node.role.kind(),
                 replica,
+                version,
                 address,
                 // Without its supervisor the status file is a last word, not the present.
                 s.and_then(|s| s.pid).filter(|_| alive).map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
@@ -219,7 +442,6 @@ pub(crate) async fn status(app: &str) -> Result<()> {
             );
         }
     }
-    Ok(())
 }
 
 /// Prints the app's log; with `follow`, keeps printing new lines until interrupted.
@@ -270,20 +492,27 @@ pub(crate) fn purge(app: &str) -> Result<()> {
     Ok(())
 }
 
-/// Copies the running program into the app's folder; restarts then run exactly this build.
-fn snapshot_binary(app: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe().map_err(|e| LocalError::io("finding this program's binary", e))?;
-    let dir = deployments::app_dir(app).join("bin");
+/// Copies the running program into the app's folder, one folder per version; restarts then run
+/// exactly this build, and `rollback` finds the previous one. A version already kept (the same
+/// build redeployed) is not copied again: it may be running.
+fn snapshot_binary(app: &str, exe: &std::path::Path, version: &str) -> Result<PathBuf> {
+    let dir = deployments::app_dir(app).join("bin").join(version);
     deployments::create_private_dir(&dir)?;
     let target = dir.join(exe.file_name().unwrap_or_else(|| "app".as_ref()));
-    std::fs::copy(&exe, &target)
+    if target.exists() {
+        return Ok(target);
+    }
+    let partial = dir.join(".partial");
+    std::fs::copy(exe, &partial)
+        .and_then(|_| std::fs::rename(&partial, &target))
         .map_err(|e| LocalError::io(format!("copying {} to {}", exe.display(), target.display()), e))?;
     Ok(target)
 }
 
-fn open_supervisor_log(app: &str) -> Result<std::fs::File> {
+/// The supervisor's own log (its errors before it has an app log), one per version.
+fn open_supervisor_log(app: &str, version: &str) -> Result<std::fs::File> {
     let dir = deployments::app_dir(app);
     deployments::create_private_dir(&dir)?;
-    let path = dir.join("supervisor.log");
+    let path = dir.join(format!("supervisor-{version}.log"));
     std::fs::File::create(&path).map_err(|e| LocalError::io(format!("creating {}", path.display()), e))
 }

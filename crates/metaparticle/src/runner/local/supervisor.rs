@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
+use std::os::fd::{AsRawFd, RawFd};
+
+use super::handover::{self, Handed, ListenerName};
 use super::process::{process_start, spawn_replica, stop_group, Verified};
 use super::LocalError;
 use crate::deployments::{self, now_unix, Deployment, Endpoint};
@@ -50,6 +53,13 @@ pub(crate) struct Order {
     /// Where stateful handlers keep their scopes (`MP_STORAGE` of every replica).
     #[serde(with = "storage_text")]
     pub storage: StorageConfig,
+    /// The build this order deploys (see [`Deployment::version`]).
+    #[serde(default)]
+    pub version: String,
+    /// A rollout: take the exposed listeners over from the version running now, and once every
+    /// replica of this one is healthy, make it the current one and ask the old one to retire.
+    #[serde(default)]
+    pub takeover: bool,
 }
 
 /// The order carries storage in its environment form, the one every node reads.
@@ -94,9 +104,18 @@ pub(crate) struct ReplicaStatus {
     pub last_exit: Option<String>,
 }
 
-/// Path of the status file of an app.
-pub(crate) fn status_path(app: &str) -> PathBuf {
-    deployments::app_dir(app).join("status.json")
+/// Path of the status file the supervisor `pid` of an app writes (two run during a rollout,
+/// possibly of the same build).
+pub(crate) fn status_path(app: &str, pid: u32) -> PathBuf {
+    deployments::app_dir(app).join(format!("status-{pid}.json"))
+}
+
+/// The replica statuses the supervisor of `record`'s version last wrote (none if unreadable).
+pub(crate) fn read_statuses(record: &Deployment) -> Vec<ReplicaStatus> {
+    std::fs::read(status_path(&record.app, record.supervisor_pid.unwrap_or_default()))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
 }
 
 /// Path of the log of an app.
@@ -163,6 +182,10 @@ struct Shared {
     statuses: Mutex<Vec<ReplicaStatus>>,
     recent: RecentLines,
     logs: mpsc::UnboundedSender<String>,
+    /// Stops the exposed fronts: they go first, so that nothing is still calling the nodes
+    /// behind them when those stop.
+    stop_fronts: watch::Receiver<bool>,
+    /// Stops every other node.
     stop: watch::Receiver<bool>,
 }
 
@@ -171,7 +194,7 @@ impl Shared {
         let mut statuses = self.statuses.lock().expect("status lock");
         change(&mut statuses[index]);
         let text = serde_json::to_vec_pretty(&*statuses).expect("statuses serialize");
-        let path = status_path(&self.order.app);
+        let path = status_path(&self.order.app, std::process::id());
         let tmp = path.with_extension("tmp");
         if std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)).is_err() {
             tracing::warn!("cannot write {}", path.display());
@@ -195,19 +218,48 @@ pub(crate) async fn run_attached(order: Order, plan: Plan, lock: DeployLock) -> 
     run_holding(order, plan, Some(lock)).await
 }
 
+/// How a supervisor's run ended.
+#[derive(Debug, PartialEq)]
+enum Ended {
+    /// Asked to stop (`delete`, Ctrl-C): the app is gone.
+    Stopped,
+    /// Replaced by a newer version (SIGUSR2 from it): the app lives on in that version.
+    Retired,
+}
+
 async fn run_holding(order: Order, plan: Plan, lock: Option<DeployLock>) -> Result<()> {
     let app = order.app.clone();
     let outcome = supervise(order.clone(), plan, lock).await;
     if let Err(e) = &outcome {
         report(&order, &format!("FAILED: {e}"));
     }
-    // Whether it ended by request or by failure, nothing of the app may remain.
-    let _ = std::fs::remove_dir_all(deployments::app_dir(&app));
-    outcome
+    match outcome {
+        // Another version serves the app from its folder: only this version's status goes.
+        Ok(Ended::Retired) => {
+            let _ = std::fs::remove_file(status_path(&app, std::process::id()));
+            Ok(())
+        }
+        Err(e) if order.takeover => {
+            let _ = std::fs::remove_file(status_path(&app, std::process::id()));
+            Deployment::forget_next(&app);
+            Err(e)
+        }
+        // Whether it ended by request or by failure, nothing of the app may remain.
+        other => {
+            let _ = std::fs::remove_dir_all(deployments::app_dir(&app));
+            other.map(|_| ())
+        }
+    }
 }
 
-async fn supervise(order: Order, plan: Plan, lock: Option<DeployLock>) -> Result<()> {
-    let slots = bind_all(&order, &plan)?;
+async fn supervise(order: Order, plan: Plan, lock: Option<DeployLock>) -> Result<Ended> {
+    let running = if order.takeover { Deployment::load(&order.app)? } else { None };
+    let inherited = match &running {
+        Some(_) => handover::receive(&handover::socket_path(&order.app))
+            .map_err(|e| LocalError::io("taking over the exposed sockets of the running version", e))?,
+        None => Vec::new(),
+    };
+    let slots = bind_all(&order, &plan, inherited)?;
     let mut book = AddressBook::default();
     for node in &plan.nodes {
         let addresses =
@@ -221,7 +273,7 @@ async fn supervise(order: Order, plan: Plan, lock: Option<DeployLock>) -> Result
             address: book.addresses(&n.name).unwrap()[0].clone(),
         })
         .collect();
-    Deployment {
+    let record = Deployment {
         app: order.app.clone(),
         runner: "local".into(),
         deployed_at: now_unix(),
@@ -230,13 +282,24 @@ async fn supervise(order: Order, plan: Plan, lock: Option<DeployLock>) -> Result
         book: book.clone(),
         supervisor_pid: Some(std::process::id()),
         supervisor_started: process_start(std::process::id()),
+        version: Some(order.version.clone()),
+    };
+    // During a rollout the running version stays the app's record until this one is healthy.
+    match running {
+        None => record.save()?,
+        Some(_) => record.save_as_next()?,
     }
-    .save()?;
 
     let (log_tx, log_rx) = mpsc::unbounded_channel();
     let width = slots.iter().map(|s| s.name().len()).max().unwrap_or(0);
     let log_writer = tokio::spawn(write_logs(order.clone(), log_rx));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_fronts_tx, stop_fronts_rx) = watch::channel(false);
+    let offered: Vec<(ListenerName, RawFd)> = slots
+        .iter()
+        .filter(|s| s.node.exposed)
+        .map(|s| (ListenerName { node: s.node.name.clone(), replica: s.replica }, s.listener.as_raw_fd()))
+        .collect();
     let shared = Arc::new(Shared {
         recent: RecentLines::new(slots.len()),
         statuses: Mutex::new(
@@ -257,27 +320,65 @@ async fn supervise(order: Order, plan: Plan, lock: Option<DeployLock>) -> Result
         book,
         secret: random_secret(),
         logs: log_tx,
+        stop_fronts: stop_fronts_rx,
         stop: stop_rx,
     });
-    let mut replicas = tokio::task::JoinSet::new();
-    for (index, slot) in slots.into_iter().enumerate() {
+    let (mut fronts, mut replicas) = (tokio::task::JoinSet::new(), tokio::task::JoinSet::new());
+    let (front_slots, inner_slots): (Vec<_>, Vec<_>) =
+        slots.into_iter().enumerate().partition(|(_, slot)| slot.node.exposed);
+    let front_indices: Vec<usize> = front_slots.iter().map(|(i, _)| *i).collect();
+    let inner_indices: Vec<usize> = inner_slots.iter().map(|(i, _)| *i).collect();
+    for (index, slot) in inner_slots {
         replicas.spawn(keep_running(index, slot, shared.clone(), width));
     }
-
     let health = HttpClient::new("");
-    let ready = wait_healthy(&health, &shared).await;
+    let ready = if running.is_some() {
+        // A rollout: the new fronts share their listeners with the old ones, so they start only
+        // once everything behind them is healthy (until then the old version takes every
+        // caller), and their own health cannot be asked through the shared port: they must
+        // start and stay up.
+        let inner = wait_healthy(&health, &shared, &inner_indices).await;
+        if inner.is_ok() {
+            for (index, slot) in front_slots {
+                fronts.spawn(keep_running(index, slot, shared.clone(), width));
+            }
+        }
+        match inner {
+            Ok(()) => wait_up(&shared, &front_indices, FRONT_SETTLE).await,
+            Err(e) => Err(e),
+        }
+    } else {
+        for (index, slot) in front_slots {
+            fronts.spawn(keep_running(index, slot, shared.clone(), width));
+        }
+        let all: Vec<usize> = inner_indices.iter().chain(&front_indices).copied().collect();
+        wait_healthy(&health, &shared, &all).await
+    };
     let signals = shutdown_signal();
     tokio::pin!(signals);
     let result = match ready {
         Ok(()) => {
+            // Its pooled connections would keep the nodes waiting for a next request when they stop.
+            drop(health);
+            if let Some(running) = &running {
+                record.replace_current()?;
+                retire(running);
+            }
             drop(lock);
+            // Serve the exposed listeners to the next version's supervisor, from now on.
+            let offering = tokio::spawn(handover::offer(handover::socket_path(&shared.order.app), offered));
             report(&shared.order, "READY");
             silence_stdout(&shared.order);
-            signals.await;
-            Ok(())
+            let ended = signals.await;
+            offering.abort();
+            Ok(ended)
         }
         Err(e) => Err(e),
     };
+    // The fronts first: each finishes what it is serving, and while it does, the nodes behind it
+    // still answer. Then the rest, which nothing calls any more.
+    stop_fronts_tx.send_replace(true);
+    while fronts.join_next().await.is_some() {}
     stop_tx.send_replace(true);
     while replicas.join_next().await.is_some() {}
     drop(shared);
@@ -285,7 +386,21 @@ async fn supervise(order: Order, plan: Plan, lock: Option<DeployLock>) -> Result
     result
 }
 
-fn bind_all(order: &Order, plan: &Plan) -> Result<Vec<Slot>> {
+/// Asks the supervisor of the version a rollout replaces to retire (SIGUSR2), if it still runs.
+fn retire(running: &Deployment) {
+    let binaries = deployments::app_dir(&running.app).join("bin");
+    let supervisor = running
+        .supervisor_pid
+        .and_then(|pid| super::process::verify(pid, running.supervisor_started.as_ref(), &binaries));
+    if let Some(supervisor) = supervisor {
+        supervisor.signal(libc::SIGUSR2);
+    }
+}
+
+/// Binds a socket per replica. An exposed replica whose listener the running version handed
+/// over (`inherited`) keeps it, if it is still wanted on the same port: both versions then
+/// accept from one queue.
+fn bind_all(order: &Order, plan: &Plan, mut inherited: Vec<Handed>) -> Result<Vec<Slot>> {
     let exposed_count = plan.exposed().map(|n| n.replicas).sum();
     // Checked before anything binds: a range past 65535 is refused, not wrapped around.
     let mut exposed_ports = crate::runner::exposed_ports(order.port, exposed_count)?.into_iter();
@@ -298,10 +413,18 @@ fn bind_all(order: &Order, plan: &Plan) -> Result<Vec<Slot>> {
             } else {
                 "127.0.0.1:0".parse().expect("valid")
             };
-            let listener = std::net::TcpListener::bind(bind).map_err(|e| match e.kind() {
-                std::io::ErrorKind::AddrInUse => LocalError::PortTaken { address: bind },
-                _ => LocalError::io(format!("binding {bind} for node '{}'", node.name), e),
-            })?;
+            let handed = inherited.iter().position(|h| {
+                h.name.node == node.name
+                    && h.name.replica == replica
+                    && h.listener.local_addr().is_ok_and(|a| bind.port() == 0 || a == bind)
+            });
+            let listener = match handed {
+                Some(i) => inherited.swap_remove(i).listener,
+                None => std::net::TcpListener::bind(bind).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::AddrInUse => LocalError::PortTaken { address: bind },
+                    _ => LocalError::io(format!("binding {bind} for node '{}'", node.name), e),
+                })?,
+            };
             widen_backlog(&listener);
             // The address actually bound: with port 0 (internal nodes, or `--port 0`) the system
             // chose it, and the record must hold the real one.
@@ -338,8 +461,10 @@ async fn keep_running(index: usize, slot: Slot, shared: Arc<Shared>, width: usiz
         secret: shared.secret.clone(),
         storage: Some(shared.order.storage.clone()),
     };
-    let env = launch.to_env();
-    let mut stop = shared.stop.clone();
+    let mut env = launch.to_env();
+    // The build this replica runs, for its answers and logs (the status table shows it too).
+    env.push(("MP_VERSION".into(), shared.order.version.clone()));
+    let mut stop = if slot.node.exposed { shared.stop_fronts.clone() } else { shared.stop.clone() };
     let mut backoff = Duration::from_millis(100);
     let mut recent_exits: VecDeque<Instant> = VecDeque::new();
     loop {
@@ -421,11 +546,13 @@ async fn wait_or_stop(stop: &mut watch::Receiver<bool>, delay: Duration) -> bool
     stopped || *stop.borrow()
 }
 
+/// Stops a replica: SIGTERM, then as long as its drain may take, then SIGKILL.
 async fn terminate(child: &mut tokio::process::Child) {
     if let Some(pid) = child.id() {
         super::process::signal(pid, libc::SIGTERM);
     }
-    if tokio::time::timeout(Duration::from_secs(3), child.wait()).await.is_err() {
+    let drain = crate::plane::shutdown::DRAIN_TIMEOUT + Duration::from_secs(2);
+    if tokio::time::timeout(drain, child.wait()).await.is_err() {
         let _ = child.kill().await;
     }
 }
@@ -479,7 +606,7 @@ async fn write_logs(order: Order, mut lines: mpsc::UnboundedReceiver<String>) {
 /// Waits until every replica answers `/healthz`. Fails as soon as one keeps exiting before it
 /// ever answered (see [`START_ATTEMPTS`]), naming its last exit and output, and at the deadline
 /// for one that runs but never answers.
-async fn wait_healthy(client: &HttpClient, shared: &Shared) -> Result<()> {
+async fn wait_healthy(client: &HttpClient, shared: &Shared, replicas: &[usize]) -> Result<()> {
     let deadline = Instant::now() + HEALTH_DEADLINE;
     let mut waiting: Vec<(usize, String)> = shared
         .statuses
@@ -487,6 +614,7 @@ async fn wait_healthy(client: &HttpClient, shared: &Shared) -> Result<()> {
         .expect("status lock")
         .iter()
         .enumerate()
+        .filter(|(i, _)| replicas.contains(i))
         .map(|(i, s)| (i, s.address.clone()))
         .collect();
     loop {
@@ -520,6 +648,47 @@ async fn wait_healthy(client: &HttpClient, shared: &Shared) -> Result<()> {
     }
 }
 
+/// How long a new front must run without exiting, during a rollout, to count as started.
+const FRONT_SETTLE: Duration = Duration::from_millis(500);
+
+/// Waits until each of `replicas` has run for `settle` without exiting; fails like
+/// [`wait_healthy`] for one that keeps exiting.
+async fn wait_up(shared: &Shared, replicas: &[usize], settle: Duration) -> Result<()> {
+    let deadline = Instant::now() + HEALTH_DEADLINE;
+    loop {
+        let before = shared.statuses.lock().expect("status lock").clone();
+        tokio::time::sleep(settle).await;
+        let after = shared.statuses.lock().expect("status lock").clone();
+        let mut all_up = true;
+        for &index in replicas {
+            let (was, is) = (&before[index], &after[index]);
+            if is.restarts >= START_ATTEMPTS {
+                return Err(LocalError::CannotStart {
+                    replica: format!("{}-{}", is.node, is.replica),
+                    exits: is.restarts,
+                    last_exit: is.last_exit.clone().unwrap_or_else(|| "unknown".into()),
+                    tail: shared.recent.tail(index),
+                });
+            }
+            all_up &= is.pid.is_some() && was.pid == is.pid && was.restarts == is.restarts;
+        }
+        if all_up {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let index = replicas[0];
+            let status = &after[index];
+            return Err(LocalError::NeverHealthy {
+                replica: format!("{}-{}", status.node, status.replica),
+                after: HEALTH_DEADLINE,
+                state: status.state.clone(),
+                last_exit: status.last_exit.clone().unwrap_or_else(|| "none".into()),
+                tail: shared.recent.tail(index),
+            });
+        }
+    }
+}
+
 fn report(order: &Order, line: &str) {
     if !order.attach {
         println!("{line}");
@@ -538,15 +707,19 @@ fn silence_stdout(order: &Order) {
     }
 }
 
-async fn shutdown_signal() {
+/// Waits for the signal that ends this version: SIGTERM, Ctrl-C or a hang-up stop the app,
+/// SIGUSR2 (from the next version's supervisor) retires this version only.
+async fn shutdown_signal() -> Ended {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
     let mut hup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
+    let mut retire = signal(SignalKind::user_defined2()).expect("installing a SIGUSR2 handler");
     tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-        _ = hup.recv() => {}
+        _ = term.recv() => Ended::Stopped,
+        _ = int.recv() => Ended::Stopped,
+        _ = hup.recv() => Ended::Stopped,
+        _ = retire.recv() => Ended::Retired,
     }
 }
 
@@ -568,6 +741,8 @@ mod tests {
             binary: PathBuf::from("/bin/true"),
             attach: false,
             storage: StorageConfig::File("/tmp/unused.sqlite".into()),
+            version: "test".into(),
+            takeover: false,
         }
     }
 
@@ -593,13 +768,14 @@ mod tests {
 
     #[test]
     fn exposed_ports_past_65535_are_refused_before_anything_binds() {
-        let e = bind_all(&order(65535), &two_exposed_services()).err().expect("refused").to_string();
+        let e =
+            bind_all(&order(65535), &two_exposed_services(), Vec::new()).err().expect("refused").to_string();
         assert!(e.contains("65535-65536") && e.contains("--port"), "{e}");
     }
 
     #[test]
     fn port_0_binds_a_free_port_per_exposed_replica_and_records_it() {
-        let slots = bind_all(&order(0), &two_exposed_services()).unwrap();
+        let slots = bind_all(&order(0), &two_exposed_services(), Vec::new()).unwrap();
         let ports: Vec<u16> = slots.iter().map(|s| s.address.parse::<SocketAddr>().unwrap().port()).collect();
         assert_eq!(ports.len(), 2);
         assert!(ports.iter().all(|&p| p != 0) && ports[0] != ports[1], "{ports:?}");

@@ -1,0 +1,256 @@
+//! Redeploying on the local runner while clients call (`examples/rollout.rs`): ten redeploys of
+//! new builds and new replica counts, then a rollback, lose no request of sixteen kept-alive
+//! clients; a release that cannot start fails `up`, naming its node, and the old version serves
+//! on. Each run prints what a rollout costs.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::load::{quantile, Load, Sample};
+use support::{binary, Run, Sandbox};
+
+/// A build of the example that differs from every other (its hash does): the example's binary
+/// with `tag` appended, which the loader ignores.
+fn build(sandbox: &Sandbox, tag: &str) -> PathBuf {
+    let dir = sandbox.home.path().join("builds").join(tag);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("rollout");
+    let mut bytes = std::fs::read(binary("examples/rollout")).unwrap();
+    bytes.extend_from_slice(format!("\nbuild {tag}\n").as_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Runs a build of the app with `args`, in the sandbox, with `env` added.
+fn run(sandbox: &Sandbox, program: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    Command::new(program)
+        .args(args)
+        .args(["--port", &sandbox.port.to_string()])
+        .env("METAPARTICLE_HOME", sandbox.home.path())
+        .env_remove("CARGO")
+        .envs(env.iter().copied())
+        .output()
+        .expect("running the example")
+        .into()
+}
+
+/// The version `up` or `rollback` says it deployed.
+fn deployed_version(run: &Run) -> String {
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("deployed app"))
+        .unwrap_or_else(|| panic!("no deployed line:\n{}\n{}", run.stdout, run.stderr));
+    line.split("version ").nth(1).unwrap().split(',').next().unwrap().to_string()
+}
+
+/// The processes running builds of the app, and their resident memory in KiB.
+fn app_processes(app_dir: &Path) -> (usize, u64) {
+    let binaries = app_dir.join("bin");
+    let mut count = 0;
+    let mut rss = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let exe = std::fs::read_link(entry.path().join("exe"));
+        if exe.is_ok_and(|e| e.starts_with(&binaries)) {
+            count += 1;
+            let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+            let kib = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+            rss += kib.unwrap_or(0);
+        }
+    }
+    (count, rss)
+}
+
+/// Samples the app's processes every 20 ms until stopped: the peak count and memory.
+struct Peak {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, u64)>,
+}
+
+impl Peak {
+    fn watch(app_dir: PathBuf) -> Peak {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut processes, mut rss) = (0, 0);
+            while !stopping.load(Ordering::Relaxed) {
+                let (p, r) = app_processes(&app_dir);
+                (processes, rss) = (processes.max(p), rss.max(r));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (processes, rss)
+        });
+        Peak { stop, thread }
+    }
+
+    fn finish(self) -> (usize, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+fn failures(samples: &[Sample]) -> Vec<String> {
+    samples.iter().filter_map(|s| s.outcome.as_ref().err().map(|e| format!("at {:?}: {e}", s.at))).collect()
+}
+
+#[test]
+fn ten_redeploys_and_a_rollback_under_sixteen_clients_lose_no_request() {
+    let sandbox = Sandbox::new("rollout");
+    let first = build(&sandbox, "0");
+    let up = run(&sandbox, &first, &["up"], &[]);
+    assert!(up.ok, "{}\n{}", up.stdout, up.stderr);
+    let mut versions = vec![deployed_version(&up)];
+    let address = format!("127.0.0.1:{}", sandbox.port);
+
+    let load = Load::start(&address, "greeter", json!({ "name": "ada" }), 16, Duration::from_secs(240));
+    std::thread::sleep(Duration::from_secs(2));
+    let steady_footprint = app_processes(&sandbox.app_dir());
+    let peak = Peak::watch(sandbox.app_dir());
+
+    // Ten redeploys, each a new build, several with a new replica count.
+    let mut windows = Vec::new();
+    let mut to_serve = Vec::new();
+    for (i, replicas) in [3, 5, 2, 4, 3, 3, 6, 3, 2, 3].into_iter().enumerate() {
+        let program = build(&sandbox, &(i + 1).to_string());
+        let started = load.started.elapsed();
+        let up = run(&sandbox, &program, &["up"], &[("REPLICAS", &replicas.to_string())]);
+        let ended = load.started.elapsed();
+        assert!(up.ok, "redeploy {}: {}\n{}", i + 1, up.stdout, up.stderr);
+        assert!(up.stdout.contains("is running: rolling out build"), "{}", up.stdout);
+        assert!(up.stdout.contains("finished its requests and stopped"), "{}", up.stdout);
+        let version = deployed_version(&up);
+        assert!(!versions.contains(&version), "a new build has a new version: {version}");
+        // The new version serves from the moment `up` returns.
+        let first_answer = wait_for_version(&load, &version, ended);
+        to_serve.push(first_answer - started);
+        windows.push((started, ended));
+        versions.push(version);
+        let _ = std::fs::remove_dir_all(program.parent().unwrap());
+    }
+    let status = sandbox.program(&["status"]);
+    assert!(status.ok, "{}", status.stderr);
+    assert!(status.stdout.contains(&format!("version {}", versions[10])), "{}", status.stdout);
+    let replica_lines = status.stdout.lines().filter(|l| l.starts_with("greeter.replica ")).count();
+    assert_eq!(replica_lines, 3, "the last redeploy asked for 3 replicas:\n{}", status.stdout);
+
+    // Back to the build before, the same way.
+    let started = load.started.elapsed();
+    let rollback = sandbox.program(&["rollback"]);
+    let ended = load.started.elapsed();
+    assert!(rollback.ok, "{}\n{}", rollback.stdout, rollback.stderr);
+    assert!(rollback
+        .stdout
+        .contains(&format!("rolling back from version {} to version {}", versions[10], versions[9])));
+    assert_eq!(deployed_version(&rollback), versions[9]);
+    wait_for_version(&load, &versions[9], ended);
+    windows.push((started, ended));
+
+    std::thread::sleep(Duration::from_millis(500));
+    let (peak_processes, peak_rss) = peak.finish();
+    let samples = load.finish();
+    let failed = failures(&samples);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed, first: {:?}",
+        failed.len(),
+        samples.len(),
+        &failed[..failed.len().min(5)]
+    );
+    for sample in &samples {
+        let version = sample.outcome.as_ref().unwrap();
+        assert!(versions.contains(version), "an answer from no deployed version: {version}");
+    }
+
+    // Steady: after the clients' first second (connections opening), outside every rollout.
+    let in_rollout = |s: &Sample| windows.iter().any(|(from, to)| s.at >= *from && s.at <= *to);
+    let steady: Vec<&Sample> =
+        samples.iter().filter(|s| s.at > Duration::from_secs(1) && !in_rollout(s)).collect();
+    let during: Vec<&Sample> = samples.iter().filter(|s| in_rollout(s)).collect();
+    let (p99_steady, p99_during) = (quantile(&steady, 0.99), quantile(&during, 0.99));
+    to_serve.sort();
+    println!(
+        "rollout figures (local runner, 16 clients): 10 redeploys and a rollback, {} requests, {} failed; \
+         p99 {:.1} ms steady, {:.1} ms during rollouts ({:.2}x); processes {} steady, {} at the peak; \
+         memory {:.0} MiB steady, {:.0} MiB at the peak; from up to the new version serving: median {:.2} s, max {:.2} s",
+        samples.len(),
+        failed.len(),
+        p99_steady.as_secs_f64() * 1e3,
+        p99_during.as_secs_f64() * 1e3,
+        p99_during.as_secs_f64() / p99_steady.as_secs_f64().max(1e-6),
+        steady_footprint.0,
+        peak_processes,
+        steady_footprint.1 as f64 / 1024.0,
+        peak_rss as f64 / 1024.0,
+        to_serve[to_serve.len() / 2].as_secs_f64(),
+        to_serve[to_serve.len() - 1].as_secs_f64(),
+    );
+    let delete = sandbox.program(&["delete"]);
+    assert!(delete.ok, "{}", delete.stderr);
+}
+
+/// Waits (at most 10 s after `after`) for an answer from `version`; when it came, from the start.
+fn wait_for_version(load: &Load, version: &str, after: Duration) -> Duration {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let samples = load.samples();
+        if let Some(s) = samples.iter().find(|s| s.outcome.as_deref() == Ok(version)) {
+            return s.at + s.latency;
+        }
+        assert!(Instant::now() < deadline, "no answer from version {version} within 10 s of {after:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_release_that_cannot_start_fails_up_and_the_old_version_serves_on() {
+    let sandbox = Sandbox::new("rollout");
+    let up = sandbox.up();
+    let running = deployed_version(&up);
+    let address = format!("127.0.0.1:{}", sandbox.port);
+    let load = Load::start(&address, "greeter", json!({ "name": "ada" }), 4, Duration::from_secs(120));
+
+    let broken = build(&sandbox, "broken");
+    let failed = run(&sandbox, &broken, &["up"], &[("BROKEN_RELEASE", "1")]);
+    assert!(!failed.ok, "{}", failed.stdout);
+    assert!(failed.stderr.contains("replica 'greeter.replica-"), "names the node: {}", failed.stderr);
+    assert!(failed.stderr.contains("this release cannot start"), "shows its last lines: {}", failed.stderr);
+    assert!(failed.stderr.contains(&format!("version {running} keeps serving")), "{}", failed.stderr);
+
+    std::thread::sleep(Duration::from_millis(300));
+    let samples = load.finish();
+    let failed = failures(&samples);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        samples.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(
+        samples.iter().all(|s| s.outcome.as_deref() == Ok(running.as_str())),
+        "only the old version answered"
+    );
+    let status = sandbox.program(&["status"]);
+    assert!(
+        status.stdout.contains(&format!("version {running}")) && !status.stdout.contains("rolling out"),
+        "{}",
+        status.stdout
+    );
+    // Nothing of the failed version is left: its processes, its build, its records.
+    let bin: Vec<_> =
+        std::fs::read_dir(sandbox.app_dir().join("bin")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(bin, [running.as_str()], "only the running build is kept");
+    assert!(!sandbox.app_dir().join("next.json").exists());
+    assert_eq!(app_processes(&sandbox.app_dir()).0, 5, "the supervisor and its four processes");
+}
