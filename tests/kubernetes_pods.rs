@@ -208,6 +208,37 @@ fn server2_spreads_calls_over_its_three_replica_pods() {
 }
 
 #[test]
+fn replica_pods_replaced_one_by_one_under_load_lose_no_request() {
+    if !docker_or_skip() {
+        return;
+    }
+    let mut app = App::deploy("server2", "roll", true, &[], &[]);
+    let front = app.cluster.service_address("replicated-service");
+    let load = support::load::Load::start(
+        &front,
+        "replicated-service",
+        json!({ "foo": "bar" }),
+        8,
+        Duration::from_secs(180),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    // A StatefulSet's rolling update: each replica pod told to stop (SIGTERM: it serves on for
+    // MP_STOP_DELAY_SECONDS, then drains and exits), then its successor under the same name.
+    for replica in 0..3 {
+        let name = format!("replicated-service-replica-{replica}");
+        let new = app.cluster.replace_pod(&name).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(new.name, name);
+        app.cluster.wait_ready(READY_WITHIN).unwrap_or_else(|e| panic!("{e}"));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let samples = load.finish();
+    let failed: Vec<&String> = samples.iter().filter_map(|s| s.outcome.as_ref().err()).collect();
+    eprintln!("{} requests while three replica pods were replaced, {} failed", samples.len(), failed.len());
+    assert!(samples.len() > 100, "the load ran: {} requests", samples.len());
+    assert!(failed.is_empty(), "{} failed, first: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+}
+
+#[test]
 fn server3_keeps_each_user_on_the_shard_its_key_names() {
     if !docker_or_skip() {
         return;

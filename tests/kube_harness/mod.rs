@@ -374,7 +374,9 @@ impl Cluster {
     pub fn replace_pod(&mut self, pod_name: &str) -> Result<Pod, String> {
         let index = self.pods.iter().position(|p| p.name == pod_name).ok_or("no such pod")?;
         let old = self.pods.remove(index);
-        docker(&["stop", &old.container])?;
+        // As the kubelet does: SIGTERM, then SIGKILL after the pod's grace period (default 30 s).
+        let grace = old.spec["terminationGracePeriodSeconds"].as_u64().unwrap_or(30).to_string();
+        docker(&["stop", "-t", &grace, &old.container])?;
         docker(&["rm", "-f", &old.container])?;
         let workload = self
             .workloads

@@ -186,6 +186,16 @@ async fn until_terminated(
         served = &mut serving => return served,
         _ = terminated() => {}
     }
+    let delay = stop_delay();
+    if !delay.is_zero() {
+        // Callers that have not yet learnt this node is going (a cluster's endpoints lag behind
+        // its pods) are still served, not refused.
+        tracing::info!("stopping in {delay:?}: serving as usual until then");
+        tokio::select! {
+            served = &mut serving => return served,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
     let drain = drain_timeout();
     tracing::info!("stopping: taking no new connections, finishing requests in flight (at most {drain:?})");
     trigger.fire();
@@ -216,6 +226,16 @@ fn drain_timeout() -> std::time::Duration {
         .and_then(|n| n.trim().parse().ok())
         .map(std::time::Duration::from_secs)
         .unwrap_or(DRAIN_TIMEOUT)
+}
+
+/// How long a node told to stop goes on serving first: `MP_STOP_DELAY_SECONDS` (the Kubernetes
+/// runner sets it), else nothing.
+fn stop_delay() -> std::time::Duration {
+    std::env::var("MP_STOP_DELAY_SECONDS")
+        .ok()
+        .and_then(|n| n.trim().parse().ok())
+        .map(std::time::Duration::from_secs)
+        .unwrap_or_default()
 }
 
 /// Worker threads of a node: `MP_NODE_THREADS`, else one per core up to four.

@@ -55,7 +55,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentSpec, DeploymentStrategy, StatefulSet, StatefulSetSpec,
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment, StatefulSet, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
@@ -86,9 +87,15 @@ pub(crate) const STATE_DIR: &str = "/var/lib/metaparticle";
 /// The user and group every container runs as (`nobody`): the image is FROM scratch and needs no
 /// privileges; the state volume is made writable for this group through `fsGroup`.
 const POD_USER: i64 = 65534;
-/// Seconds Kubernetes gives a pod between SIGTERM and SIGKILL: the node's own drain bound
-/// ([`crate::plane::shutdown::DRAIN_TIMEOUT`]) plus room to exit.
-pub(crate) const TERMINATION_GRACE_SECONDS: i64 = crate::plane::shutdown::DRAIN_TIMEOUT.as_secs() as i64 + 10;
+/// Seconds a pod keeps serving after SIGTERM before it stops accepting (`MP_STOP_DELAY_SECONDS`):
+/// the pod is taken out of its Services' endpoints as it is told to stop, and kube-proxies and
+/// callers learn of that a moment later; until then new callers may still arrive, and must not
+/// be refused.
+pub(crate) const STOP_DELAY_SECONDS: i64 = 5;
+/// Seconds Kubernetes gives a pod between SIGTERM and SIGKILL: the stop delay, the node's own
+/// drain bound ([`crate::plane::shutdown::DRAIN_TIMEOUT`]), and room to exit.
+pub(crate) const TERMINATION_GRACE_SECONDS: i64 =
+    STOP_DELAY_SECONDS + crate::plane::shutdown::DRAIN_TIMEOUT.as_secs() as i64 + 10;
 
 /// How exposed services are published.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -333,6 +340,12 @@ pub(crate) fn generate(plan: &Plan, settings: &Settings) -> Result<Manifests, Ma
                     selector,
                     service_name: Some(placement.object.clone()),
                     pod_management_policy: Some("Parallel".into()),
+                    // One pod at a time, each replaced only once its successor is ready; a
+                    // replica's identity (its shard, its volume) cannot run twice at once.
+                    update_strategy: Some(StatefulSetUpdateStrategy {
+                        type_: Some("RollingUpdate".into()),
+                        ..Default::default()
+                    }),
                     revision_history_limit: Some(3),
                     template,
                     ..Default::default()
@@ -349,8 +362,17 @@ pub(crate) fn generate(plan: &Plan, settings: &Settings) -> Result<Manifests, Ma
                     replicas,
                     selector,
                     revision_history_limit: Some(3),
-                    strategy: on_volume
-                        .then(|| DeploymentStrategy { type_: Some("Recreate".into()), ..Default::default() }),
+                    strategy: Some(match on_volume {
+                        true => DeploymentStrategy { type_: Some("Recreate".into()), ..Default::default() },
+                        // A new pod first, ready, then an old one goes: never fewer than asked.
+                        false => DeploymentStrategy {
+                            type_: Some("RollingUpdate".into()),
+                            rolling_update: Some(RollingUpdateDeployment {
+                                max_surge: Some(IntOrString::Int(1)),
+                                max_unavailable: Some(IntOrString::Int(0)),
+                            }),
+                        },
+                    }),
                     template,
                     ..Default::default()
                 },
@@ -614,8 +636,13 @@ fn pod_template(
         secret: String::new(),
         storage: state.map(|s| s.config.clone()),
     };
-    let env =
+    let mut env: Vec<EnvVar> =
         launch.env_vars().into_iter().map(|var| env_var(var.name, &var.value, placement, settings)).collect();
+    env.push(EnvVar {
+        name: "MP_STOP_DELAY_SECONDS".into(),
+        value: Some(STOP_DELAY_SECONDS.to_string()),
+        ..Default::default()
+    });
     // A program's own server (containerize) need not serve /healthz, and the HTTP proxies in
     // front of it forward the path to it, so those nodes are probed by connecting instead.
     let http_level = matches!(node.role, Role::Server | Role::HttpBalancer { .. } | Role::HttpRouter { .. });
@@ -944,7 +971,12 @@ mod tests {
         let spec = m.deployments[0].spec.template.spec.as_ref().unwrap();
         let in_pod: Vec<&str> =
             spec.containers[0].env.as_ref().unwrap().iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(in_pod, names, "the pods get the contract's variables, in its order");
+        assert_eq!(in_pod[..names.len()], names, "the pods get the contract's variables, in its order");
+        assert_eq!(
+            in_pod[names.len()..],
+            ["MP_STOP_DELAY_SECONDS"],
+            "and how long to serve on after SIGTERM"
+        );
     }
 
     fn counter() -> crate::Topology<Value, u64> {
@@ -1069,7 +1101,40 @@ mod tests {
         let m = generated(vec![svc("s", |r: Value| r).expose()]);
         let spec = m.deployments[0].spec.template.spec.as_ref().unwrap();
         let grace = spec.termination_grace_period_seconds.unwrap();
-        assert!(grace as u64 > crate::plane::shutdown::DRAIN_TIMEOUT.as_secs(), "{grace}");
+        let delay: u64 = env(&m.deployments[0].spec.template, "MP_STOP_DELAY_SECONDS")
+            .value
+            .as_ref()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(delay > 0, "a pod serves on while the cluster takes it out of its endpoints");
+        assert!(grace as u64 > delay + crate::plane::shutdown::DRAIN_TIMEOUT.as_secs(), "{grace}");
+    }
+
+    #[test]
+    fn rollouts_keep_every_replica_serving_until_its_successor_is_ready() {
+        let m = generated(vec![
+            svc("spread", spread(4, |r: Value| r)).expose(),
+            svc("sharded", shard(3, |_: &Value| 0, |r: Value| r)),
+        ]);
+        for deployment in &m.deployments {
+            let strategy = deployment.spec.strategy.as_ref().unwrap();
+            assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+            let rolling = strategy.rolling_update.as_ref().unwrap();
+            assert_eq!(
+                rolling.max_unavailable,
+                Some(IntOrString::Int(0)),
+                "no pod goes before its successor is ready"
+            );
+            assert_eq!(rolling.max_surge, Some(IntOrString::Int(1)));
+            let container = &deployment.spec.template.spec.as_ref().unwrap().containers[0];
+            assert!(container.readiness_probe.is_some(), "traffic only once ready");
+        }
+        for set in &m.stateful_sets {
+            let strategy = set.spec.update_strategy.as_ref().unwrap();
+            assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"), "one pod at a time");
+        }
+        assert!(!m.deployments.is_empty() && !m.stateful_sets.is_empty());
     }
 
     #[test]
