@@ -94,12 +94,12 @@ fn the_seeds_curl_line_works_against_a_deployed_app() {
 }
 
 #[test]
-fn up_on_a_running_app_replaces_it_without_leftovers() {
+fn up_on_a_running_app_rolls_it_over_without_leftovers() {
     let sandbox = Sandbox::new("server2");
     sandbox.up();
     let first = replicas(&sandbox);
     let second_up = sandbox.up();
-    assert!(second_up.stdout.contains("replacing it"), "{}", second_up.stdout);
+    assert!(second_up.stdout.contains("is running: rolling out the same build"), "{}", second_up.stdout);
     let second = replicas(&sandbox);
     assert_eq!(second.len(), 4);
     for (name, pid, _) in &first {

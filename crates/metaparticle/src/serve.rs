@@ -77,6 +77,10 @@ fn run_node(plan: Plan, registry: Registry, launch: NodeLaunch) -> Result<()> {
         listener(&launch.listen).map_err(|e| Error::io(format!("opening {:?}", launch.listen), e))?;
     let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let own_server = plan.node(&launch.node).is_some_and(|n| n.role == crate::model::Role::Server);
+    let also = listen_also()?;
+    if own_server && also.is_some() {
+        return Err(Error::Usage("MP_LISTEN_ALSO: a program's own server takes one listener".into()));
+    }
     let workers = if own_server { 1 } else { node_threads() };
     tracing::info!(node = %launch.node, replica = launch.replica, %address, workers, "serving");
     // The program's own server accepts for itself, on a multi-threaded runtime: it may spawn work
@@ -109,7 +113,8 @@ fn run_node(plan: Plan, registry: Registry, launch: NodeLaunch) -> Result<()> {
     // and its own connections to upstreams, and serves the connections dealt to it by the accept
     // loop (see `plane::accept`). On a small machine shared with its replicas this beats one
     // work-stealing runtime, whose cross-thread wake-ups cost more than forwarding a request.
-    let (accept_loop, mut shares) = deal(listener, workers, shutdown.clone());
+    let (accept_loop, mut shares) =
+        deal(std::iter::once(listener).chain(also).collect(), workers, shutdown.clone());
     let first = shares.remove(0);
     let mut threads = Vec::new();
     for (worker, connections) in (1..).zip(shares) {
@@ -226,6 +231,18 @@ fn drain_timeout() -> std::time::Duration {
         .and_then(|n| n.trim().parse().ok())
         .map(std::time::Duration::from_secs)
         .unwrap_or(DRAIN_TIMEOUT)
+}
+
+/// A second socket to accept on, `MP_LISTEN_ALSO=fd:N`: the public socket of an exposed front
+/// that the local runner shares between the versions of a rollout (see `runner::local`).
+fn listen_also() -> Result<Option<std::net::TcpListener>> {
+    let Ok(value) = std::env::var("MP_LISTEN_ALSO") else { return Ok(None) };
+    let fd = value
+        .strip_prefix("fd:")
+        .and_then(|fd| fd.parse().ok())
+        .ok_or_else(|| Error::Usage(format!("MP_LISTEN_ALSO must be fd:N, not '{value}'")))?;
+    let listen = crate::plane::Listen::Fd(fd);
+    Ok(Some(listener(&listen).map_err(|e| Error::io(format!("opening {listen:?}"), e))?))
 }
 
 /// How long a node told to stop goes on serving first: `MP_STOP_DELAY_SECONDS` (the Kubernetes

@@ -17,6 +17,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,44 +72,66 @@ impl Connections {
     }
 }
 
-/// Splits `listener` among `workers`: the accept loop to run, and each worker's connections.
+/// Splits `listeners` among `workers`: the accept loop to run, and each worker's connections.
+///
+/// A node usually has one listener; an exposed front being rolled out also accepts on the
+/// app's public socket it shares with the previous version (`MP_LISTEN_ALSO`), while its own
+/// socket serves its version's internal callers and health probes. Connections of both are
+/// dealt in one turn.
 ///
 /// The accept loop must run on a runtime of its own thread's (typically worker 0's); it ends with
-/// an error only when the listener fails for good or every worker has stopped, and with `Ok` when
-/// `shutdown` fires: it then closes the listener, so new callers are refused at once.
+/// an error only when a listener fails for good or every worker has stopped, and with `Ok` when
+/// `shutdown` fires: it then closes the listeners, so new callers are refused at once.
 pub(crate) fn deal(
-    listener: std::net::TcpListener,
+    listeners: Vec<std::net::TcpListener>,
     workers: usize,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) -> (impl std::future::Future<Output = io::Result<()>>, Vec<Connections>) {
     let (senders, shares): (Vec<UnboundedSender<_>>, Vec<_>) =
         (0..workers.max(1)).map(|_| unbounded_channel()).map(|(tx, rx)| (tx, Connections::Dealt(rx))).unzip();
     let accept_loop = async move {
-        let listener = TcpListener::from_std(listener)?;
-        let table = ConnectionTable::of_this_process();
-        let mut turn = 0usize;
-        loop {
-            let (stream, _) = tokio::select! {
-                accepted = accept(&listener, &table) => accepted?,
-                _ = shutdown.requested() => return Ok(()),
-            };
-            let registration = table.register(stream.as_raw_fd());
-            let mut stream = Some((stream.into_std()?, registration));
-            // Deal in turn; a worker that stopped is skipped, and when none is left, so is the node.
-            for _ in 0..senders.len() {
-                let worker = &senders[turn % senders.len()];
-                turn = turn.wrapping_add(1);
-                match worker.send(stream.take().expect("each connection is dealt once")) {
-                    Ok(()) => break,
-                    Err(returned) => stream = Some(returned.0),
-                }
-            }
-            if stream.is_some() {
-                return Err(io::Error::other("every worker of this node has stopped"));
-            }
-        }
+        let dealer = Arc::new(Dealer { senders, turn: AtomicUsize::new(0) });
+        let loops =
+            listeners.into_iter().map(|listener| accept_into(listener, dealer.clone(), shutdown.clone()));
+        futures_util::future::try_join_all(loops).await.map(|_| ())
     };
     (accept_loop, shares)
+}
+
+/// The workers' channels, and whose turn is next (shared by the accept loops of a node).
+struct Dealer {
+    senders: Vec<UnboundedSender<(std::net::TcpStream, Registration)>>,
+    turn: AtomicUsize,
+}
+
+/// Accepts from one listener and deals each connection to the next worker in turn.
+async fn accept_into(
+    listener: std::net::TcpListener,
+    dealer: Arc<Dealer>,
+    mut shutdown: Shutdown,
+) -> io::Result<()> {
+    let listener = TcpListener::from_std(listener)?;
+    let table = ConnectionTable::of_this_process();
+    let senders = &dealer.senders;
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = accept(&listener, &table) => accepted?,
+            _ = shutdown.requested() => return Ok(()),
+        };
+        let registration = table.register(stream.as_raw_fd());
+        let mut stream = Some((stream.into_std()?, registration));
+        // Deal in turn; a worker that stopped is skipped, and when none is left, so is the node.
+        for _ in 0..senders.len() {
+            let turn = dealer.turn.fetch_add(1, Ordering::Relaxed);
+            match senders[turn % senders.len()].send(stream.take().expect("each connection is dealt once")) {
+                Ok(()) => break,
+                Err(returned) => stream = Some(returned.0),
+            }
+        }
+        if stream.is_some() {
+            return Err(io::Error::other("every worker of this node has stopped"));
+        }
+    }
 }
 
 /// Accepts the next connection once `table` has room for it, shedding the connection idle
@@ -167,7 +190,7 @@ mod tests {
     #[tokio::test]
     async fn connections_are_dealt_to_the_workers_in_turn() {
         let (listener, address) = loopback_listener();
-        let (accept_loop, shares) = deal(listener, 3, Shutdown::never());
+        let (accept_loop, shares) = deal(vec![listener], 3, Shutdown::never());
         let dealer = tokio::spawn(accept_loop);
         let clients: Vec<_> = (0..6).map(|_| std::net::TcpStream::connect(address).unwrap()).collect();
         for mut share in shares {
@@ -183,9 +206,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_front_accepts_on_its_own_socket_and_on_the_shared_public_one() {
+        let (own, own_address) = loopback_listener();
+        let (public, public_address) = loopback_listener();
+        let (accept_loop, mut shares) = deal(vec![own, public], 1, Shutdown::never());
+        let dealer = tokio::spawn(accept_loop);
+        let clients =
+            [std::net::TcpStream::connect(own_address), std::net::TcpStream::connect(public_address)];
+        let local: HashSet<SocketAddr> =
+            clients.iter().map(|c| c.as_ref().unwrap().local_addr().unwrap()).collect();
+        let mut peers = HashSet::new();
+        for _ in 0..2 {
+            peers.insert(shares[0].next().await.unwrap().expect("a connection").peer);
+        }
+        assert_eq!(peers, local, "both callers were accepted");
+        dealer.abort();
+    }
+
+    #[tokio::test]
     async fn the_accept_loop_ends_when_every_worker_has_stopped() {
         let (listener, address) = loopback_listener();
-        let (accept_loop, shares) = deal(listener, 2, Shutdown::never());
+        let (accept_loop, shares) = deal(vec![listener], 2, Shutdown::never());
         drop(shares);
         let _client = std::net::TcpStream::connect(address).unwrap();
         let outcome = tokio::time::timeout(Duration::from_secs(5), accept_loop).await.expect("ends");

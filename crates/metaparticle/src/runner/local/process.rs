@@ -11,7 +11,11 @@ use crate::deployments::ProcessStart;
 /// The descriptor number a replica finds its listening socket at.
 pub(crate) const LISTEN_FD: i32 = 3;
 
-/// Starts `binary` with `env`, its listening socket at fd 3, and a death signal tied to us.
+/// The descriptor number an exposed front finds the app's public socket at (`MP_LISTEN_ALSO`).
+pub(crate) const PUBLIC_FD: i32 = 4;
+
+/// Starts `binary` with `env`, its listening socket at fd 3 (and an exposed front's public
+/// socket at fd 4), and a death signal tied to us.
 ///
 /// `PR_SET_PDEATHSIG` makes the kernel kill the replica if the supervisor dies, even by
 /// `kill -9`, so a crashed supervisor never leaves orphans holding ports. It is tied to the
@@ -20,8 +24,10 @@ pub(crate) fn spawn_replica(
     binary: &Path,
     env: &[(String, String)],
     listener: &std::net::TcpListener,
+    public: Option<&std::net::TcpListener>,
 ) -> std::io::Result<tokio::process::Child> {
     let fd = listener.as_raw_fd();
+    let public_fd = public.map(|p| p.as_raw_fd());
     let mut command = tokio::process::Command::new(binary);
     command
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -30,16 +36,27 @@ pub(crate) fn spawn_replica(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    // SAFETY: only async-signal-safe calls (dup2, fcntl, prctl) between fork and exec.
+    if public_fd.is_some() {
+        command.env("MP_LISTEN_ALSO", format!("fd:{PUBLIC_FD}"));
+    }
+    // SAFETY: only async-signal-safe calls (fcntl, dup2, prctl) between fork and exec.
     unsafe {
         command.pre_exec(move || {
-            if fd == LISTEN_FD {
-                // dup2 onto itself would keep close-on-exec set; clear it instead.
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+            // Copies above the target numbers first, so that placing one never overwrites the
+            // other; the copies are close-on-exec, and dup2 clears that flag on the targets.
+            let place = |from: i32, to: i32| {
+                let copy = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 10);
+                if copy < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-            } else if libc::dup2(fd, LISTEN_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
+                Ok((copy, to))
+            };
+            // No allocation here: after fork only async-signal-safe calls may run.
+            let moves = [Some(place(fd, LISTEN_FD)?), public_fd.map(|p| place(p, PUBLIC_FD)).transpose()?];
+            for (copy, to) in moves.into_iter().flatten() {
+                if libc::dup2(copy, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
                 return Err(std::io::Error::last_os_error());

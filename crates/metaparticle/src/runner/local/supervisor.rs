@@ -126,8 +126,12 @@ pub(crate) fn log_path(app: &str) -> PathBuf {
 struct Slot {
     node: Node,
     replica: usize,
+    /// The replica's own socket: its version's callers and health probes come here.
     listener: std::net::TcpListener,
     address: String,
+    /// An exposed front's public socket and address, shared with the other version during a
+    /// rollout. (A program's own server takes one listener: for it, `listener` is the public one.)
+    public: Option<(std::net::TcpListener, String)>,
 }
 
 impl Slot {
@@ -266,11 +270,12 @@ async fn supervise(order: Order, plan: Plan, lock: Option<DeployLock>) -> Result
             slots.iter().filter(|s| s.node.name == node.name).map(|s| s.address.clone()).collect();
         book.insert(node.name.clone(), addresses);
     }
-    let endpoints = plan
-        .exposed()
-        .map(|n| Endpoint {
-            service: n.service.clone(),
-            address: book.addresses(&n.name).unwrap()[0].clone(),
+    let endpoints = slots
+        .iter()
+        .filter(|s| s.node.exposed && s.replica == 0)
+        .map(|s| Endpoint {
+            service: s.node.service.clone(),
+            address: s.public.as_ref().map_or(&s.address, |(_, a)| a).clone(),
         })
         .collect();
     let record = Deployment {
@@ -298,7 +303,10 @@ async fn supervise(order: Order, plan: Plan, lock: Option<DeployLock>) -> Result
     let offered: Vec<(ListenerName, RawFd)> = slots
         .iter()
         .filter(|s| s.node.exposed)
-        .map(|s| (ListenerName { node: s.node.name.clone(), replica: s.replica }, s.listener.as_raw_fd()))
+        .map(|s| {
+            let public = s.public.as_ref().map_or(&s.listener, |(l, _)| l);
+            (ListenerName { node: s.node.name.clone(), replica: s.replica }, public.as_raw_fd())
+        })
         .collect();
     let shared = Arc::new(Shared {
         recent: RecentLines::new(slots.len()),
@@ -327,16 +335,21 @@ async fn supervise(order: Order, plan: Plan, lock: Option<DeployLock>) -> Result
     let (front_slots, inner_slots): (Vec<_>, Vec<_>) =
         slots.into_iter().enumerate().partition(|(_, slot)| slot.node.exposed);
     let front_indices: Vec<usize> = front_slots.iter().map(|(i, _)| *i).collect();
+    // Fronts with a socket of their own answer health probes there; a program's own server,
+    // exposed, has only the shared one, where the other version may be the one answering.
+    let probed_fronts: Vec<usize> =
+        front_slots.iter().filter(|(_, s)| s.public.is_some()).map(|(i, _)| *i).collect();
+    let unprobed_fronts: Vec<usize> =
+        front_slots.iter().filter(|(_, s)| s.public.is_none()).map(|(i, _)| *i).collect();
     let inner_indices: Vec<usize> = inner_slots.iter().map(|(i, _)| *i).collect();
     for (index, slot) in inner_slots {
         replicas.spawn(keep_running(index, slot, shared.clone(), width));
     }
     let health = HttpClient::new("");
     let ready = if running.is_some() {
-        // A rollout: the new fronts share their listeners with the old ones, so they start only
-        // once everything behind them is healthy (until then the old version takes every
-        // caller), and their own health cannot be asked through the shared port: they must
-        // start and stay up.
+        // A rollout: the new fronts share their public sockets with the old ones, so they
+        // start only once everything behind them is healthy (until then the old version takes
+        // every caller), and are probed on their own sockets.
         let inner = wait_healthy(&health, &shared, &inner_indices).await;
         if inner.is_ok() {
             for (index, slot) in front_slots {
@@ -344,7 +357,10 @@ async fn supervise(order: Order, plan: Plan, lock: Option<DeployLock>) -> Result
             }
         }
         match inner {
-            Ok(()) => wait_up(&shared, &front_indices, FRONT_SETTLE).await,
+            Ok(()) => match wait_healthy(&health, &shared, &probed_fronts).await {
+                Ok(()) => wait_up(&shared, &unprobed_fronts, FRONT_SETTLE).await,
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         }
     } else {
@@ -420,20 +436,41 @@ fn bind_all(order: &Order, plan: &Plan, mut inherited: Vec<Handed>) -> Result<Ve
             });
             let listener = match handed {
                 Some(i) => inherited.swap_remove(i).listener,
-                None => std::net::TcpListener::bind(bind).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::AddrInUse => LocalError::PortTaken { address: bind },
-                    _ => LocalError::io(format!("binding {bind} for node '{}'", node.name), e),
-                })?,
+                None => bind_listener(bind, &node.name)?,
             };
             widen_backlog(&listener);
             // The address actually bound: with port 0 (internal nodes, or `--port 0`) the system
             // chose it, and the record must hold the real one.
             let bound = listener.local_addr().map_err(|e| LocalError::io("reading a bound address", e))?;
             let address = if node.exposed { connect_address(bound) } else { bound }.to_string();
-            slots.push(Slot { node: node.clone(), replica, listener, address });
+            let slot = if node.exposed && node.role != crate::model::Role::Server {
+                // Its own socket too, for its version's callers and probes: during a rollout
+                // the public one is shared, and a call must stay within its version.
+                let own = bind_listener("127.0.0.1:0".parse().expect("valid"), &node.name)?;
+                widen_backlog(&own);
+                let own_address =
+                    own.local_addr().map_err(|e| LocalError::io("reading a bound address", e))?.to_string();
+                Slot {
+                    node: node.clone(),
+                    replica,
+                    listener: own,
+                    address: own_address,
+                    public: Some((listener, address)),
+                }
+            } else {
+                Slot { node: node.clone(), replica, listener, address, public: None }
+            };
+            slots.push(slot);
         }
     }
     Ok(slots)
+}
+
+fn bind_listener(bind: SocketAddr, node: &str) -> Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(bind).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => LocalError::PortTaken { address: bind },
+        _ => LocalError::io(format!("binding {bind} for node '{node}'"), e),
+    })
 }
 
 /// How many connections may wait to be accepted. The standard library listens with 128, which a
@@ -469,7 +506,8 @@ async fn keep_running(index: usize, slot: Slot, shared: Arc<Shared>, width: usiz
     let mut recent_exits: VecDeque<Instant> = VecDeque::new();
     loop {
         let started = Instant::now();
-        let mut child = match spawn_replica(&shared.order.binary, &env, &slot.listener) {
+        let public = slot.public.as_ref().map(|(l, _)| l);
+        let mut child = match spawn_replica(&shared.order.binary, &env, &slot.listener, public) {
             Ok(child) => child,
             Err(e) => {
                 shared.log(format!("{name:<width$} | cannot start: {e}"));
@@ -776,11 +814,14 @@ mod tests {
     #[test]
     fn port_0_binds_a_free_port_per_exposed_replica_and_records_it() {
         let slots = bind_all(&order(0), &two_exposed_services(), Vec::new()).unwrap();
-        let ports: Vec<u16> = slots.iter().map(|s| s.address.parse::<SocketAddr>().unwrap().port()).collect();
+        let public = |s: &Slot| s.public.as_ref().unwrap().1.parse::<SocketAddr>().unwrap().port();
+        let ports: Vec<u16> = slots.iter().map(public).collect();
         assert_eq!(ports.len(), 2);
         assert!(ports.iter().all(|&p| p != 0) && ports[0] != ports[1], "{ports:?}");
         for slot in &slots {
             assert_eq!(slot.listener.local_addr().unwrap().to_string(), slot.address);
+            let (public, address) = slot.public.as_ref().expect("an exposed front has a public socket");
+            assert_eq!(&public.local_addr().unwrap().to_string(), address);
         }
     }
 }
