@@ -19,8 +19,10 @@
 //!
 //! A connection is idle from the moment its answer is produced (or it was accepted) until its next
 //! request arrives, and only while nothing it sent waits unread: a caller whose request is in the
-//! socket but not yet read is never shed for being new. It is closed gracefully, so an answer
-//! still being written is finished first.
+//! socket but not yet read is never shed for being new, and neither is one accepted less than
+//! [`NEWCOMER_GRACE`] ago that has not sent its first request yet (its bytes may be on their way:
+//! shedding it would cut off a caller who did nothing wrong). It is closed gracefully, so an
+//! answer still being written is finished first.
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;
@@ -33,6 +35,9 @@ use tokio::sync::Notify;
 /// Marks a connection that is serving a request.
 const BUSY: u64 = u64::MAX;
 
+/// How long a connection that has not sent its first request yet is spared from shedding.
+pub(crate) const NEWCOMER_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The client connections of a process and its room for them.
 pub(crate) struct ConnectionTable {
     capacity: usize,
@@ -41,6 +46,8 @@ pub(crate) struct ConnectionTable {
     live: Mutex<HashMap<u64, Arc<ConnectionState>>>,
     /// Connections asked to close that have not closed yet: they no longer count against room.
     closing: AtomicUsize,
+    /// [`NEWCOMER_GRACE`] in nanoseconds (tests shorten it).
+    newcomer_grace: u64,
 }
 
 /// One connection's state, shared by its serving task and the table.
@@ -49,6 +56,8 @@ pub(crate) struct ConnectionState {
     idle_since: AtomicU64,
     /// Its socket, to see whether a request waits in it unread.
     fd: RawFd,
+    /// Whether it has sent a request yet.
+    served: AtomicBool,
     shed: AtomicBool,
     close: Notify,
 }
@@ -63,12 +72,18 @@ pub(crate) struct Registration {
 impl ConnectionTable {
     /// A table with room for `capacity` connections.
     pub(crate) fn new(capacity: usize) -> Arc<Self> {
+        Self::with_newcomer_grace(capacity, NEWCOMER_GRACE)
+    }
+
+    /// A table whose newcomers are spared for `grace` instead of [`NEWCOMER_GRACE`].
+    fn with_newcomer_grace(capacity: usize, grace: std::time::Duration) -> Arc<Self> {
         Arc::new(Self {
             capacity: capacity.max(1),
             epoch: Instant::now(),
             next_id: AtomicU64::new(0),
             live: Mutex::new(HashMap::new()),
             closing: AtomicUsize::new(0),
+            newcomer_grace: grace.as_nanos() as u64,
         })
     }
 
@@ -102,6 +117,7 @@ impl ConnectionTable {
         let state = Arc::new(ConnectionState {
             idle_since: AtomicU64::new(self.now()),
             fd,
+            served: AtomicBool::new(false),
             shed: AtomicBool::new(false),
             close: Notify::new(),
         });
@@ -112,12 +128,15 @@ impl ConnectionTable {
     /// Asks the connection idle the longest to close; false if every connection is busy.
     pub(crate) fn shed_oldest_idle(&self) -> bool {
         let live = self.lock();
+        let now = self.now();
         let mut idle: Vec<(u64, &Arc<ConnectionState>)> = live
             .values()
             .filter(|c| !c.shed.load(Ordering::Relaxed))
             .filter_map(|c| {
                 let since = c.idle_since.load(Ordering::Relaxed);
-                (since != BUSY).then_some((since, c))
+                let newcomer =
+                    !c.served.load(Ordering::Relaxed) && now.saturating_sub(since) < self.newcomer_grace;
+                (since != BUSY && !newcomer).then_some((since, c))
             })
             .collect();
         idle.sort_unstable_by_key(|(since, _)| *since);
@@ -151,6 +170,7 @@ impl ConnectionTable {
 impl Registration {
     /// Marks the connection busy until the returned guard drops (when its answer is produced).
     pub(crate) fn busy(&self) -> Busy {
+        self.state.served.store(true, Ordering::Relaxed);
         self.state.idle_since.store(BUSY, Ordering::Relaxed);
         Busy { table: self.table.clone(), state: self.state.clone() }
     }
@@ -232,7 +252,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let sockets: Vec<_> = (0..5).map(|_| connection(&listener)).collect();
         let fd = |i: usize| sockets[i].0.as_raw_fd();
-        let table = ConnectionTable::new(3);
+        let table = ConnectionTable::with_newcomer_grace(3, std::time::Duration::ZERO);
         let oldest = table.register(fd(0));
         std::thread::sleep(std::time::Duration::from_millis(2));
         let busy = table.register(fd(1));
@@ -271,6 +291,22 @@ mod tests {
     }
 
     #[test]
+    fn a_caller_accepted_a_moment_ago_is_not_shed_before_its_request_could_arrive() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ((old, _a), (new, _b)) = (connection(&listener), connection(&listener));
+        let table = ConnectionTable::with_newcomer_grace(2, std::time::Duration::from_millis(100));
+        let old = table.register(old.as_raw_fd());
+        drop(old.busy());
+        let new = table.register(new.as_raw_fd());
+        assert!(table.shed_oldest_idle(), "a connection that was served and went idle can go");
+        assert!(old.state.shed.load(Ordering::Relaxed));
+        assert!(!table.shed_oldest_idle(), "the newcomer is spared");
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        assert!(table.shed_oldest_idle(), "a newcomer silent past the grace is idle like any other");
+        assert!(new.state.shed.load(Ordering::Relaxed));
+    }
+
+    #[test]
     fn a_table_where_every_connection_is_busy_makes_no_room() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let ((a, _), (b, _)) = (connection(&listener), connection(&listener));
@@ -287,7 +323,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let (waiting, mut caller) = connection(&listener);
         let (silent, _quiet) = connection(&listener);
-        let table = ConnectionTable::new(2);
+        let table = ConnectionTable::with_newcomer_grace(2, std::time::Duration::ZERO);
         let waiting = table.register(waiting.as_raw_fd());
         std::thread::sleep(std::time::Duration::from_millis(2));
         let silent = table.register(silent.as_raw_fd());
