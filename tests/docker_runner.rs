@@ -21,11 +21,12 @@ fn server2_spreads_calls_over_three_container_hostnames_and_deletes_everything()
     let Some(bins) = binaries_or_skip() else { return };
     let app = Deployed::new(bins, "server2");
     app.up();
-    // A second `up` replaces the running app's containers instead of adding to them, and reuses
-    // the image because the binary did not change.
+    // A second `up` rolls the running app over to a new generation instead of adding to it, and
+    // reuses the image because the binary did not change.
     let again = app.up();
     assert!(again.contains("up to date"), "the unchanged binary was rebuilt:\n{again}");
-    assert_eq!(app.labelled("ps"), 4, "a balancer and three replicas after two deploys");
+    assert!(again.contains("finished its requests and stopped"), "{again}");
+    assert_eq!(app.labelled("ps"), 5, "a balancer, three replicas and the edge after two deploys");
 
     let mut servers = HashSet::new();
     for _ in 0..30 {
@@ -48,7 +49,7 @@ fn histogram_gathers_1000_samples_from_ten_leaf_containers_and_deletes_everythin
     let Some(bins) = binaries_or_skip() else { return };
     let app = Deployed::new(bins, "histogram");
     app.up();
-    assert_eq!(app.labelled("ps"), 11, "a gather root and ten leaves");
+    assert_eq!(app.labelled("ps"), 12, "a gather root, ten leaves and the edge");
 
     let histogram: Vec<u64> = serde_json::from_value(app.call("histogram-service")).expect("a histogram");
     assert_eq!(histogram.len(), 10, "{histogram:?}");
@@ -62,7 +63,7 @@ fn the_sharding_tutorial_keeps_each_user_on_one_shard_container() {
     let Some(bins) = binaries_or_skip() else { return };
     let app = Deployed::new(bins, "sharded_http");
     app.up();
-    assert_eq!(app.labelled("ps"), 4, "a router and three shards");
+    assert_eq!(app.labelled("ps"), 5, "a router, three shards and the edge");
     let mut shards = HashSet::new();
     for user in ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"] {
         let answers: HashSet<String> =

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
-use support::load::{quantile, Load, Sample};
+use support::load::{deployed_version as version_in, failures, quantile, Load, Sample};
 use support::{binary, Run, Sandbox};
 
 /// A build of the example that differs from every other (its hash does): the example's binary
@@ -44,12 +44,8 @@ fn run(sandbox: &Sandbox, program: &Path, args: &[&str], env: &[(&str, &str)]) -
 
 /// The version `up` or `rollback` says it deployed.
 fn deployed_version(run: &Run) -> String {
-    let line = run
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("deployed app"))
-        .unwrap_or_else(|| panic!("no deployed line:\n{}\n{}", run.stdout, run.stderr));
-    line.split("version ").nth(1).unwrap().split(',').next().unwrap().to_string()
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    version_in(&run.stdout)
 }
 
 /// The processes running builds of the app, and their resident memory in KiB.
@@ -100,10 +96,6 @@ impl Peak {
     }
 }
 
-fn failures(samples: &[Sample]) -> Vec<String> {
-    samples.iter().filter_map(|s| s.outcome.as_ref().err().map(|e| format!("at {:?}: {e}", s.at))).collect()
-}
-
 #[test]
 fn ten_redeploys_and_a_rollback_under_sixteen_clients_lose_no_request() {
     let sandbox = Sandbox::new("rollout");
@@ -132,7 +124,7 @@ fn ten_redeploys_and_a_rollback_under_sixteen_clients_lose_no_request() {
         let version = deployed_version(&up);
         assert!(!versions.contains(&version), "a new build has a new version: {version}");
         // The new version serves from the moment `up` returns.
-        let first_answer = wait_for_version(&load, &version, ended);
+        let first_answer = load.first_answer_from(&version, Duration::from_secs(10));
         to_serve.push(first_answer - started);
         windows.push((started, ended));
         versions.push(version);
@@ -153,7 +145,7 @@ fn ten_redeploys_and_a_rollback_under_sixteen_clients_lose_no_request() {
         .stdout
         .contains(&format!("rolling back from version {} to version {}", versions[10], versions[9])));
     assert_eq!(deployed_version(&rollback), versions[9]);
-    wait_for_version(&load, &versions[9], ended);
+    load.first_answer_from(&versions[9], Duration::from_secs(10));
     windows.push((started, ended));
 
     std::thread::sleep(Duration::from_millis(500));
@@ -197,19 +189,6 @@ fn ten_redeploys_and_a_rollback_under_sixteen_clients_lose_no_request() {
     );
     let delete = sandbox.program(&["delete"]);
     assert!(delete.ok, "{}", delete.stderr);
-}
-
-/// Waits (at most 10 s after `after`) for an answer from `version`; when it came, from the start.
-fn wait_for_version(load: &Load, version: &str, after: Duration) -> Duration {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let samples = load.samples();
-        if let Some(s) = samples.iter().find(|s| s.outcome.as_deref() == Ok(version)) {
-            return s.at + s.latency;
-        }
-        assert!(Instant::now() < deadline, "no answer from version {version} within 10 s of {after:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

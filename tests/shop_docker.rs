@@ -26,8 +26,8 @@ fn the_shops_containers_call_each_other_with_the_shoppers_user() {
     app.up();
     assert_eq!(
         app.labelled("ps"),
-        13,
-        "frontend balancer and 2 replicas, cart router and 4 shards, catalog root and 4 leaves"
+        14,
+        "frontend balancer and 2 replicas, cart router and 4 shards, catalog root and 4 leaves, the frontend's edge"
     );
 
     let page = shop(&app, "alice:wonderland", json!({ "search": "lamp" })).unwrap();

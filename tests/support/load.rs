@@ -68,6 +68,20 @@ impl Load {
         self.samples.lock().unwrap().clone()
     }
 
+    /// When the first answer from `version` arrived (from the load's start), waiting for one
+    /// at most `within`.
+    pub fn first_answer_from(&self, version: &str, within: Duration) -> Duration {
+        let deadline = Instant::now() + within;
+        loop {
+            let samples = self.samples();
+            if let Some(s) = samples.iter().find(|s| s.outcome.as_deref() == Ok(version)) {
+                return s.at + s.latency;
+            }
+            assert!(Instant::now() < deadline, "no answer from version {version} within {within:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Stops the clients and returns every request they made.
     pub fn finish(self) -> Vec<Sample> {
         self.stop.store(true, Ordering::Relaxed);
@@ -144,4 +158,18 @@ pub fn quantile(samples: &[&Sample], q: f64) -> Duration {
         0 => Duration::ZERO,
         n => latencies[((n as f64 * q).ceil() as usize).clamp(1, n) - 1],
     }
+}
+
+/// The requests that failed, each with when it was sent.
+pub fn failures(samples: &[Sample]) -> Vec<String> {
+    samples.iter().filter_map(|s| s.outcome.as_ref().err().map(|e| format!("at {:?}: {e}", s.at))).collect()
+}
+
+/// The version `up` or `rollback` says it deployed (`deployed app '...' (...): version V, ...`).
+pub fn deployed_version(stdout: &str) -> String {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("deployed app"))
+        .unwrap_or_else(|| panic!("no 'deployed app' line in:\n{stdout}"));
+    line.split("version ").nth(1).unwrap().split(',').next().unwrap().to_string()
 }

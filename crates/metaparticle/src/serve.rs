@@ -1,8 +1,9 @@
 //! `serve`: the one entry point of every metaparticle program.
 //!
-//! The same binary plays three parts, chosen by its environment:
-//! a node (a runner started it with `MP_NODE`), a local supervisor (`MP_SUPERVISE`), or, when
-//! started by a person, the deployer that acts on the command line.
+//! The same binary plays four parts, chosen by its environment:
+//! a node (a runner started it with `MP_NODE`), a local supervisor (`MP_SUPERVISE`), the Docker
+//! runner's edge holding a published port (`MP_EDGE_OFFER`), or, when started by a person, the
+//! deployer that acts on the command line.
 
 use crate::cli::Cli;
 use crate::error::{Error, Result};
@@ -38,6 +39,11 @@ pub fn serve(services: impl IntoIterator<Item = Service>) -> Result<()> {
     if let Some(launch) = NodeLaunch::from_env() {
         let launch = launch?;
         return run_node(plan, registry, launch);
+    }
+    if let Some(edge) = crate::plane::edge::Edge::from_env() {
+        init_logging();
+        let served = runtime(true)?.block_on(edge.run(terminated()));
+        return served.map_err(|e| Error::io("holding the published socket", e));
     }
     if let Some(order) = Order::from_env() {
         init_logging();
@@ -233,16 +239,36 @@ fn drain_timeout() -> std::time::Duration {
         .unwrap_or(DRAIN_TIMEOUT)
 }
 
-/// A second socket to accept on, `MP_LISTEN_ALSO=fd:N`: the public socket of an exposed front
-/// that the local runner shares between the versions of a rollout (see `runner::local`).
+/// A second socket to accept on: the public socket of an exposed front, shared between the
+/// versions of a rollout. `MP_LISTEN_ALSO=fd:N` (the local runner passed it in) or
+/// `handover:/path` (received from the Docker runner's edge, see `plane::edge`).
 fn listen_also() -> Result<Option<std::net::TcpListener>> {
     let Ok(value) = std::env::var("MP_LISTEN_ALSO") else { return Ok(None) };
-    let fd = value
-        .strip_prefix("fd:")
-        .and_then(|fd| fd.parse().ok())
-        .ok_or_else(|| Error::Usage(format!("MP_LISTEN_ALSO must be fd:N, not '{value}'")))?;
+    if let Some(path) = value.strip_prefix("handover:") {
+        let listener = receive_handover(std::path::Path::new(path))?;
+        listener.set_nonblocking(true).map_err(|e| Error::io("preparing the handed-over socket", e))?;
+        return Ok(Some(listener));
+    }
+    let fd = value.strip_prefix("fd:").and_then(|fd| fd.parse().ok()).ok_or_else(|| {
+        Error::Usage(format!("MP_LISTEN_ALSO must be fd:N or handover:PATH, not '{value}'"))
+    })?;
     let listen = crate::plane::Listen::Fd(fd);
     Ok(Some(listener(&listen).map_err(|e| Error::io(format!("opening {listen:?}"), e))?))
+}
+
+/// The listener the edge at `path` offers; it may still be starting, so this tries for a while.
+fn receive_handover(path: &std::path::Path) -> Result<std::net::TcpListener> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match crate::plane::handover::receive(path) {
+            Ok(mut handed) if !handed.is_empty() => return Ok(handed.remove(0).listener),
+            Ok(_) => return Err(Error::Usage(format!("the edge at {} offered no socket", path.display()))),
+            Err(e) if std::time::Instant::now() > deadline => {
+                return Err(Error::io(format!("receiving the published socket from {}", path.display()), e))
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
 }
 
 /// How long a node told to stop goes on serving first: `MP_STOP_DELAY_SECONDS` (the Kubernetes

@@ -121,14 +121,17 @@ mod docker {
     pub(super) async fn replicas(record: &Deployment) -> Result<Vec<ReplicaFacts>, DashboardError> {
         let docker = engine::connect().await.map_err(|e| DashboardError::runner(&record.app, e))?;
         let network = labels::network_name(&record.app);
-        let mut facts = every_replica(record, |node, replica, _| ReplicaFacts {
+        // The record's address book names each replica's container (`<name>:3000`): the
+        // generation running now.
+        let mut facts = every_replica(record, |node, replica, address| ReplicaFacts {
             node: node.to_string(),
             replica,
+            address: address.map(container_of),
             state: "missing".into(),
             ..ReplicaFacts::default()
         });
         for fact in &mut facts {
-            let name = labels::container_name(&record.app, &fact.node, fact.replica);
+            let Some(name) = fact.address.take() else { continue };
             if let Ok(state) = containers::inspect(&docker, &name, &network).await {
                 fact.address = state.address;
                 fact.restarts = Some(state.restarts.max(0) as u64);
@@ -149,9 +152,10 @@ mod docker {
         let docker = engine::connect().await.map_err(|e| DashboardError::runner(&record.app, e))?;
         let mut lines = Vec::new();
         for node in &record.plan.nodes {
-            for replica in 0..node.replicas {
+            for (replica, address) in record.book.addresses(&node.name).unwrap_or_default().iter().enumerate()
+            {
                 let replica_name = node.replica_name(replica);
-                let container = labels::container_name(&record.app, &node.name, replica);
+                let container = container_of(address);
                 let options = bollard::query_parameters::LogsOptionsBuilder::default()
                     .stdout(true)
                     .stderr(true)
@@ -172,6 +176,11 @@ mod docker {
         let width = lines.iter().map(|(_, name)| name.len()).max().unwrap_or(0);
         let from = lines.len().saturating_sub(limit);
         Ok(lines[from..].iter().map(|(line, name)| format!("{name:<width$} | {line}")).collect())
+    }
+
+    /// The container an address book entry (`<container>:<port>`) names.
+    fn container_of(address: &str) -> String {
+        address.rsplit_once(':').map_or(address, |(name, _)| name).to_string()
     }
 }
 

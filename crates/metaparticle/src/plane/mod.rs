@@ -11,6 +11,8 @@ pub(crate) mod address_book;
 pub(crate) mod balance;
 pub(crate) mod calls;
 pub(crate) mod connections;
+pub(crate) mod edge;
+pub(crate) mod handover;
 pub(crate) mod http1;
 pub(crate) mod http_proxy;
 pub(crate) mod identity;

@@ -105,3 +105,31 @@ pub(crate) fn connect_address(addr: SocketAddr) -> SocketAddr {
 pub(crate) fn random_secret() -> String {
     (0..4).map(|_| format!("{:016x}", rand::random::<u64>())).collect()
 }
+
+/// What a rollout changes, in one line: the build, and the nodes added, removed or rescaled.
+pub(crate) fn describe_changes(old: &Plan, old_version: Option<&str>, plan: &Plan, version: &str) -> String {
+    let mut changes = Vec::new();
+    match old_version {
+        Some(v) if v == version => changes.push(format!("the same build {version}")),
+        Some(v) => changes.push(format!("build {version} (rebuilt; running: {v})")),
+        None => changes.push(format!("build {version}")),
+    }
+    for node in &plan.nodes {
+        match old.nodes.iter().find(|o| o.name == node.name) {
+            None => changes.push(format!("{} added ({} replicas)", node.name, node.replicas)),
+            Some(o) if o.replicas != node.replicas => {
+                changes.push(format!("{} rescaled {} -> {} replicas", node.name, o.replicas, node.replicas))
+            }
+            Some(_) => {}
+        }
+    }
+    for old_node in &old.nodes {
+        if !plan.nodes.iter().any(|n| n.name == old_node.name) {
+            changes.push(format!("{} removed", old_node.name));
+        }
+    }
+    if changes.len() == 1 {
+        changes.push("no node added, removed or rescaled".into());
+    }
+    changes.join("; ")
+}

@@ -51,29 +51,62 @@ pub(crate) struct Replica {
     pub replica: usize,
     /// Its container name (also hostname and DNS name).
     pub name: String,
-    /// Where it is published on the host, for an exposed node.
+    /// Where it is published on the host: an exposed program's own server, which takes one
+    /// listener (other exposed nodes are published by their edge).
     pub published: Option<SocketAddr>,
+    /// An exposed front that also accepts from its edge's published socket.
+    pub front: bool,
+    /// Which deploy of the app it belongs to.
+    pub generation: u32,
 }
 
-/// Every replica of `plan`, named, with the host addresses of exposed ones.
+/// The edge container of one exposed replica: it publishes the port and holds its socket.
+pub(crate) struct EdgeSpec {
+    /// The exposed node.
+    pub node: Node,
+    /// Its replica.
+    pub replica: usize,
+    /// The container name.
+    pub name: String,
+    /// Where it is published on the host.
+    pub published: SocketAddr,
+}
+
+/// Every replica of `plan` in `generation`, named, and the edges of its exposed fronts.
 pub(crate) fn replicas(
     app: &str,
     plan: &Plan,
     published: &[(String, usize, SocketAddr)],
-) -> Result<Vec<Replica>> {
-    let mut out = Vec::new();
+    generation: u32,
+) -> Result<(Vec<Replica>, Vec<EdgeSpec>)> {
+    let (mut out, mut edges) = (Vec::new(), Vec::new());
+    let checked = |name: String| {
+        if name.len() > labels::MAX_DNS_LABEL {
+            return Err(DockerError::NameTooLong { name, limit: labels::MAX_DNS_LABEL });
+        }
+        Ok(name)
+    };
     for node in &plan.nodes {
         for replica in 0..node.replicas {
-            let name = labels::container_name(app, &node.name, replica);
-            if name.len() > labels::MAX_DNS_LABEL {
-                return Err(DockerError::NameTooLong { name, limit: labels::MAX_DNS_LABEL });
-            }
-            let published =
+            let name = checked(labels::container_name(app, &node.name, replica, generation))?;
+            let address =
                 published.iter().find(|(n, r, _)| *n == node.name && *r == replica).map(|(_, _, a)| *a);
-            out.push(Replica { node: node.clone(), replica, name, published });
+            let own_server = node.role == crate::model::Role::Server;
+            if let (Some(published), false) = (address, own_server) {
+                let name = checked(labels::edge_name(app, &node.name, replica))?;
+                edges.push(EdgeSpec { node: node.clone(), replica, name, published });
+            }
+            out.push(Replica {
+                node: node.clone(),
+                replica,
+                name,
+                published: address.filter(|_| own_server),
+                front: address.is_some() && !own_server,
+                generation,
+            });
         }
     }
-    Ok(out)
+    Ok((out, edges))
 }
 
 /// The address book as seen inside the app network: each replica by its container name.
@@ -111,7 +144,84 @@ pub(crate) async fn create_network(docker: &Docker, app: &str) -> Result<String>
 /// Where the app's file store folder is mounted inside its containers.
 const CONTAINER_STATE_DIR: &str = "/metaparticle-state";
 
+/// The host folder the edges offer their sockets in, mounted into edges and fronts.
+fn handover_bind(app: &str) -> Result<String> {
+    let dir = crate::deployments::app_dir(app).join("handover");
+    crate::deployments::create_private_dir(&dir)?;
+    Ok(format!("{}:{}", dir.display(), labels::HANDOVER_DIR))
+}
+
+/// Creates and starts the edge container of an exposed replica (see [`crate::plane::edge`]).
+pub(crate) async fn start_edge(
+    docker: &Docker,
+    deploy: &Deploy,
+    image: &str,
+    network: &str,
+    edge: &EdgeSpec,
+) -> Result<()> {
+    let app = deploy.app.as_str();
+    let mut env = vec![
+        format!("{}={}", crate::plane::edge::OFFER_VAR, labels::edge_socket(&edge.node.name, edge.replica)),
+        format!("MP_LISTEN=0.0.0.0:{CONTAINER_PORT}"),
+    ];
+    if let Ok(filter) = std::env::var("MP_LOG") {
+        env.push(format!("MP_LOG={filter}"));
+    }
+    let port_key = format!("{CONTAINER_PORT}/tcp");
+    let config = ContainerCreateBody {
+        image: Some(image.to_string()),
+        hostname: Some(edge.name.clone()),
+        env: Some(env),
+        labels: Some(labels::edge_labels(app, &edge.node, edge.replica)),
+        exposed_ports: Some(vec![port_key.clone()]),
+        host_config: Some(HostConfig {
+            port_bindings: Some(HashMap::from([(
+                port_key,
+                Some(vec![PortBinding {
+                    host_ip: Some(edge.published.ip().to_string()),
+                    host_port: Some(edge.published.port().to_string()),
+                }]),
+            )])),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
+            binds: Some(vec![handover_bind(app)?]),
+            ..Default::default()
+        }),
+        networking_config: Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(network.to_string(), EndpointSettings::default())])),
+        }),
+        ..Default::default()
+    };
+    docker
+        .create_container(Some(CreateContainerOptionsBuilder::default().name(&edge.name).build()), config)
+        .await
+        .map_err(|e| failed(format!("creating container {}", edge.name), e))?;
+    docker
+        .start_container(&edge.name, None::<bollard::query_parameters::StartContainerOptions>)
+        .await
+        .map_err(|e| match engine::is_port_taken(&e) {
+            true => DockerError::from(crate::runner::port_taken(&edge.node.service, edge.published)),
+            false => failed(format!("starting container {}", edge.name), e),
+        })
+}
+
+/// The deployer's variables named in `MP_PASS_ENV` (comma-separated), as `NAME=value`: a program
+/// whose `main` reads its environment (a replica count, a feature switch) must see the same
+/// values in its containers as where it was deployed, or its nodes would compile another plan.
+fn passed_through() -> Vec<String> {
+    let names = std::env::var("MP_PASS_ENV").unwrap_or_default();
+    names
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && !n.starts_with("MP_"))
+        .filter_map(|n| std::env::var(n).ok().map(|v| format!("{n}={v}")))
+        .collect()
+}
+
 /// Creates and starts one replica's container.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn start(
     docker: &Docker,
     deploy: &Deploy,
@@ -120,12 +230,13 @@ pub(crate) async fn start(
     replica: &Replica,
     book: &AddressBook,
     secret: &str,
+    version: &str,
 ) -> Result<()> {
     let app = deploy.app.as_str();
     // The file store's folder on the host is mounted into every container of the app, so they all
     // share one database (SQLite locks work across containers of one kernel). Redis is reached by
     // its URL, which must name an address containers can reach (see docs/docker.md).
-    let (storage, binds) = match &deploy.storage {
+    let (storage, mut binds) = match &deploy.storage {
         StorageConfig::File(path) => {
             let (Some(dir), Some(file)) = (path.parent(), path.file_name()) else {
                 return Err(DockerError::Image(format!(
@@ -155,6 +266,16 @@ pub(crate) async fn start(
     if let Ok(filter) = std::env::var("MP_LOG") {
         env.push(format!("MP_LOG={filter}"));
     }
+    env.push(format!("MP_VERSION={version}"));
+    env.extend(passed_through());
+    if replica.front {
+        // The published socket comes from the edge; the node's own socket stays its version's.
+        env.push(format!(
+            "MP_LISTEN_ALSO=handover:{}",
+            labels::edge_socket(&replica.node.name, replica.replica)
+        ));
+        binds.get_or_insert_with(Vec::new).push(handover_bind(app)?);
+    }
     let port_key = format!("{CONTAINER_PORT}/tcp");
     let port_bindings = replica.published.map(|address| {
         HashMap::from([(
@@ -179,7 +300,13 @@ pub(crate) async fn start(
         image: Some(image.to_string()),
         hostname: Some(replica.name.clone()),
         env: Some(env),
-        labels: Some(labels::replica_labels(app, &replica.node, replica.replica)),
+        labels: Some(labels::replica_labels(
+            app,
+            &replica.node,
+            replica.replica,
+            replica.generation,
+            version,
+        )),
         exposed_ports: Some(vec![port_key]),
         host_config: Some(host_config),
         networking_config: Some(NetworkingConfig {
@@ -206,7 +333,7 @@ pub(crate) async fn start(
 pub(crate) async fn wait_healthy(
     docker: &Docker,
     network: &str,
-    replicas: &[Replica],
+    replicas: &[&Replica],
     progress: &Progress,
 ) -> Result<()> {
     let client = HttpClient::new("");
@@ -252,6 +379,87 @@ pub(crate) async fn wait_healthy(
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+    Ok(())
+}
+
+/// Waits until each edge's published address answers `/healthz` (a front behind it does): the
+/// publication works.
+pub(crate) async fn wait_published(edges: &[EdgeSpec]) -> Result<()> {
+    let client = HttpClient::new("");
+    let deadline = Instant::now() + HEALTH_DEADLINE;
+    for edge in edges {
+        let address = crate::runner::connect_address(edge.published).to_string();
+        while !client.is_healthy(&address).await {
+            if Instant::now() > deadline {
+                return Err(DockerError::Unhealthy(format!(
+                    "nothing answers on {address}, the port edge container {} publishes",
+                    edge.name
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+/// The generation a container's labels name (0 for a container without one).
+pub(crate) fn generation_of(container: &ContainerSummary) -> u32 {
+    container
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(labels::GENERATION))
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A label of a container ("" if it has none).
+pub(crate) fn label(container: &ContainerSummary, key: &str) -> String {
+    container.labels.as_ref().and_then(|l| l.get(key)).cloned().unwrap_or_default()
+}
+
+/// Stops the containers of a retiring generation, exposed fronts first (each drains what it
+/// serves; the nodes behind answer meanwhile), then removes them all.
+pub(crate) async fn retire(
+    docker: &Docker,
+    containers: &[ContainerSummary],
+    fronts: &[String],
+) -> Result<()> {
+    let drain = crate::plane::shutdown::DRAIN_TIMEOUT.as_secs() as i32 + 5;
+    let stop = |c: &ContainerSummary| {
+        let name = container_name(c);
+        async move {
+            let options = bollard::query_parameters::StopContainerOptionsBuilder::default().t(drain).build();
+            match docker.stop_container(&name, Some(options)).await {
+                Ok(()) => Ok(()),
+                Err(e) if engine::is_not_found(&e) => Ok(()),
+                Err(e) => Err(failed(format!("stopping container {name}"), e)),
+            }
+        }
+    };
+    let is_front = |c: &ContainerSummary| fronts.contains(&label(c, labels::NODE));
+    for outcome in futures_util::future::join_all(containers.iter().filter(|c| is_front(c)).map(stop)).await {
+        outcome?;
+    }
+    remove(docker, containers).await
+}
+
+/// Removes `containers` (killing what still runs).
+pub(crate) async fn remove(docker: &Docker, containers: &[ContainerSummary]) -> Result<()> {
+    let force = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+    let removals = containers.iter().map(|c| {
+        let name = container_name(c);
+        let force = force.clone();
+        async move {
+            match docker.remove_container(&name, Some(force)).await {
+                Ok(()) => Ok(()),
+                Err(e) if engine::is_not_found(&e) => Ok(()),
+                Err(e) => Err(failed(format!("removing container {name}"), e)),
+            }
+        }
+    });
+    for outcome in futures_util::future::join_all(removals).await {
+        outcome?;
     }
     Ok(())
 }

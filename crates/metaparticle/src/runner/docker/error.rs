@@ -69,6 +69,15 @@ pub enum DockerError {
         "--attach is not supported by the docker runner; deploy, then follow the logs with `logs --follow`"
     )]
     AttachUnsupported,
+    /// A rollout's new generation did not become healthy; the running one keeps serving.
+    #[error("{source}\nthe new version was not deployed: version {running} keeps serving")]
+    RolloutFailed {
+        /// The version still serving.
+        running: String,
+        /// Why the new generation failed.
+        #[source]
+        source: Box<DockerError>,
+    },
     /// A deploy failed, and removing what it started failed too.
     #[error("{failure}\n(and cleaning up failed too: {cleanup}; run `{invocation} delete`)")]
     CleanupFailed {

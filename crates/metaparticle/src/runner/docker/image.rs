@@ -68,6 +68,11 @@ pub(crate) fn context(app: &str, binary: &Path) -> Result<Context> {
     Ok(Context { tar, tag: format!("{}:{hash}", repository(app)), files: listed })
 }
 
+/// The version an image tag names: its content hash (`metaparticle/app:<hash>`).
+pub(crate) fn version_of(tag: &str) -> String {
+    tag.rsplit_once(':').map_or(tag, |(_, hash)| hash).to_string()
+}
+
 /// The image repository of an app (Docker requires lowercase).
 pub(crate) fn repository(app: &str) -> String {
     format!("metaparticle/{}", app.to_ascii_lowercase())

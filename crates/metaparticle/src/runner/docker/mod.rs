@@ -34,10 +34,14 @@ pub use error::DockerError;
 type Result<T, E = DockerError> = std::result::Result<T, E>;
 use crate::model::Plan;
 use crate::runner::{connect_address, random_secret, Deploy};
+use bollard::models::ContainerSummary;
 use containers::Replica;
 use progress::Progress;
 
-/// Deploys `plan` as containers; replaces the app's containers if it is already running.
+/// Deploys `plan` as containers. If the app is running, rolls the new build out beside it: the
+/// new generation's containers start and become healthy, its fronts take the published sockets
+/// from the app's edge containers beside the old fronts, and the old generation drains and goes;
+/// no caller is refused.
 pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
     if deploy.attach {
         return Err(DockerError::AttachUnsupported);
@@ -55,71 +59,159 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
     let docker = engine::connect().await?;
     let progress = Progress::new();
     let old = containers::list(&docker, &deploy.app).await?;
-    let running = !old.is_empty() || Deployment::load(&deploy.app)?.is_some();
+    let record = Deployment::load(&deploy.app)?;
+    let running = !old.is_empty() || record.is_some();
     if !running {
         // Fail before a build that may take a while; a running app's own ports are checked
         // once its containers are gone.
         deploy.check_exposed_ports(plan)?;
     }
     let (image, _pushed) = ensure_image(&docker, &deploy.app, &progress).await?;
+    let version = image::version_of(&image);
     let built_in = started.elapsed();
+    let published: Vec<_> =
+        deploy.exposed_addresses(plan)?.into_iter().map(|(n, r, a)| (n.name.clone(), r, a)).collect();
 
-    if running {
+    // A rollout needs every front to take its published socket from an edge: an app an older
+    // runner deployed, or one whose exposed node is a program's own server (one listener), is
+    // replaced instead.
+    let rollable = |p: &Plan| p.exposed().all(|n| n.role != crate::model::Role::Server);
+    let roll_from = record.filter(|r| {
+        !old.is_empty()
+            && old.iter().all(|c| containers::generation_of(c) > 0 || is_edge(c))
+            && rollable(&r.plan)
+    });
+    let roll_from = roll_from.filter(|_| rollable(plan));
+    if running && roll_from.is_none() {
         progress.stage(format!(
             "app '{}' is already running: replacing its {} containers",
             deploy.app,
             old.len()
         ));
         remove_app(&docker, &deploy.app).await?;
+        deploy.check_exposed_ports(plan)?;
     }
-    let published: Vec<_> =
-        deploy.exposed_addresses(plan)?.into_iter().map(|(n, r, a)| (n.name.clone(), r, a)).collect();
-    deploy.check_exposed_ports(plan)?;
-    let replicas = containers::replicas(&deploy.app, plan, &published)?;
+    let generation = match &roll_from {
+        Some(_) => old.iter().map(containers::generation_of).max().unwrap_or(0) + 1,
+        None => 1,
+    };
+    let (replicas, edges) = containers::replicas(&deploy.app, plan, &published, generation)?;
+    if let Some(previous) = &roll_from {
+        println!(
+            "app '{}' is running: rolling out {}",
+            deploy.app,
+            crate::runner::describe_changes(&previous.plan, previous.version.as_deref(), plan, &version)
+        );
+    }
+    let new = Generation { image: &image, version: &version, replicas: &replicas, edges: &edges };
 
     // Ctrl-C while containers start counts as a failure: it cleans up like one.
     let outcome = tokio::select! {
-        outcome = run_containers(&docker, deploy, plan, &image, &replicas, &progress) => outcome,
+        outcome = run_containers(&docker, deploy, plan, &new, roll_from.is_none(), &old, &progress) => outcome,
         _ = tokio::signal::ctrl_c() => Err(DeployError::Interrupted.into()),
     };
-    match outcome {
-        Ok(record) => {
-            let pruned = image::prune_older(&docker, &deploy.app, &image).await;
-            progress.finish();
-            if pruned > 0 {
-                println!("removed {pruned} older image(s) of app '{}'", deploy.app);
-            }
-            println!(
-                "deployed app '{}' (docker runner): {} containers from image {}, healthy in {:.2}s (image ready after {:.2}s)",
-                deploy.app,
-                replicas.len(),
-                image,
-                started.elapsed().as_secs_f64(),
-                built_in.as_secs_f64()
-            );
-            for endpoint in &record.endpoints {
-                println!("  {} listens on http://{}/", endpoint.service, endpoint.address);
-            }
-            if let Some(first) = record.endpoints.first() {
-                println!("call it:    metaparticle call {}", first.service);
-            }
-            println!("containers: docker ps --filter label={}={}", labels::APP, deploy.app);
-            println!("status:     {} status\ntear down:  {} delete", deploy.invocation, deploy.invocation);
-            Ok(())
-        }
+    let record = match outcome {
+        Ok(record) => record,
         Err(e) => {
             progress.finish();
-            // Nothing half-deployed may remain: not a container, not the network, not the record.
-            if let Err(cleanup) = remove_app(&docker, &deploy.app).await {
+            let cleanup = match &roll_from {
+                // The running generation was never touched: only what this rollout started goes.
+                Some(_) => remove_new(&docker, &deploy.app, generation, &old).await,
+                // Nothing half-deployed may remain: not a container, not the network, not the record.
+                None => remove_app(&docker, &deploy.app).await.map(|_| ()),
+            };
+            if let Err(cleanup) = cleanup {
                 return Err(DockerError::CleanupFailed {
                     failure: Box::new(e),
                     cleanup: Box::new(cleanup),
                     invocation: deploy.invocation.clone(),
                 });
             }
-            Err(e)
+            return Err(match roll_from {
+                Some(previous) => DockerError::RolloutFailed {
+                    running: previous.version.unwrap_or_else(|| "?".into()),
+                    source: Box::new(e),
+                },
+                None => e,
+            });
         }
+    };
+    let healthy_in = started.elapsed();
+    let mut retired = None;
+    if let Some(previous) = &roll_from {
+        // The new generation serves; the old one finishes what it serves and goes.
+        let retiring = Instant::now();
+        let old_nodes: Vec<ContainerSummary> = old.iter().filter(|c| !is_edge(c)).cloned().collect();
+        let fronts: Vec<String> = previous.plan.exposed().map(|n| n.name.clone()).collect();
+        progress.stage(format!(
+            "retiring the {} containers of version {}",
+            old_nodes.len(),
+            previous.version.as_deref().unwrap_or("?")
+        ));
+        containers::retire(&docker, &old_nodes, &fronts).await?;
+        let unused_edges: Vec<ContainerSummary> = old
+            .iter()
+            .filter(|c| is_edge(c) && !edges.iter().any(|e| e.name == containers::container_name(c)))
+            .cloned()
+            .collect();
+        containers::remove(&docker, &unused_edges).await?;
+        retired = Some((previous.version.clone().unwrap_or_else(|| "?".into()), retiring.elapsed()));
     }
+    let pruned = image::prune_older(&docker, &deploy.app, &image).await;
+    progress.finish();
+    if pruned > 0 {
+        println!("removed {pruned} older image(s) of app '{}'", deploy.app);
+    }
+    println!(
+        "deployed app '{}' (docker runner): version {version}, {} containers from image {}, healthy in {:.2}s (image ready after {:.2}s)",
+        deploy.app,
+        replicas.len() + edges.len(),
+        image,
+        healthy_in.as_secs_f64(),
+        built_in.as_secs_f64()
+    );
+    if let Some((old_version, took)) = retired {
+        println!(
+            "  version {old_version} finished its requests and stopped {:.2}s after the new version took over",
+            took.as_secs_f64()
+        );
+    }
+    for endpoint in &record.endpoints {
+        println!("  {} listens on http://{}/", endpoint.service, endpoint.address);
+    }
+    if let Some(first) = record.endpoints.first() {
+        println!("call it:    metaparticle call {}", first.service);
+    }
+    println!("containers: docker ps --filter label={}={}", labels::APP, deploy.app);
+    println!("status:     {} status\ntear down:  {} delete", deploy.invocation, deploy.invocation);
+    Ok(())
+}
+
+/// Whether a container is one of the app's edges.
+fn is_edge(container: &ContainerSummary) -> bool {
+    containers::label(container, labels::ROLE) == labels::EDGE_ROLE
+}
+
+/// The containers of one deploy.
+struct Generation<'a> {
+    image: &'a str,
+    version: &'a str,
+    replicas: &'a [Replica],
+    edges: &'a [containers::EdgeSpec],
+}
+
+/// Removes what a failed rollout started: its generation's containers and the edges it added.
+async fn remove_new(docker: &Docker, app: &str, generation: u32, old: &[ContainerSummary]) -> Result<()> {
+    let now = containers::list(docker, app).await?;
+    let started: Vec<ContainerSummary> = now
+        .into_iter()
+        .filter(|c| {
+            containers::generation_of(c) == generation
+                || (is_edge(c)
+                    && !old.iter().any(|o| containers::container_name(o) == containers::container_name(c)))
+        })
+        .collect();
+    containers::remove(docker, &started).await
 }
 
 /// Builds this program's image and pushes it to `DOCKER_REGISTRY`, for runners whose nodes run
@@ -171,51 +263,87 @@ async fn ensure_image(docker: &Docker, app: &str, progress: &Progress) -> Result
     Ok((tag, pushed))
 }
 
-/// Creates the network, writes the record, starts every container and waits until all are healthy.
+/// Starts a generation and waits until it is healthy: its edges (those the app lacks), the nodes
+/// behind the fronts, then the fronts (which take the published sockets from the edges at once,
+/// so they start only once what they call answers), then the published ports. A first deploy
+/// also creates the network and writes the record before any container starts, so that
+/// `delete` finds the app whatever happens next; a rollout writes it once the generation is
+/// healthy.
 async fn run_containers(
     docker: &Docker,
     deploy: &Deploy,
     plan: &Plan,
-    image: &str,
-    replicas: &[Replica],
+    new: &Generation<'_>,
+    first: bool,
+    old: &[ContainerSummary],
     progress: &Progress,
 ) -> Result<Deployment> {
-    let network = containers::create_network(docker, &deploy.app).await?;
-    let book = containers::address_book(replicas);
+    let network = match first {
+        true => containers::create_network(docker, &deploy.app).await?,
+        false => labels::network_name(&deploy.app),
+    };
+    let book = containers::address_book(new.replicas);
+    let mut endpoints: Vec<Endpoint> = new
+        .edges
+        .iter()
+        .filter(|e| e.replica == 0)
+        .map(|e| Endpoint {
+            service: e.node.service.clone(),
+            address: connect_address(e.published).to_string(),
+        })
+        .collect();
+    endpoints.extend(new.replicas.iter().filter(|r| r.replica == 0).filter_map(|r| {
+        r.published
+            .map(|a| Endpoint { service: r.node.service.clone(), address: connect_address(a).to_string() })
+    }));
     let record = Deployment {
         app: deploy.app.clone(),
         runner: "docker".into(),
         deployed_at: now_unix(),
-        endpoints: replicas
-            .iter()
-            .filter(|r| r.replica == 0)
-            .filter_map(|r| {
-                r.published.map(|a| Endpoint {
-                    service: r.node.service.clone(),
-                    address: connect_address(a).to_string(),
-                })
-            })
-            .collect(),
+        endpoints,
         plan: plan.clone(),
         book: book.clone(),
         supervisor_pid: None,
         supervisor_started: None,
-        version: None,
+        version: Some(new.version.to_string()),
     };
-    // Before any container starts, so that `delete` finds the app whatever happens next.
-    record.save()?;
+    if first {
+        record.save()?;
+    }
+    // Each generation has its own secret: its calls never leave it.
     let secret = random_secret();
-    progress.counted(format!("starting {} containers on network {network}", replicas.len()), replicas.len());
-    // Concurrently: the engine takes about half a second per container start, mostly waiting.
-    let starts = replicas.iter().map(|replica| async {
-        let started = containers::start(docker, deploy, image, &network, replica, &book, &secret).await;
+    let missing_edges: Vec<&containers::EdgeSpec> =
+        new.edges.iter().filter(|e| !old.iter().any(|c| containers::container_name(c) == e.name)).collect();
+    let total = new.replicas.len() + missing_edges.len();
+    progress.counted(format!("starting {total} containers on network {network}"), total);
+    for started in futures_util::future::join_all(missing_edges.iter().map(|edge| async {
+        let started = containers::start_edge(docker, deploy, new.image, &network, edge).await;
         progress.step();
         started
-    });
-    for started in futures_util::future::join_all(starts).await {
+    }))
+    .await
+    {
         started?;
     }
-    containers::wait_healthy(docker, &network, replicas, progress).await?;
+    let (fronts, inner): (Vec<&Replica>, Vec<&Replica>) = new.replicas.iter().partition(|r| r.front);
+    for wave in [inner, fronts] {
+        // Concurrently: the engine takes about half a second per container start, mostly waiting.
+        let starts = wave.iter().map(|replica| async {
+            let started =
+                containers::start(docker, deploy, new.image, &network, replica, &book, &secret, new.version)
+                    .await;
+            progress.step();
+            started
+        });
+        for started in futures_util::future::join_all(starts).await {
+            started?;
+        }
+        containers::wait_healthy(docker, &network, &wave, progress).await?;
+    }
+    containers::wait_published(new.edges).await?;
+    if !first {
+        record.save()?;
+    }
     Ok(record)
 }
 
@@ -273,29 +401,40 @@ pub(crate) async fn status(app: &str) -> Result<()> {
         ),
     }
     let client = crate::plane::upstream::HttpClient::new("");
+    let versions: std::collections::BTreeSet<String> =
+        found.iter().map(|c| containers::label(c, labels::VERSION)).filter(|v| !v.is_empty()).collect();
+    if versions.len() > 1 {
+        println!(
+            "rolling out: {} versions run side by side",
+            versions.into_iter().collect::<Vec<_>>().join(" and ")
+        );
+    }
     println!(
-        "{:<40} {:<30} {:<8} {:<7} {:<11} {:<8} {:<20} HEALTH",
-        "CONTAINER", "NODE", "ROLE", "REPLICA", "STATE", "RESTARTS", "ADDRESS"
+        "{:<44} {:<30} {:<8} {:<7} {:<16} {:<11} {:<8} {:<20} HEALTH",
+        "CONTAINER", "NODE", "ROLE", "REPLICA", "VERSION", "STATE", "RESTARTS", "ADDRESS"
     );
     for container in &found {
         let name = containers::container_name(container);
-        let label =
-            |key: &str| container.labels.as_ref().and_then(|l| l.get(key)).cloned().unwrap_or_default();
+        let label = |key: &str| containers::label(container, key);
         let state = containers::inspect(&docker, &name, &network).await?;
-        let healthy = match &state.address {
-            Some(a) => client.is_healthy(a).await,
-            None => false,
+        let health = match (&state.address, is_edge(container)) {
+            // An edge answers nothing itself: it holds the published port for the fronts.
+            (_, true) => "holds the published port".to_string(),
+            (Some(a), false) if client.is_healthy(a).await => "healthy".to_string(),
+            _ => "UNHEALTHY".to_string(),
         };
+        let version = label(labels::VERSION);
         println!(
-            "{:<40} {:<30} {:<8} {:<7} {:<11} {:<8} {:<20} {}",
+            "{:<44} {:<30} {:<8} {:<7} {:<16} {:<11} {:<8} {:<20} {}",
             name,
             label(labels::NODE),
             label(labels::ROLE),
             label(labels::REPLICA),
+            if version.is_empty() { "-".to_string() } else { version },
             state.status,
             state.restarts,
             state.address.unwrap_or_else(|| "-".into()),
-            if healthy { "healthy" } else { "UNHEALTHY" }
+            health
         );
     }
     if let Some(r) = record {

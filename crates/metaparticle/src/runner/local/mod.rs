@@ -11,7 +11,7 @@
 //!
 //! 1. a second supervisor starts the new version's nodes on fresh internal ports (so a request
 //!    that entered one version is served by that version's nodes only, calls included), and
-//!    receives the old version's exposed listening sockets ([`handover`]);
+//!    receives the old version's exposed listening sockets ([`crate::plane::handover`]);
 //! 2. once every new internal node is healthy, the new fronts start accepting from those same
 //!    sockets, beside the old fronts, and must stay up;
 //! 3. the new version becomes the app's record (the old one is kept for `rollback`), and its
@@ -23,7 +23,6 @@
 //! noticed. `rollback` runs the same steps with the previous build.
 
 pub(crate) mod error;
-pub(crate) mod handover;
 pub(crate) mod process;
 pub(crate) mod supervisor;
 
@@ -76,7 +75,7 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
             println!(
                 "app '{}' is running: rolling out {}",
                 deploy.app,
-                describe_changes(old, plan, &version)
+                crate::runner::describe_changes(&old.plan, old.version.as_deref(), plan, &version)
             );
         }
         None => deploy.check_exposed_ports(plan)?,
@@ -243,34 +242,6 @@ async fn wait_retired(old: &Deployment) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     true
-}
-
-/// What a rollout changes, in one line: the build, and the nodes added, removed or rescaled.
-fn describe_changes(old: &Deployment, plan: &Plan, version: &str) -> String {
-    let mut changes = Vec::new();
-    match old.version.as_deref() {
-        Some(v) if v == version => changes.push(format!("the same build {version}")),
-        Some(v) => changes.push(format!("build {version} (rebuilt; running: {v})")),
-        None => changes.push(format!("build {version}")),
-    }
-    for node in &plan.nodes {
-        match old.plan.nodes.iter().find(|o| o.name == node.name) {
-            None => changes.push(format!("{} added ({} replicas)", node.name, node.replicas)),
-            Some(o) if o.replicas != node.replicas => {
-                changes.push(format!("{} rescaled {} -> {} replicas", node.name, o.replicas, node.replicas))
-            }
-            Some(_) => {}
-        }
-    }
-    for old_node in &old.plan.nodes {
-        if !plan.nodes.iter().any(|n| n.name == old_node.name) {
-            changes.push(format!("{} removed", old_node.name));
-        }
-    }
-    if changes.len() == 1 {
-        changes.push("no node added, removed or rescaled".into());
-    }
-    changes.join("; ")
 }
 
 /// The build's version: the first 12 hex digits of the SHA-256 of the binary.

@@ -22,10 +22,10 @@ use tokio::sync::{mpsc, watch};
 
 use std::os::fd::{AsRawFd, RawFd};
 
-use super::handover::{self, Handed, ListenerName};
 use super::process::{process_start, spawn_replica, stop_group, Verified};
 use super::LocalError;
 use crate::deployments::{self, now_unix, Deployment, Endpoint};
+use crate::plane::handover::{self, Handed, ListenerName};
 use crate::runner::lock::DeployLock;
 type Result<T, E = LocalError> = std::result::Result<T, E>;
 use crate::model::{Node, Plan};
@@ -116,6 +116,11 @@ pub(crate) fn read_statuses(record: &Deployment) -> Vec<ReplicaStatus> {
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .unwrap_or_default()
+}
+
+/// Where an app's running supervisor offers its exposed listeners to the next version's.
+fn handover_path(app: &str) -> PathBuf {
+    deployments::app_dir(app).join("handover.sock")
 }
 
 /// Path of the log of an app.
@@ -259,7 +264,7 @@ async fn run_holding(order: Order, plan: Plan, lock: Option<DeployLock>) -> Resu
 async fn supervise(order: Order, plan: Plan, lock: Option<DeployLock>) -> Result<Ended> {
     let running = if order.takeover { Deployment::load(&order.app)? } else { None };
     let inherited = match &running {
-        Some(_) => handover::receive(&handover::socket_path(&order.app))
+        Some(_) => handover::receive(&handover_path(&order.app))
             .map_err(|e| LocalError::io("taking over the exposed sockets of the running version", e))?,
         None => Vec::new(),
     };
@@ -382,7 +387,7 @@ async fn supervise(order: Order, plan: Plan, lock: Option<DeployLock>) -> Result
             }
             drop(lock);
             // Serve the exposed listeners to the next version's supervisor, from now on.
-            let offering = tokio::spawn(handover::offer(handover::socket_path(&shared.order.app), offered));
+            let offering = tokio::spawn(handover::offer(handover_path(&shared.order.app), offered));
             report(&shared.order, "READY");
             silence_stdout(&shared.order);
             let ended = signals.await;

@@ -1,13 +1,16 @@
-//! Handing the exposed listening sockets of a running version to the next one.
+//! Handing listening sockets from one process to another (`SCM_RIGHTS` over a Unix socket).
 //!
-//! A rollout on the local runner starts the new version beside the old one. Both must accept on
+//! A rollout starts the new version beside the old one. Both must accept on
 //! the *same* listening socket of each exposed port: a second socket (even with `SO_REUSEPORT`)
 //! would have its own accept queue, and closing the old one would reset the connections waiting
-//! in it. So the old version's supervisor offers its exposed listeners on a Unix socket in the
-//! app's private folder, and the new version's supervisor receives them (`SCM_RIGHTS`, the way
-//! HAProxy and Envoy pass listeners across a reload). From then on the kernel's one queue feeds
-//! whichever front calls `accept`; once the old fronts stop, every caller goes to the new ones and
-//! none is refused or reset.
+//! in it. So whoever holds the exposed listeners offers them on a Unix socket, and the next
+//! version receives them (`SCM_RIGHTS`, the way HAProxy and Envoy pass listeners across a
+//! reload): on the local runner, the old version's supervisor hands them to the new one's; on the
+//! Docker runner, a small edge container per exposed port holds the published socket and hands it
+//! to every version's front container (a socket keeps working in the network namespace it was
+//! made in, whichever process accepts on it). From then on the kernel's one queue feeds whichever
+//! front calls `accept`; once the old fronts stop, every caller goes to the new ones and none is
+//! refused or reset.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -16,15 +19,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::deployments;
-
 /// At most this many listeners are handed over at once (an app exposes a few ports).
 const MAX_LISTENERS: usize = 64;
-
-/// Where an app's running supervisor offers its exposed listeners.
-pub(crate) fn socket_path(app: &str) -> PathBuf {
-    deployments::app_dir(app).join("handover.sock")
-}
 
 /// Which exposed replica a listener belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
