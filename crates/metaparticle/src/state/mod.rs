@@ -80,7 +80,7 @@ impl StateRuntime {
 
     /// Commits the groups queued on `key` until none is left.
     async fn lead(self: Arc<Self>, key: String) {
-        let mut leading = Leading { runtime: &self, key: &key };
+        let mut leading = Leading { runtime: &self, key: &key, released: false };
         while let Some(group) = leading.next_group() {
             group::commit(&*self.store, &self.cache, &self.counters, &key, group).await;
         }
@@ -92,6 +92,9 @@ impl StateRuntime {
 struct Leading<'a> {
     runtime: &'a StateRuntime,
     key: &'a str,
+    /// The queue was found empty and removed: the key may already have a new queue and a new
+    /// commit task, which this one must not touch.
+    released: bool,
 }
 
 impl Leading<'_> {
@@ -99,9 +102,13 @@ impl Leading<'_> {
     /// the next request for it starts a new commit task).
     fn next_group(&mut self) -> Option<Vec<Pending>> {
         let mut queues = self.runtime.queues.lock().expect("state queues");
-        let waiting = queues.get_mut(self.key)?;
+        let Some(waiting) = queues.get_mut(self.key) else {
+            self.released = true;
+            return None;
+        };
         if waiting.is_empty() {
             queues.remove(self.key);
+            self.released = true;
             return None;
         }
         let take = waiting.len().min(self.runtime.max_group);
@@ -111,6 +118,9 @@ impl Leading<'_> {
 
 impl Drop for Leading<'_> {
     fn drop(&mut self) {
+        if self.released {
+            return;
+        }
         if let Ok(mut queues) = self.runtime.queues.lock() {
             queues.remove(self.key);
         }
@@ -192,6 +202,26 @@ mod tests {
 
     fn file_storage(dir: &tempfile::TempDir) -> StorageConfig {
         StorageConfig::File(dir.path().join("app.sqlite"))
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_found_its_queue_empty_leaves_the_next_leaders_queue_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = file_storage(&dir).open().unwrap();
+        let runtime = StateRuntime::new(store, "app", "counter", StateCounters::default(), 64);
+        let key = "app/counter/global".to_string();
+        runtime.queues.lock().unwrap().insert(key.clone(), Vec::new());
+        let mut first = Leading { runtime: &runtime, key: &key, released: false };
+        assert!(first.next_group().is_none(), "its queue was empty: it lets the key go");
+        // A request arrives before the first leader's task has ended: it queues for a new leader.
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let attempt: Attempt = Box::new(|_| {
+            Err(crate::model::transactions::AttemptError::Handler(RpcError::internal("unused")))
+        });
+        runtime.queues.lock().unwrap().insert(key.clone(), vec![Pending { attempt, done }]);
+        drop(first);
+        assert_eq!(runtime.queues.lock().unwrap().get(&key).map(Vec::len), Some(1), "the new queue survives");
+        drop(answer);
     }
 
     #[tokio::test]
