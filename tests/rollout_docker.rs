@@ -11,20 +11,12 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::docker::{binaries_or_skip, run_bounded, Deployed};
-use support::load::{deployed_version, failures, quantile, Load, Sample};
+use support::load::{assert_none_failed, deployed_version, median_and_max, p99_steady_and_during, Load};
+use support::tagged_build;
 
-/// A build of the example that differs from every other (so does its image): the example's
-/// binary with `tag` appended, which the loader ignores.
+/// A build of the example that differs from every other, so does its image (see [`tagged_build`]).
 fn build(app: &Deployed, tag: &str) -> PathBuf {
-    let dir = app.home.path().join("builds").join(tag);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("rollout");
-    let mut bytes = std::fs::read(app.bins.dir.join("examples/rollout")).unwrap();
-    bytes.extend_from_slice(format!("\nbuild {tag}\n").as_bytes());
-    std::fs::write(&path, bytes).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
+    tagged_build(&app.bins.dir.join("examples/rollout"), &app.home.path().join("builds"), tag)
 }
 
 /// Runs a build of the app on the Docker runner with `args` and `env` added.
@@ -90,14 +82,7 @@ fn redeploys_on_docker_under_sixteen_clients_lose_no_request_and_a_broken_releas
 
     std::thread::sleep(Duration::from_millis(500));
     let samples = load.finish();
-    let failed = failures(&samples);
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed, first: {:?}",
-        failed.len(),
-        samples.len(),
-        &failed[..failed.len().min(5)]
-    );
+    assert_none_failed(&samples);
     assert!(
         samples.iter().all(|s| versions.contains(s.outcome.as_ref().unwrap())),
         "an unknown version answered"
@@ -105,23 +90,18 @@ fn redeploys_on_docker_under_sixteen_clients_lose_no_request_and_a_broken_releas
     let last = samples.iter().rev().find_map(|s| s.outcome.as_ref().ok()).unwrap();
     assert_eq!(last, &versions[3], "the broken release never served");
 
-    let in_rollout = |s: &Sample| windows.iter().any(|(from, to)| s.at >= *from && s.at <= *to);
-    let steady: Vec<&Sample> =
-        samples.iter().filter(|s| s.at > Duration::from_secs(1) && !in_rollout(s)).collect();
-    let during: Vec<&Sample> = samples.iter().filter(|s| in_rollout(s)).collect();
-    let (p99_steady, p99_during) = (quantile(&steady, 0.99), quantile(&during, 0.99));
-    to_serve.sort();
+    let (p99_steady, p99_during) = p99_steady_and_during(&samples, &windows);
+    let (median_to_serve, max_to_serve) = median_and_max(to_serve);
     println!(
         "rollout figures (docker runner, 16 clients): 3 redeploys (new image each) and a broken release, \
-         {} requests, {} failed; p99 {:.1} ms steady, {:.1} ms during rollouts ({:.2}x); from up to the \
+         {} requests, none failed; p99 {:.1} ms steady, {:.1} ms during rollouts ({:.2}x); from up to the \
          new version serving: median {:.1} s, max {:.1} s (image build included)",
         samples.len(),
-        failed.len(),
         p99_steady.as_secs_f64() * 1e3,
         p99_during.as_secs_f64() * 1e3,
         p99_during.as_secs_f64() / p99_steady.as_secs_f64().max(1e-6),
-        to_serve[to_serve.len() / 2].as_secs_f64(),
-        to_serve[to_serve.len() - 1].as_secs_f64(),
+        median_to_serve.as_secs_f64(),
+        max_to_serve.as_secs_f64(),
     );
     let status = String::from_utf8_lossy(&app.run(&["status"]).stdout).into_owned();
     assert!(status.contains(&versions[3]) && status.contains("holds the published port"), "{status}");

@@ -12,21 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use support::load::{deployed_version as version_in, failures, quantile, Load, Sample};
-use support::{binary, Run, Sandbox};
+use support::load::{
+    assert_none_failed, deployed_version as version_in, median_and_max, p99_steady_and_during, Load,
+};
+use support::{binary, tagged_build, Run, Sandbox};
 
-/// A build of the example that differs from every other (its hash does): the example's binary
-/// with `tag` appended, which the loader ignores.
+/// A build of the example that differs from every other (see [`tagged_build`]).
 fn build(sandbox: &Sandbox, tag: &str) -> PathBuf {
-    let dir = sandbox.home.path().join("builds").join(tag);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("rollout");
-    let mut bytes = std::fs::read(binary("examples/rollout")).unwrap();
-    bytes.extend_from_slice(format!("\nbuild {tag}\n").as_bytes());
-    std::fs::write(&path, bytes).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
+    tagged_build(&binary("examples/rollout"), &sandbox.home.path().join("builds"), tag)
 }
 
 /// Runs a build of the app with `args`, in the sandbox, with `env` added.
@@ -151,32 +144,19 @@ fn ten_redeploys_and_a_rollback_under_sixteen_clients_lose_no_request() {
     std::thread::sleep(Duration::from_millis(500));
     let (peak_processes, peak_rss) = peak.finish();
     let samples = load.finish();
-    let failed = failures(&samples);
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed, first: {:?}",
-        failed.len(),
-        samples.len(),
-        &failed[..failed.len().min(5)]
-    );
+    assert_none_failed(&samples);
     for sample in &samples {
         let version = sample.outcome.as_ref().unwrap();
         assert!(versions.contains(version), "an answer from no deployed version: {version}");
     }
 
-    // Steady: after the clients' first second (connections opening), outside every rollout.
-    let in_rollout = |s: &Sample| windows.iter().any(|(from, to)| s.at >= *from && s.at <= *to);
-    let steady: Vec<&Sample> =
-        samples.iter().filter(|s| s.at > Duration::from_secs(1) && !in_rollout(s)).collect();
-    let during: Vec<&Sample> = samples.iter().filter(|s| in_rollout(s)).collect();
-    let (p99_steady, p99_during) = (quantile(&steady, 0.99), quantile(&during, 0.99));
-    to_serve.sort();
+    let (p99_steady, p99_during) = p99_steady_and_during(&samples, &windows);
+    let (median_to_serve, max_to_serve) = median_and_max(to_serve);
     println!(
-        "rollout figures (local runner, 16 clients): 10 redeploys and a rollback, {} requests, {} failed; \
+        "rollout figures (local runner, 16 clients): 10 redeploys and a rollback, {} requests, none failed; \
          p99 {:.1} ms steady, {:.1} ms during rollouts ({:.2}x); processes {} steady, {} at the peak; \
          memory {:.0} MiB steady, {:.0} MiB at the peak; from up to the new version serving: median {:.2} s, max {:.2} s",
         samples.len(),
-        failed.len(),
         p99_steady.as_secs_f64() * 1e3,
         p99_during.as_secs_f64() * 1e3,
         p99_during.as_secs_f64() / p99_steady.as_secs_f64().max(1e-6),
@@ -184,8 +164,8 @@ fn ten_redeploys_and_a_rollback_under_sixteen_clients_lose_no_request() {
         peak_processes,
         steady_footprint.1 as f64 / 1024.0,
         peak_rss as f64 / 1024.0,
-        to_serve[to_serve.len() / 2].as_secs_f64(),
-        to_serve[to_serve.len() - 1].as_secs_f64(),
+        median_to_serve.as_secs_f64(),
+        max_to_serve.as_secs_f64(),
     );
     let delete = sandbox.program(&["delete"]);
     assert!(delete.ok, "{}", delete.stderr);
@@ -208,14 +188,7 @@ fn a_release_that_cannot_start_fails_up_and_the_old_version_serves_on() {
 
     std::thread::sleep(Duration::from_millis(300));
     let samples = load.finish();
-    let failed = failures(&samples);
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failed.len(),
-        samples.len(),
-        &failed[..failed.len().min(5)]
-    );
+    assert_none_failed(&samples);
     assert!(
         samples.iter().all(|s| s.outcome.as_deref() == Ok(running.as_str())),
         "only the old version answered"

@@ -160,9 +160,38 @@ pub fn quantile(samples: &[&Sample], q: f64) -> Duration {
     }
 }
 
-/// The requests that failed, each with when it was sent.
-pub fn failures(samples: &[Sample]) -> Vec<String> {
-    samples.iter().filter_map(|s| s.outcome.as_ref().err().map(|e| format!("at {:?}: {e}", s.at))).collect()
+/// Panics, naming the first few, if any request of `samples` failed.
+pub fn assert_none_failed(samples: &[Sample]) {
+    let failed: Vec<String> = samples
+        .iter()
+        .filter_map(|s| s.outcome.as_ref().err().map(|e| format!("at {:?}: {e}", s.at)))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed, first: {:?}",
+        failed.len(),
+        samples.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
+
+/// The p99 latency of requests sent in steady state (after the clients' first second, outside
+/// every window) and of those sent during the `windows` (from, to), from the load's start.
+pub fn p99_steady_and_during(samples: &[Sample], windows: &[(Duration, Duration)]) -> (Duration, Duration) {
+    let in_window = |s: &Sample| windows.iter().any(|(from, to)| s.at >= *from && s.at <= *to);
+    let steady: Vec<&Sample> =
+        samples.iter().filter(|s| s.at > Duration::from_secs(1) && !in_window(s)).collect();
+    let during: Vec<&Sample> = samples.iter().filter(|s| in_window(s)).collect();
+    (quantile(&steady, 0.99), quantile(&during, 0.99))
+}
+
+/// The median and the largest of `durations`.
+pub fn median_and_max(mut durations: Vec<Duration>) -> (Duration, Duration) {
+    durations.sort();
+    match durations.len() {
+        0 => (Duration::ZERO, Duration::ZERO),
+        n => (durations[n / 2], durations[n - 1]),
+    }
 }
 
 /// The version `up` or `rollback` says it deployed (`deployed app '...' (...): version V, ...`).

@@ -35,6 +35,21 @@ pub fn binary(relative: &str) -> PathBuf {
 }
 
 /// A free TCP port on loopback (bound, then released).
+/// A build of `source` that differs from every other (its hash, so its version and image, do):
+/// the binary with `tag` appended, which the loader ignores. Written as `dir/<tag>/<file name>`,
+/// so the program's name (and the app's default name) stays the same.
+pub fn tagged_build(source: &Path, dir: &Path, tag: &str) -> PathBuf {
+    let dir = dir.join(tag);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(source.file_name().unwrap());
+    let mut bytes = std::fs::read(source).unwrap();
+    bytes.extend_from_slice(format!("\nbuild {tag}\n").as_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
