@@ -41,6 +41,24 @@ fn server2_spreads_calls_over_three_container_hostnames_and_deletes_everything()
     let status = app.run(&["status"]);
     assert!(String::from_utf8_lossy(&status.stdout).matches("healthy").count() >= 4);
 
+    // Moving the service to another port cannot be rolled out (the edge publishes the old one):
+    // the app is replaced, edge included, and answers on the new port.
+    let port = support::free_port().to_string();
+    let moved = support::docker::run_bounded(
+        Command::new(bins.dir.join("examples/server2"))
+            .args(["up", "--runner", "docker", "--app", &app.name, "--port", &port])
+            .env("METAPARTICLE_HOME", app.home.path()),
+    );
+    let stdout =
+        String::from_utf8_lossy(&moved.stdout).into_owned() + &String::from_utf8_lossy(&moved.stderr);
+    assert!(moved.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("replacing its 5 containers") && stdout.contains(&format!(":{port}/")),
+        "{stdout}"
+    );
+    assert_eq!(app.call("replicated-service")["request"], serde_json::json!({"foo": "bar"}));
+    assert_eq!(app.labelled("ps"), 5);
+
     app.delete_and_check_nothing_remains();
 }
 

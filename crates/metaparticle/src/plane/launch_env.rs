@@ -18,6 +18,8 @@
 //! | `MP_SECRET` | the app's per-deployment secret for internal hops | the app's Secret, key `secret` |
 //! | `MP_STORAGE` | where stateful handlers keep their scopes: `file:/abs/path.sqlite` or `redis://host:port` without a password (optional; default: the app's file store) | literal |
 //! | `MP_STORAGE_PASSWORD` | the storage server's password (optional) | the app's Secret, key `storage-password` |
+//! | `MP_LISTEN_ALSO` | (runner-set, not part of the contract a pod gets) an exposed front's second socket, shared between the versions of a rollout: `fd:N` (local runner) or `handover:/path` (received from the Docker runner's edge) | not set |
+//! | `MP_VERSION` | (runner-set) the build a local or Docker node runs, for its answers and logs | not set |
 //! | `OTEL_*` | the deployer's OpenTelemetry settings, as far as it set them ([`CARRIED`]: where spans go, sampling, the resource; not the export headers, which hold credentials) | literal |
 
 use super::launch_error::LaunchError;

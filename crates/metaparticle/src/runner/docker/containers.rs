@@ -4,9 +4,9 @@
 //! Health is probed from this machine over HTTP, not by a Docker `HEALTHCHECK`: the image is
 //! `FROM scratch` (no shell, no curl), so a `HEALTHCHECK` would have to start the whole program
 //! as its probe in every container every few seconds, which costs CPU and memory forever to learn
-//! something only `up` and `status` need. The exposed node is probed through its published port
-//! (which also proves the publication works); internal nodes at their address on the app network,
-//! which a local Linux engine routes from the host. The node's own `/healthz` is the same probe the
+//! something only `up` and `status` need. Every node is probed at its address on the app network,
+//! which a local Linux engine routes from the host, and each published port through its edge
+//! (which also proves the publication works). The node's own `/healthz` is the same probe the
 //! local runner uses.
 
 use std::collections::HashMap;

@@ -2,8 +2,11 @@
 //!
 //! `up` builds (or reuses) an image holding exactly this binary and what it needs to start
 //! ([`image`]), creates a bridge network for the app, starts one container per node replica named
-//! after app, node and replica ([`containers`]), publishes each exposed service on `--bind:--port`,
-//! and returns once every container answers `/healthz`. Nodes find each other by container name
+//! after app, node, replica and generation ([`containers`]), publishes each exposed service on
+//! `--bind:--port` through an edge container that holds the socket for every generation's front
+//! ([`crate::plane::edge`]), and returns once every container answers `/healthz`. On a running app
+//! it starts the next generation beside the current one and retires the old one once the new one
+//! is healthy, so no caller is refused. Nodes find each other by container name
 //! through the network's DNS; the address book and every other `MP_*` variable of
 //! [`NodeLaunch`](crate::plane::NodeLaunch) reach each container unchanged, so the data plane does
 //! not know it runs in Docker.
@@ -73,13 +76,25 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
         deploy.exposed_addresses(plan)?.into_iter().map(|(n, r, a)| (n.name.clone(), r, a)).collect();
 
     // A rollout needs every front to take its published socket from an edge: an app an older
-    // runner deployed, or one whose exposed node is a program's own server (one listener), is
-    // replaced instead.
+    // runner deployed, one whose exposed node is a program's own server (one listener), or one
+    // whose services move to other ports (its edges publish the old ones) is replaced instead.
     let rollable = |p: &Plan| p.exposed().all(|n| n.role != crate::model::Role::Server);
+    let same_ports = |r: &Deployment| {
+        r.endpoints.iter().all(|endpoint| {
+            plan.exposed().filter(|n| n.service == endpoint.service).all(|n| {
+                published.iter().any(|(node, replica, address)| {
+                    *node == n.name
+                        && *replica == 0
+                        && connect_address(*address).to_string() == endpoint.address
+                })
+            })
+        })
+    };
     let roll_from = record.filter(|r| {
         !old.is_empty()
             && old.iter().all(|c| containers::generation_of(c) > 0 || is_edge(c))
             && rollable(&r.plan)
+            && same_ports(r)
     });
     let roll_from = roll_from.filter(|_| rollable(plan));
     if running && roll_from.is_none() {
@@ -104,10 +119,12 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
         );
     }
     let new = Generation { image: &image, version: &version, replicas: &replicas, edges: &edges };
+    // What still runs: the old generation and its edges during a rollout, nothing after a replace.
+    let running_now: &[ContainerSummary] = if roll_from.is_some() { &old } else { &[] };
 
     // Ctrl-C while containers start counts as a failure: it cleans up like one.
     let outcome = tokio::select! {
-        outcome = run_containers(&docker, deploy, plan, &new, roll_from.is_none(), &old, &progress) => outcome,
+        outcome = run_containers(&docker, deploy, plan, &new, roll_from.is_none(), running_now, &progress) => outcome,
         _ = tokio::signal::ctrl_c() => Err(DeployError::Interrupted.into()),
     };
     let record = match outcome {
