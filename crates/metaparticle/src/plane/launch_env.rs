@@ -26,6 +26,7 @@ use super::launch_error::LaunchError;
 use super::node::{Listen, NodeLaunch};
 use super::trace::config::CARRIED;
 use crate::storage::StorageConfig;
+use crate::wire::percent;
 
 /// The variable that names the node; its presence makes a process a node instead of a deployer.
 pub(crate) const NODE_VAR: &str = "MP_NODE";
@@ -196,7 +197,7 @@ pub(crate) fn split_password(text: &str) -> (String, Option<String>) {
     }
     let without =
         if user.is_empty() { format!("{scheme}://{host}") } else { format!("{scheme}://{user}@{host}") };
-    (without, Some(percent_decode(password)))
+    (without, Some(percent::decode(password)))
 }
 
 /// `text` (a URL without a password) with `password` put back, percent-encoded.
@@ -212,41 +213,7 @@ pub(crate) fn with_password(text: &str, password: &str) -> Result<String, String
     if user.contains(':') {
         return Err("the storage URL already holds a password".into());
     }
-    Ok(format!("{scheme}://{user}:{}@{host}", percent_encode(password)))
-}
-
-/// Percent-encodes everything but RFC 3986's unreserved characters (safe in a URL's userinfo).
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// Decodes `%XX` escapes; a malformed escape is kept as it is.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| text.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match escaped {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    Ok(format!("{scheme}://{user}:{}@{host}", percent::encode(password)))
 }
 
 #[cfg(test)]

@@ -250,32 +250,9 @@ fn key_values(text: &str) -> Vec<(String, String)> {
         .filter_map(|member| {
             let (key, value) = member.split_once('=')?;
             let key = key.trim();
-            (!key.is_empty()).then(|| (key.to_string(), percent_decode(value.trim())))
+            (!key.is_empty()).then(|| (key.to_string(), crate::wire::percent::decode(value.trim())))
         })
         .collect()
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| text.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match escaped {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `http://host[:port][/path]` as (connect address, Host header, path to POST to).
