@@ -25,6 +25,8 @@
 
 #[path = "bench_balancer/loadgen.rs"]
 mod loadgen;
+#[path = "bench_balancer/report.rs"]
+mod report;
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,10 +50,7 @@ fn services() -> Vec<mp::Service> {
 
 fn main() -> mp::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let node_or_command = std::env::var_os("MP_NODE").is_some()
-        || std::env::var_os("MP_SUPERVISE").is_some()
-        || args.first().is_some_and(|a| a != "bench");
-    if node_or_command {
+    if !loadgen::runs_the_bench(&args) {
         return mp::serve(services());
     }
     let number = |i: usize, default: u64| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
@@ -169,21 +168,21 @@ fn measure(runtime: &tokio::runtime::Runtime, settings: Settings, targets: &[Tar
             // Rotate which target goes first, so that a drift in the machine's speed favours none.
             let i = (k + round) % targets.len();
             let address = format!("127.0.0.1:{}", targets[i].port);
-            let _ = load(runtime, &address, settings.connections, Duration::from_secs(1));
+            let _ = loadgen::measure(runtime, &address, BODY, settings.connections, Duration::from_secs(1));
             let before = cpu_seconds(targets[i].app);
-            let stats = load(runtime, &address, settings.connections, settings.duration);
+            let stats = loadgen::measure(runtime, &address, BODY, settings.connections, settings.duration);
             let spent = cpu_seconds(targets[i].app) - before;
             let per_request = spent / (stats.rps * settings.duration.as_secs_f64()).max(1.0) * 1e6;
-            print_row(&format!("  {}", targets[i].label), &stats);
+            report::print_row(&format!("  {}", targets[i].label), 20, &stats);
             println!("{:<20} {per_request:>9.1} us of CPU per request in the app's processes", "");
             runs[i].push(stats);
             cpu[i].push(per_request);
         }
     }
     println!("median of {} rounds", settings.rounds);
-    let medians: Vec<loadgen::Stats> = runs.iter().map(|r| median(r)).collect();
+    let medians: Vec<loadgen::Stats> = runs.iter().map(|r| report::median(r)).collect();
     for (target, stats) in targets.iter().zip(&medians) {
-        print_row(&format!("  {}", target.label), stats);
+        report::print_row(&format!("  {}", target.label), 20, stats);
     }
     let range = |i: usize, f: fn(&loadgen::Stats) -> f64| {
         let ratios: Vec<f64> = runs[i].iter().zip(&runs[0]).map(|(t, off)| f(t) / f(off)).collect();
@@ -300,40 +299,4 @@ impl Receiver {
         });
         Ok(Self { address, exports, bytes })
     }
-}
-
-/// Per-figure medians over rounds.
-fn median(runs: &[loadgen::Stats]) -> loadgen::Stats {
-    fn middle<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
-        values.sort_by(|a, b| a.partial_cmp(b).expect("no NaN in measurements"));
-        values[values.len() / 2]
-    }
-    loadgen::Stats {
-        rps: middle(runs.iter().map(|s| s.rps).collect()),
-        p50: middle(runs.iter().map(|s| s.p50).collect()),
-        p99: middle(runs.iter().map(|s| s.p99).collect()),
-        errors: runs.iter().map(|s| s.errors).sum(),
-        tool: runs[0].tool,
-    }
-}
-
-fn load(
-    runtime: &tokio::runtime::Runtime,
-    address: &str,
-    connections: usize,
-    duration: Duration,
-) -> loadgen::Stats {
-    loadgen::wrk(address, BODY, connections, duration)
-        .unwrap_or_else(|| runtime.block_on(loadgen::run(address, BODY, connections, duration)))
-}
-
-fn print_row(what: &str, s: &loadgen::Stats) {
-    println!(
-        "{what:<20} {:>9.0} req/s   p50 {:>7.3} ms   p99 {:>7.3} ms   errors {}   ({})",
-        s.rps,
-        s.p50.as_secs_f64() * 1e3,
-        s.p99.as_secs_f64() * 1e3,
-        s.errors,
-        s.tool
-    );
 }

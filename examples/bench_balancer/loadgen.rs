@@ -23,6 +23,25 @@ pub struct Stats {
     pub tool: &'static str,
 }
 
+/// Whether this process runs the bench: not a node or a supervisor of the app (their
+/// environment says so), and not one of the program's own commands (`up`, `delete`, ...).
+pub fn runs_the_bench(args: &[String]) -> bool {
+    let deployed = std::env::var_os("MP_NODE").is_some() || std::env::var_os("MP_SUPERVISE").is_some();
+    !deployed && args.first().is_none_or(|a| a == "bench")
+}
+
+/// `wrk` where it is installed, else [`run`] on `runtime`.
+pub fn measure(
+    runtime: &tokio::runtime::Runtime,
+    address: &str,
+    body: &'static str,
+    connections: usize,
+    duration: Duration,
+) -> Stats {
+    wrk(address, body, connections, duration)
+        .unwrap_or_else(|| runtime.block_on(run(address, body, connections, duration)))
+}
+
 /// Drives `address` with POSTs of `body` over `connections` connections for `duration`.
 pub async fn run(address: &str, body: &'static str, connections: usize, duration: Duration) -> Stats {
     let deadline = Instant::now() + duration;

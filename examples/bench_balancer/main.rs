@@ -20,6 +20,7 @@
 
 mod loadgen;
 mod nginx;
+mod report;
 
 use std::process::Command;
 use std::time::Duration;
@@ -45,10 +46,7 @@ fn services() -> Vec<mp::Service> {
 
 fn main() -> mp::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let node_or_command = std::env::var_os("MP_NODE").is_some()
-        || std::env::var_os("MP_SUPERVISE").is_some()
-        || args.first().is_some_and(|a| a != "bench");
-    if node_or_command {
+    if !loadgen::runs_the_bench(&args) {
         return mp::serve(services());
     }
     let connections = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(32);
@@ -102,9 +100,9 @@ fn measure(connections: usize, duration: Duration, rounds: usize) -> mp::Result<
     let nginx_address = format!("127.0.0.1:{}", PORT + 10);
     let measure_one = |what: &str, address: &str| {
         // A short warm-up fills connection pools and caches before the measured run.
-        let _ = load(&runtime, address, connections, Duration::from_secs(1));
-        let stats = load(&runtime, address, connections, duration);
-        print_row(what, &stats);
+        let _ = loadgen::measure(&runtime, address, BODY, connections, Duration::from_secs(1));
+        let stats = loadgen::measure(&runtime, address, BODY, connections, duration);
+        report::print_row(what, 40, &stats);
         stats
     };
     println!(
@@ -129,13 +127,13 @@ fn measure(connections: usize, duration: Duration, rounds: usize) -> mp::Result<
     }
     drop(nginx);
     println!("median of {rounds} rounds");
-    let (direct_median, ours_median) = (median(&direct_runs), median(&ours_runs));
-    print_row("  direct to one replica", &direct_median);
-    print_row("  through our balancer (3 replicas)", &ours_median);
+    let (direct_median, ours_median) = (report::median(&direct_runs), report::median(&ours_runs));
+    report::print_row("  direct to one replica", 40, &direct_median);
+    report::print_row("  through our balancer (3 replicas)", 40, &ours_median);
     println!("ratio ours/direct: {:.2} (requests/s)", ours_median.rps / direct_median.rps);
     if !nginx_runs.is_empty() {
-        let nginx_median = median(&nginx_runs);
-        print_row("  through nginx round robin (3 replicas)", &nginx_median);
+        let nginx_median = report::median(&nginx_runs);
+        report::print_row("  through nginx round robin (3 replicas)", 40, &nginx_median);
         let per_round = |f: fn(&loadgen::Stats) -> f64| {
             let ratios: Vec<f64> = ours_runs.iter().zip(&nginx_runs).map(|(o, n)| f(o) / f(n)).collect();
             let low = ratios.iter().cloned().fold(f64::INFINITY, f64::min);
@@ -151,40 +149,4 @@ fn measure(connections: usize, duration: Duration, rounds: usize) -> mp::Result<
         );
     }
     Ok(())
-}
-
-/// Per-figure medians over rounds (each figure on its own, as a report of typical values).
-fn median(runs: &[loadgen::Stats]) -> loadgen::Stats {
-    fn middle<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
-        values.sort_by(|a, b| a.partial_cmp(b).expect("no NaN in measurements"));
-        values[values.len() / 2]
-    }
-    loadgen::Stats {
-        rps: middle(runs.iter().map(|s| s.rps).collect()),
-        p50: middle(runs.iter().map(|s| s.p50).collect()),
-        p99: middle(runs.iter().map(|s| s.p99).collect()),
-        errors: runs.iter().map(|s| s.errors).sum(),
-        tool: runs[0].tool,
-    }
-}
-
-fn load(
-    runtime: &tokio::runtime::Runtime,
-    address: &str,
-    connections: usize,
-    duration: Duration,
-) -> loadgen::Stats {
-    loadgen::wrk(address, BODY, connections, duration)
-        .unwrap_or_else(|| runtime.block_on(loadgen::run(address, BODY, connections, duration)))
-}
-
-fn print_row(what: &str, s: &loadgen::Stats) {
-    println!(
-        "{what:<40} {:>9.0} req/s   p50 {:>7.3} ms   p99 {:>7.3} ms   errors {}   ({})",
-        s.rps,
-        s.p50.as_secs_f64() * 1e3,
-        s.p99.as_secs_f64() * 1e3,
-        s.errors,
-        s.tool
-    );
 }

@@ -88,10 +88,7 @@ impl Settings {
 
 fn main() -> mp::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let node_or_command = std::env::var_os("MP_NODE").is_some()
-        || std::env::var_os("MP_SUPERVISE").is_some()
-        || args.first().is_some_and(|a| a != "bench");
-    if node_or_command {
+    if !loadgen::runs_the_bench(&args) {
         return mp::serve(services());
     }
     let settings = match Settings::parse(&args) {
@@ -169,9 +166,7 @@ fn measure(settings: &Settings) -> mp::Result<()> {
                 duration,
                 settings.connections,
             ));
-            let sat = loadgen::wrk(&target, body, settings.connections, duration).unwrap_or_else(|| {
-                runtime.block_on(loadgen::run(&target, body, settings.connections, duration))
-            });
+            let sat = loadgen::measure(&runtime, &target, body, settings.connections, duration);
             println!(
                 "  {what:<30} at {:.0} req/s: p50 {:>6.3} ms  p99 {:>6.3} ms  errors {}   saturated: {:>7.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  errors {} ({})",
                 fixed.rps,
