@@ -206,7 +206,7 @@ where
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_head.max(8192));
     let counted = registration.clone();
-    let stopping = shutdown.clone();
+    let stopping = shutdown.flag();
     let service = service_fn(move |req: Request<Incoming>| {
         let busy = counted.busy();
         let too_large = head_size(&req) > limits.max_head;
@@ -218,7 +218,7 @@ where
                 Some(answer) => answer.await.map(|r| r.map(Either::Left))?,
                 None => head_too_large(limits.max_head).map(Either::Right),
             };
-            if stopping.is_requested() {
+            if stopping.is_set() {
                 // hyper closes the connection once this answer is written.
                 response.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
             }

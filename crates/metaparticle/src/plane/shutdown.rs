@@ -8,6 +8,8 @@
 //! gets the signal's drain bound ([`DRAIN_TIMEOUT`] unless the node's `MP_DRAIN_SECONDS` says
 //! otherwise); whatever is still running then is dropped and the process exits.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -18,12 +20,25 @@ pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Fires a [`Shutdown`] (and every clone of it), from any thread.
 #[derive(Debug)]
-pub(crate) struct Trigger(watch::Sender<bool>);
+pub(crate) struct Trigger(watch::Sender<bool>, StopFlag);
 
 impl Trigger {
     /// Asks everything holding a [`Shutdown`] of this trigger to stop.
     pub(crate) fn fire(&self) {
+        self.1 .0.store(true, Ordering::Relaxed);
         self.0.send_replace(true);
+    }
+}
+
+/// Whether a [`Shutdown`] has fired, as one atomic load: what a connection asks of every answer
+/// it writes (a clone is one reference count, where a [`Shutdown`] is a channel receiver).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct StopFlag(Arc<AtomicBool>);
+
+impl StopFlag {
+    /// Whether the node has been asked to stop.
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
     }
 }
 
@@ -31,6 +46,7 @@ impl Trigger {
 #[derive(Clone, Debug)]
 pub(crate) struct Shutdown {
     fired: Option<watch::Receiver<bool>>,
+    flag: StopFlag,
     drain: Duration,
 }
 
@@ -38,12 +54,13 @@ impl Shutdown {
     /// A shutdown signal whose drain lasts at most `drain`, and the trigger that fires it.
     pub(crate) fn new(drain: Duration) -> (Trigger, Shutdown) {
         let (tx, rx) = watch::channel(false);
-        (Trigger(tx), Shutdown { fired: Some(rx), drain })
+        let flag = StopFlag::default();
+        (Trigger(tx, flag.clone()), Shutdown { fired: Some(rx), flag, drain })
     }
 
     /// A signal that never fires (in-process test apps, which stop by being dropped).
     pub(crate) fn never() -> Shutdown {
-        Shutdown { fired: None, drain: DRAIN_TIMEOUT }
+        Shutdown { fired: None, flag: StopFlag::default(), drain: DRAIN_TIMEOUT }
     }
 
     /// How long requests in flight may take to finish once the signal fired.
@@ -52,8 +69,14 @@ impl Shutdown {
     }
 
     /// Whether it has fired.
+    #[cfg(test)]
     pub(crate) fn is_requested(&self) -> bool {
-        self.fired.as_ref().is_some_and(|rx| *rx.borrow())
+        self.flag.is_set()
+    }
+
+    /// Its flag alone, for what only asks whether it fired.
+    pub(crate) fn flag(&self) -> StopFlag {
+        self.flag.clone()
     }
 
     /// Resolves once the signal fires (never, for [`Shutdown::never`] or a dropped trigger).
