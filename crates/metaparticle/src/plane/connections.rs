@@ -56,8 +56,9 @@ pub(crate) struct ConnectionState {
     idle_since: AtomicU64,
     /// Its socket, to see whether a request waits in it unread.
     fd: RawFd,
-    /// Whether it has sent a request yet.
-    served: AtomicBool,
+    /// When it was accepted (nanoseconds after the table's epoch). While `idle_since` still
+    /// equals it, the connection has not sent a request yet.
+    accepted_at: u64,
     shed: AtomicBool,
     close: Notify,
 }
@@ -114,10 +115,11 @@ impl ConnectionTable {
     /// Counts a new connection on socket `fd`, idle from now until its first request arrives.
     pub(crate) fn register(self: &Arc<Self>, fd: RawFd) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let now = self.now();
         let state = Arc::new(ConnectionState {
-            idle_since: AtomicU64::new(self.now()),
+            idle_since: AtomicU64::new(now),
             fd,
-            served: AtomicBool::new(false),
+            accepted_at: now,
             shed: AtomicBool::new(false),
             close: Notify::new(),
         });
@@ -134,8 +136,7 @@ impl ConnectionTable {
             .filter(|c| !c.shed.load(Ordering::Relaxed))
             .filter_map(|c| {
                 let since = c.idle_since.load(Ordering::Relaxed);
-                let newcomer =
-                    !c.served.load(Ordering::Relaxed) && now.saturating_sub(since) < self.newcomer_grace;
+                let newcomer = since == c.accepted_at && now.saturating_sub(since) < self.newcomer_grace;
                 (since != BUSY && !newcomer).then_some((since, c))
             })
             .collect();
@@ -170,7 +171,6 @@ impl ConnectionTable {
 impl Registration {
     /// Marks the connection busy until the returned guard drops (when its answer is produced).
     pub(crate) fn busy(&self) -> Busy {
-        self.state.served.store(true, Ordering::Relaxed);
         self.state.idle_since.store(BUSY, Ordering::Relaxed);
         Busy { table: self.table.clone(), state: self.state.clone() }
     }
