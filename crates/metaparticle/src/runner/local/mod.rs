@@ -58,7 +58,7 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
     // Before anything is stopped or started: an unreachable store fails `up` with nothing deployed.
     check_storage(deploy).await?;
     let exe = std::env::current_exe().map_err(|e| LocalError::io("finding this program's binary", e))?;
-    let version = build_version(&exe)?;
+    let (build, version) = read_build(&exe)?;
     let running = match Deployment::load(&deploy.app)? {
         Some(old) if live_supervisor(&old).is_some() && !deploy.attach => Some(old),
         Some(old) => {
@@ -84,7 +84,7 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
         app: deploy.app.clone(),
         port: deploy.port,
         bind: deploy.bind,
-        binary: snapshot_binary(&deploy.app, &exe, &version)?,
+        binary: snapshot_binary(&deploy.app, &exe, &build, &version)?,
         attach: deploy.attach,
         storage: deploy.storage.clone(),
         version,
@@ -244,23 +244,13 @@ async fn wait_retired(old: &Deployment) -> bool {
     true
 }
 
-/// The build's version: the first 12 hex digits of the SHA-256 of the binary.
-fn build_version(exe: &std::path::Path) -> Result<String> {
+/// This program's binary, read once: its bytes (to snapshot) and its version, the first 12 hex
+/// digits of their SHA-256.
+fn read_build(exe: &std::path::Path) -> Result<(Vec<u8>, String)> {
     use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut file =
-        std::fs::File::open(exe).map_err(|e| LocalError::io(format!("reading {}", exe.display()), e))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let read =
-            file.read(&mut buffer).map_err(|e| LocalError::io(format!("reading {}", exe.display()), e))?;
-        if read == 0 {
-            break;
-        }
-        hasher.update(&buffer[..read]);
-    }
-    Ok(hasher.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect())
+    let bytes = std::fs::read(exe).map_err(|e| LocalError::io(format!("reading {}", exe.display()), e))?;
+    let version = Sha256::digest(&bytes).iter().take(6).map(|b| format!("{b:02x}")).collect();
+    Ok((bytes, version))
 }
 
 /// Removes the kept builds, and supervisor logs, of every version but `keep` (the current and
@@ -466,7 +456,9 @@ pub(crate) fn purge(app: &str) -> Result<()> {
 /// Copies the running program into the app's folder, one folder per version; restarts then run
 /// exactly this build, and `rollback` finds the previous one. A version already kept (the same
 /// build redeployed) is not copied again: it may be running.
-fn snapshot_binary(app: &str, exe: &std::path::Path, version: &str) -> Result<PathBuf> {
+fn snapshot_binary(app: &str, exe: &std::path::Path, bytes: &[u8], version: &str) -> Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = deployments::app_dir(app).join("bin").join(version);
     deployments::create_private_dir(&dir)?;
     let target = dir.join(exe.file_name().unwrap_or_else(|| "app".as_ref()));
@@ -474,7 +466,13 @@ fn snapshot_binary(app: &str, exe: &std::path::Path, version: &str) -> Result<Pa
         return Ok(target);
     }
     let partial = dir.join(".partial");
-    std::fs::copy(exe, &partial)
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o700)
+        .open(&partial)
+        .and_then(|mut file| file.write_all(bytes))
         .and_then(|_| std::fs::rename(&partial, &target))
         .map_err(|e| LocalError::io(format!("copying {} to {}", exe.display(), target.display()), e))?;
     Ok(target)
