@@ -13,13 +13,14 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderName, HeaderValue, HOST};
-use hyper::{Request, Response, StatusCode, Uri};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use super::accept::Connections;
+use super::live_book::{self, LiveBook};
 use super::server::{serve_connections, Limits};
 use super::shutdown::Shutdown;
 use super::upstream::Pool;
@@ -45,15 +46,19 @@ pub(crate) struct Proxy {
     routing: Routing,
     client: Client<HttpConnector, Incoming>,
     limits: Limits,
+    /// The node's address book, which the app's runner may replace (see [`live_book`]).
+    book: Arc<LiveBook>,
+    /// The app's secret, which proves a request for [`live_book::PATH`] comes from its runner.
+    secret: String,
 }
 
 impl Proxy {
-    /// A proxy that routes as `routing` says.
-    pub(crate) fn new(routing: Routing, limits: Limits) -> Self {
+    /// A proxy that routes as `routing` says, whose runner, knowing `secret`, may replace `book`.
+    pub(crate) fn new(routing: Routing, limits: Limits, book: Arc<LiveBook>, secret: String) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build(connector);
-        Self { routing, client, limits }
+        Self { routing, client, limits, book, secret }
     }
 
     /// The pool a path goes to, or the response that explains why there is none.
@@ -71,21 +76,34 @@ impl Proxy {
     }
 
     async fn forward(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        // The one path of its own a proxy answers, and only to its runner: every other request,
+        // this path without the app's secret included, is the program's.
+        if req.method() == Method::PUT
+            && req.uri().path() == live_book::PATH
+            && req.headers().contains_key(crate::wire::headers::SECRET)
+        {
+            let (status, body) = live_book::accept(&self.book, &self.secret, req).await;
+            let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
+            *response.status_mut() = status;
+            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            return response;
+        }
         let pool = match self.pool_for(req.uri().path()) {
             Ok(pool) => pool,
             Err(response) => return *response,
         };
-        let Some(i) = pool.choose(&[]) else {
+        let members = pool.members();
+        let Some(i) = pool.choose(&members, &[]) else {
             return plain(StatusCode::BAD_GATEWAY, format!("'{}' has no replicas\n", pool.label()));
         };
         let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-        let Ok(uri) = format!("http://{}{path}", pool.address(i)).parse::<Uri>() else {
+        let Ok(uri) = format!("http://{}{path}", members.address(i)).parse::<Uri>() else {
             return plain(StatusCode::BAD_REQUEST, "the request path cannot be forwarded\n".into());
         };
         *req.uri_mut() = uri;
         add_forwarded_headers(&mut req, peer);
         strip_hop_by_hop(req.headers_mut());
-        let _in_flight = pool.begin(i);
+        let _in_flight = members.begin(i);
         match self.client.request(req).await {
             Ok(mut response) => {
                 strip_hop_by_hop(response.headers_mut());
@@ -93,12 +111,12 @@ impl Proxy {
             }
             Err(e) => {
                 if e.is_connect() {
-                    pool.mark_unhealthy(i);
+                    members.mark_unhealthy(i);
                 }
-                tracing::warn!(replica = pool.replica_name(i), error = %e, "forwarding failed");
+                tracing::warn!(replica = members.replica_name(i), error = %e, "forwarding failed");
                 plain(
                     StatusCode::BAD_GATEWAY,
-                    format!("replica '{}' cannot be reached: {e}\n", pool.replica_name(i)),
+                    format!("replica '{}' cannot be reached: {e}\n", members.replica_name(i)),
                 )
             }
         }

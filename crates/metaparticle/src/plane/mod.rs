@@ -19,6 +19,7 @@ pub(crate) mod identity;
 pub(crate) mod inbound;
 pub(crate) mod launch_env;
 pub(crate) mod launch_error;
+pub(crate) mod live_book;
 pub(crate) mod metrics;
 pub(crate) mod node;
 pub(crate) mod roles;

@@ -15,6 +15,7 @@ use super::calls::AppCaller;
 use super::http_proxy::{Proxy, Routing};
 use super::identity::Identity;
 use super::launch_error::LaunchError;
+use super::live_book::LiveBook;
 use super::metrics::Metrics;
 use super::roles::{Balancer, Gather, Leaf, Router};
 use super::server::{Limits, NodeServer, Role};
@@ -145,6 +146,8 @@ pub(crate) struct ReplicaShared {
     counters: StateCounters,
     /// Where the replica's spans go; `None` when tracing is off.
     pub(crate) tracer: Option<Arc<Tracer>>,
+    /// Where its peers listen: the launch's book until the runner replaces it.
+    book: Arc<LiveBook>,
 }
 
 impl ReplicaShared {
@@ -176,9 +179,10 @@ impl ReplicaShared {
         let counters = StateCounters::default();
         let spans = tracer.as_ref().map(|t| t.counters());
         let stateful = matches!(registry.get(&node.name), Behaviour::Handler(h) if h.uses_state());
+        let book = LiveBook::new(launch.book.clone());
         if !stateful {
             let metrics = Metrics::new(&identity, None, spans);
-            return Ok(Self { metrics, state: None, counters, tracer });
+            return Ok(Self { metrics, state: None, counters, tracer, book });
         }
         // Every runner names the store; a node never guesses one (a guess would split state).
         let config = launch.storage.as_ref().ok_or(LaunchError::Environment {
@@ -189,7 +193,7 @@ impl ReplicaShared {
         let state =
             StateRuntime::new(store, &launch.app, &node.service, counters.clone(), limits.max_state_group);
         let metrics = Metrics::new(&identity, Some(&counters), spans);
-        Ok(Self { metrics, state: Some(state), counters, tracer })
+        Ok(Self { metrics, state: Some(state), counters, tracer, book })
     }
 
     /// Exports the spans still waiting, for at most `timeout` (before the process ends).
@@ -222,15 +226,15 @@ pub(crate) fn build(
     let client = &client.counting(metrics.clone());
     let call_timeout = node.settings.call_timeout.unwrap_or(timeouts.call);
     let pool = |target: &Target| -> Result<Arc<Pool>, LaunchError> {
-        let replicas = launch.book.resolve(target)?;
-        Ok(Pool::new(&target.to_string(), replicas, client.clone(), call_timeout, node.settings.idempotent))
+        Pool::following(target, &shared.book, client.clone(), call_timeout, node.settings.idempotent)
     };
-    let caller = callees(plan, node, launch, client, call_timeout, shared.tracer.clone())?;
+    let caller = callees(plan, node, &shared.book, client, call_timeout, shared.tracer.clone())?;
+    let proxy = |routing| Proxy::new(routing, limits.clone(), shared.book.clone(), launch.secret.clone());
     let role: Arc<dyn Role> = match (&node.role, registry.get(&node.name)) {
         (PlanRole::Server, Behaviour::Server(server)) => return Ok(NodeProgram::Server(server)),
         (PlanRole::HttpBalancer { upstream }, _) => {
             let routing = Routing::Balance(pool(&Target { node: upstream.clone(), replica: None })?);
-            return Ok(NodeProgram::Proxy(Arc::new(Proxy::new(routing, limits))));
+            return Ok(NodeProgram::Proxy(Arc::new(proxy(routing))));
         }
         (PlanRole::HttpRouter { shards, url_pattern }, _) => {
             let routing = Routing::Shard {
@@ -238,7 +242,7 @@ pub(crate) fn build(
                     .map_err(|source| LaunchError::Pattern { pattern: url_pattern.clone(), source })?,
                 shards: shards.iter().map(pool).collect::<Result<_, _>>()?,
             };
-            return Ok(NodeProgram::Proxy(Arc::new(Proxy::new(routing, limits))));
+            return Ok(NodeProgram::Proxy(Arc::new(proxy(routing))));
         }
         (PlanRole::Leaf, Behaviour::Handler(handler)) => {
             // Only a stateful handler has a state runtime; every other leaf carries nothing extra.
@@ -283,6 +287,7 @@ pub(crate) fn build(
         kind: node.role.kind(),
         span_name: node.name.as_str().into(),
         tracer: shared.tracer.clone(),
+        book: shared.book.clone(),
     })))
 }
 
@@ -292,7 +297,7 @@ pub(crate) fn build(
 fn callees(
     plan: &Plan,
     node: &Node,
-    launch: &NodeLaunch,
+    book: &Arc<LiveBook>,
     client: &HttpClient,
     call_timeout: Duration,
     tracer: Option<Arc<Tracer>>,
@@ -303,8 +308,9 @@ fn callees(
     let mut pools = HashMap::new();
     for service in &node.calls {
         let front = plan.node(service).ok_or_else(|| LaunchError::UnknownNode(service.clone()))?;
-        let replicas = launch.book.resolve(&Target { node: front.name.clone(), replica: None })?;
-        let pool = Pool::new(&front.name, replicas, client.clone(), call_timeout, front.settings.idempotent);
+        let front = Target { node: front.name.clone(), replica: None };
+        let idempotent = plan.node(&front.node).is_some_and(|n| n.settings.idempotent);
+        let pool = Pool::following(&front, book, client.clone(), call_timeout, idempotent)?;
         pools.insert(service.clone(), pool);
     }
     Ok(Some(AppCaller::new(&node.name, pools, tracer) as Arc<dyn Caller>))

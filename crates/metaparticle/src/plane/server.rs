@@ -1,4 +1,5 @@
-//! The HTTP side of every node: `POST /` (JSON-RPC), `GET /healthz`, `GET /metrics`.
+//! The HTTP side of every node: `POST /` (JSON-RPC), `GET /healthz`, `GET /metrics`, and for its
+//! runner only, `PUT /_metaparticle/address-book` (see [`super::live_book`]).
 //!
 //! Written directly on hyper rather than a router framework: a node has three fixed routes, and
 //! the balancer's hot path should carry nothing it does not need.
@@ -22,6 +23,7 @@ use tokio::task::JoinSet;
 
 use super::identity::Identity;
 use super::inbound::Inbound;
+use super::live_book::{self, LiveBook};
 use super::metrics::Metrics;
 use super::shutdown::Shutdown;
 use super::trace::log_tag;
@@ -115,6 +117,8 @@ pub(crate) struct NodeServer {
     pub span_name: Arc<str>,
     /// Where its spans go; `None` when tracing is off (a caller's trace is still passed on).
     pub tracer: Option<Arc<Tracer>>,
+    /// Where its replicas' peers listen, which its runner may replace (see [`super::live_book`]).
+    pub book: Arc<LiveBook>,
 }
 
 /// Serves a JSON-RPC node on `connections` until `shutdown` (then drains) or the future is dropped.
@@ -292,6 +296,10 @@ async fn route(server: &NodeServer, req: Request<Incoming>) -> Response<Full<Byt
         }
         (&Method::GET, "/metrics") => {
             respond(StatusCode::OK, "text/plain; version=0.0.4", server.metrics.render().into())
+        }
+        (&Method::PUT, live_book::PATH) => {
+            let (status, body) = live_book::accept(&server.book, &server.secret, req).await;
+            respond(status, "application/json", body)
         }
         (_, "/") => {
             let mut r = rpc_error(

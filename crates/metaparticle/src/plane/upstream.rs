@@ -3,14 +3,17 @@
 //! Which replica gets a request is decided in [`super::balance`] (power of two choices over the
 //! requests in flight). Connections are kept alive and reused, so no request pays a connect.
 //!
+//! A pool over a balanced target follows the node's [`LiveBook`]: when its runner adds or removes
+//! replicas in place, the next request is chosen among the replicas the new book lists.
+//!
 //! Failure handling follows what can be known about a failed request: if the connection could not
 //! be made, nothing was sent, so it is retried on another replica; once bytes were sent the request
 //! may have run, so the error goes back to the caller. A replica whose connect fails, or whose
 //! `/healthz` stops answering, leaves rotation at once and returns when a probe (every 500 ms) finds
 //! it healthy again.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,10 +29,13 @@ use super::address_book::ResolvedReplica;
 use super::balance::{choose, Load};
 use super::http1::{Answer, Http1Pool, SendError};
 use super::inbound::Inbound;
+use super::launch_error::LaunchError;
+use super::live_book::LiveBook;
 use super::metrics::{HopOutcome, Metrics, UpstreamCounters};
 use super::trace::span::SpanRecord;
 use super::trace::tracer::hop_name;
 use super::trace::Tracer;
+use crate::model::Target;
 use crate::wire::headers;
 use crate::wire::jsonrpc::{decode_response, encode_call, RpcError};
 use crate::wire::trace_context::{TraceContext, TRACEPARENT, TRACESTATE};
@@ -123,7 +129,7 @@ impl HttpClient {
 }
 
 /// One replica as seen by a caller.
-struct Replica {
+pub(crate) struct Replica {
     name: Arc<str>,
     address: Arc<str>,
     health_uri: Uri,
@@ -131,10 +137,64 @@ struct Replica {
     healthy: AtomicBool,
 }
 
+impl Replica {
+    fn new(resolved: ResolvedReplica) -> Arc<Self> {
+        Arc::new(Replica {
+            address: resolved.address.as_str().into(),
+            health_uri: format!("http://{}/healthz", resolved.address).parse().expect("valid"),
+            name: resolved.name.into(),
+            pending: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
+        })
+    }
+}
+
+/// The replicas of a pool at one moment. A request chooses, and retries, among one snapshot: the
+/// book may change between two requests, never under one.
+#[derive(Clone)]
+pub(crate) struct Members(Arc<[Arc<Replica>]>);
+
+impl Members {
+    /// How many replicas there are.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// `host:port` of replica `i`.
+    pub(crate) fn address(&self, i: usize) -> &str {
+        &self.0[i].address
+    }
+
+    /// The name of replica `i` (`node-i`).
+    pub(crate) fn replica_name(&self, i: usize) -> &str {
+        &self.0[i].name
+    }
+
+    /// Counts a request to replica `i` as in flight until the guard drops.
+    pub(crate) fn begin(&self, i: usize) -> InFlight<'_> {
+        self.0[i].pending.fetch_add(1, Ordering::Relaxed);
+        InFlight(&self.0[i])
+    }
+
+    /// Takes replica `i` out of rotation until a probe finds it healthy.
+    pub(crate) fn mark_unhealthy(&self, i: usize) {
+        self.0[i].healthy.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Where a pool's replicas come from when its node's book is replaced.
+struct Following {
+    book: Arc<LiveBook>,
+    target: Target,
+    /// The generation of the book the current members were resolved from.
+    seen: AtomicU64,
+}
+
 /// The replicas behind one target, and how to choose among them.
 pub(crate) struct Pool {
     label: String,
-    replicas: Vec<Replica>,
+    members: RwLock<Members>,
+    following: Option<Following>,
     client: HttpClient,
     timeout: Duration,
     idempotent: bool,
@@ -150,6 +210,7 @@ impl Pool {
     /// A pool over `replicas`, named `label` in errors, with a per-attempt `timeout`.
     ///
     /// `idempotent` requests are also retried when they failed after being sent.
+    #[cfg(test)]
     pub(crate) fn new(
         label: &str,
         replicas: Vec<ResolvedReplica>,
@@ -157,23 +218,47 @@ impl Pool {
         timeout: Duration,
         idempotent: bool,
     ) -> Arc<Self> {
-        let replicas = replicas
-            .into_iter()
-            .map(|r| Replica {
-                address: r.address.as_str().into(),
-                health_uri: format!("http://{}/healthz", r.address).parse().expect("valid"),
-                name: r.name.into(),
-                pending: AtomicUsize::new(0),
-                healthy: AtomicBool::new(true),
-            })
-            .collect();
+        Self::start(label, replicas, None, client, timeout, idempotent)
+    }
+
+    /// A pool over the replicas `book` lists for `target`, resolved again whenever the book is
+    /// replaced (see [`LiveBook`]). An indexed target is resolved once: a shard or a leaf is one
+    /// fixed replica.
+    pub(crate) fn following(
+        target: &Target,
+        book: &Arc<LiveBook>,
+        client: HttpClient,
+        timeout: Duration,
+        idempotent: bool,
+    ) -> Result<Arc<Self>, LaunchError> {
+        let (generation, current) = book.current();
+        let replicas = current.resolve(target)?;
+        let following = target.replica.is_none().then(|| Following {
+            book: book.clone(),
+            target: target.clone(),
+            seen: AtomicU64::new(generation),
+        });
+        Ok(Self::start(&target.to_string(), replicas, following, client, timeout, idempotent))
+    }
+
+    fn start(
+        label: &str,
+        replicas: Vec<ResolvedReplica>,
+        following: Option<Following>,
+        client: HttpClient,
+        timeout: Duration,
+        idempotent: bool,
+    ) -> Arc<Self> {
+        let members = Members(replicas.into_iter().map(Replica::new).collect());
         // Each worker of a balancer has its own pool; starting at different replicas keeps them
         // from all sending their first requests to the same one.
         let turn = AtomicUsize::new(rand::random::<u16>() as usize);
         let counters = client.metrics.as_ref().map(|m| m.upstream(label));
+        let probe = members.len() > 1 || following.is_some();
         let pool = Arc::new(Self {
             label: label.to_string(),
-            replicas,
+            members: RwLock::new(members),
+            following,
             client,
             timeout,
             idempotent,
@@ -181,7 +266,7 @@ impl Pool {
             counters,
             hop_name: hop_name(label),
         });
-        if pool.replicas.len() > 1 {
+        if probe {
             tokio::spawn(probe_forever(Arc::downgrade(&pool)));
         }
         pool
@@ -192,31 +277,52 @@ impl Pool {
         &self.label
     }
 
-    /// `host:port` of replica `i`.
-    pub(crate) fn address(&self, i: usize) -> &str {
-        &self.replicas[i].address
+    /// The replicas now: those of the latest book, if the pool follows one.
+    pub(crate) fn members(&self) -> Members {
+        if let Some(following) = &self.following {
+            if following.book.generation() != following.seen.load(Ordering::Acquire) {
+                self.follow(following);
+            }
+        }
+        self.members.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The name of replica `i` (`node-i`).
-    pub(crate) fn replica_name(&self, i: usize) -> &str {
-        &self.replicas[i].name
+    /// Resolves the target in the latest book. A replica listed before at the same address keeps
+    /// its load and health; one no longer listed leaves the pool (requests already sent to it
+    /// hold it until they finish).
+    fn follow(&self, following: &Following) {
+        let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());
+        let (generation, book) = following.book.current();
+        if following.seen.load(Ordering::Acquire) == generation {
+            return; // another request of this pool resolved it first
+        }
+        match book.resolve(&following.target) {
+            Ok(resolved) => {
+                let next: Vec<Arc<Replica>> = resolved
+                    .into_iter()
+                    .map(|r| {
+                        members
+                            .0
+                            .iter()
+                            .find(|m| *m.address == *r.address && *m.name == *r.name)
+                            .cloned()
+                            .unwrap_or_else(|| Replica::new(r))
+                    })
+                    .collect();
+                tracing::info!(target = %self.label, from = members.len(), to = next.len(), "replicas changed");
+                *members = Members(next.into());
+            }
+            // A book without this node would be the runner's mistake: keep serving the replicas
+            // known so far rather than none.
+            Err(e) => tracing::warn!(target = %self.label, error = %e, "new address book ignored"),
+        }
+        following.seen.store(generation, Ordering::Release);
     }
 
-    /// Counts a request to replica `i` as in flight until the guard drops.
-    pub(crate) fn begin(&self, i: usize) -> InFlight<'_> {
-        self.replicas[i].pending.fetch_add(1, Ordering::Relaxed);
-        InFlight(&self.replicas[i])
-    }
-
-    /// Takes replica `i` out of rotation until a probe finds it healthy.
-    pub(crate) fn mark_unhealthy(&self, i: usize) {
-        self.replicas[i].healthy.store(false, Ordering::Relaxed);
-    }
-
-    /// The next replica to try for a request (see [`super::balance`]).
-    pub(crate) fn choose(&self, tried: &[usize]) -> Option<usize> {
-        let loads: Vec<Load> = self
-            .replicas
+    /// The next replica of `members` to try for a request (see [`super::balance`]).
+    pub(crate) fn choose(&self, members: &Members, tried: &[usize]) -> Option<usize> {
+        let loads: Vec<Load> = members
+            .0
             .iter()
             .map(|r| Load {
                 healthy: r.healthy.load(Ordering::Relaxed),
@@ -237,9 +343,10 @@ impl Pool {
     pub(crate) async fn forward(&self, body: Bytes, inbound: &Inbound) -> Result<Answer, RpcError> {
         let mut tried = Vec::with_capacity(2);
         let mut last_error = None;
-        while let Some(i) = self.choose(&tried) {
+        let members = self.members();
+        while let Some(i) = self.choose(&members, &tried) {
             tried.push(i);
-            let replica = &self.replicas[i];
+            let replica = &members.0[i];
             let timeout = inbound.hop_timeout(self.timeout);
             if timeout.is_zero() {
                 return Err(RpcError::timeout(&replica.name, self.timeout));
@@ -261,7 +368,7 @@ impl Pool {
             // The guard, not a decrement after the await: a cancelled request (a gather root's leaf
             // timeout, a caller that hung up) drops this future mid-await and must not leave its
             // count behind, or the replica would look busier for ever.
-            let in_flight = self.begin(i);
+            let in_flight = members.begin(i);
             let sent = self.client.post(&replica.address, &body, inbound.user.as_deref(), timeout, context);
             let outcome = tokio::time::timeout(timeout, sent).await;
             drop(in_flight);
@@ -381,9 +488,10 @@ async fn probe_forever(pool: Weak<Pool>) {
     loop {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
-        let probes = pool.replicas.iter().map(|r| pool.client.healthy(&r.health_uri));
+        let members = pool.members();
+        let probes = members.0.iter().map(|r| pool.client.healthy(&r.health_uri));
         let results = futures_util::future::join_all(probes).await;
-        for (replica, healthy) in pool.replicas.iter().zip(results) {
+        for (replica, healthy) in members.0.iter().zip(results) {
             let was = replica.healthy.swap(healthy, Ordering::Relaxed);
             if was != healthy {
                 tracing::info!(replica = %replica.name, healthy, "replica health changed");
@@ -422,10 +530,53 @@ mod tests {
             assert!(tokio::time::timeout(Duration::from_millis(50), forward).await.is_err());
         }
         assert_eq!(
-            pool.replicas[0].pending.load(Ordering::Relaxed),
+            pool.members().0[0].pending.load(Ordering::Relaxed),
             0,
             "cancelled requests still count as load"
         );
+    }
+
+    fn book_of(node: &str, addresses: &[&str]) -> crate::plane::AddressBook {
+        let mut book = crate::plane::AddressBook::default();
+        book.insert(node, addresses.iter().map(|a| a.to_string()).collect());
+        book
+    }
+
+    #[tokio::test]
+    async fn a_pool_follows_its_book_and_keeps_the_load_of_replicas_that_stay() {
+        let book = LiveBook::new(book_of("n", &["127.0.0.1:1", "127.0.0.1:2"]));
+        let target = Target { node: "n".into(), replica: None };
+        let pool =
+            Pool::following(&target, &book, HttpClient::new(""), Duration::from_secs(1), false).unwrap();
+        let before = pool.members();
+        let _busy = before.begin(1);
+        book.replace(book_of("n", &["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]));
+        let grown = pool.members();
+        assert_eq!(grown.len(), 3);
+        assert_eq!((grown.address(2), grown.replica_name(2)), ("127.0.0.1:3", "n-2"));
+        assert_eq!(grown.0[1].pending.load(Ordering::Relaxed), 1, "replica 1 keeps its request in flight");
+        assert!(Arc::ptr_eq(&grown.0[0], &before.0[0]));
+        book.replace(book_of("n", &["127.0.0.1:1"]));
+        let shrunk = pool.members();
+        assert_eq!(shrunk.len(), 1);
+        for _ in 0..20 {
+            assert_eq!(pool.choose(&shrunk, &[]), Some(0), "a removed replica is never chosen");
+        }
+        // The snapshot a request already holds is not changed under it.
+        assert_eq!(before.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_indexed_target_and_a_book_without_the_node_leave_the_replicas_as_they_were() {
+        let book = LiveBook::new(book_of("n", &["127.0.0.1:1", "127.0.0.1:2"]));
+        let shard = Target { node: "n".into(), replica: Some(1) };
+        let fixed =
+            Pool::following(&shard, &book, HttpClient::new(""), Duration::from_secs(1), false).unwrap();
+        let any = Target { node: "n".into(), replica: None };
+        let pool = Pool::following(&any, &book, HttpClient::new(""), Duration::from_secs(1), false).unwrap();
+        book.replace(book_of("other", &["127.0.0.1:9"]));
+        assert_eq!(fixed.members().address(0), "127.0.0.1:2");
+        assert_eq!(pool.members().len(), 2);
     }
 
     /// A node that answers every request with a head announcing `length` body bytes.
