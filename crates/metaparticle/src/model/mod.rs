@@ -10,6 +10,7 @@ pub(crate) mod handler_error;
 pub(crate) mod identity;
 pub(crate) mod plan;
 pub(crate) mod request_trace;
+pub(crate) mod rescale;
 pub(crate) mod shard_key;
 pub(crate) mod state;
 pub(crate) mod topology;
