@@ -86,6 +86,39 @@ pub(crate) async fn accept(live: &LiveBook, secret: &str, req: Request<Incoming>
     }
 }
 
+/// How long a node may take to take a book.
+const HAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Hands `book` to the node listening at `address` (`host:port`), proving with `secret` that the
+/// app's runner sends it; returns the generation the node now serves, or why it did not take it.
+pub(crate) async fn hand(address: &str, secret: &str, book: &AddressBook) -> Result<u64, String> {
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let body = serde_json::to_vec(book).expect("an address book serializes");
+    let request = Request::put(format!("http://{address}{PATH}"))
+        .header(headers::SECRET, secret)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| format!("{address} is not an address: {e}"))?;
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let response = tokio::time::timeout(HAND_TIMEOUT, async {
+        let response = client.request(request).await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok::<_, String>((status, body))
+    })
+    .await
+    .map_err(|_| format!("{address} did not answer within {HAND_TIMEOUT:?}"))?;
+    let (status, body) = response.map_err(|e| format!("{address}: {e}"))?;
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    match answer["generation"].as_u64() {
+        Some(generation) if status == StatusCode::OK => Ok(generation),
+        _ => Err(format!("{address} answered HTTP {status}: {}", String::from_utf8_lossy(&body))),
+    }
+}
+
 fn answer(status: StatusCode, error: &str) -> (StatusCode, Bytes) {
     (status, serde_json::json!({ "error": error }).to_string().into())
 }
@@ -104,5 +137,54 @@ mod tests {
         let (generation, now) = live.current();
         assert_eq!((generation, &*now), (1, &book));
         assert_eq!(live.generation(), 1);
+    }
+
+    /// A server answering [`PATH`] as nodes do, over real HTTP on loopback.
+    async fn serving(live: Arc<LiveBook>, secret: &'static str) -> String {
+        use hyper::server::conn::http1;
+        use hyper::service::service_fn;
+        use hyper_util::rt::TokioIo;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let live = live.clone();
+                let service = service_fn(move |req| {
+                    let live = live.clone();
+                    async move {
+                        let (status, body) = accept(&live, secret, req).await;
+                        let mut response = hyper::Response::new(http_body_util::Full::new(body));
+                        *response.status_mut() = status;
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn only_the_runner_replaces_a_book_and_a_bad_one_changes_nothing() {
+        let live = LiveBook::new(AddressBook::default());
+        let address = serving(live.clone(), "s3cret").await;
+        let mut book = AddressBook::default();
+        book.insert("n", vec!["127.0.0.1:7".into()]);
+        let refused = hand(&address, "guess", &book).await.unwrap_err();
+        assert!(refused.contains("403") && refused.contains("only the app's runner"), "{refused}");
+        assert_eq!(live.generation(), 0);
+        assert_eq!(hand(&address, "s3cret", &book).await, Ok(1));
+        assert_eq!(&*live.current().1, &book);
+
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<http_body_util::Full<Bytes>>();
+        let bad = Request::put(format!("http://{address}{PATH}"))
+            .header(headers::SECRET, "s3cret")
+            .body(http_body_util::Full::new(Bytes::from_static(b"{not json")))
+            .unwrap();
+        assert_eq!(client.request(bad).await.unwrap().status(), StatusCode::BAD_REQUEST);
+        assert_eq!(live.generation(), 1, "a book that does not parse is not taken");
+        let gone = hand("127.0.0.1:1", "s3cret", &book).await.unwrap_err();
+        assert!(gone.contains("127.0.0.1:1"), "{gone}");
     }
 }
