@@ -1,7 +1,8 @@
 //! Redeploying on the local runner while clients call (`examples/rollout.rs`): ten redeploys of
 //! new builds and new replica counts, then a rollback, lose no request of sixteen kept-alive
 //! clients; a release that cannot start fails `up`, naming its node, and the old version serves
-//! on. Each run prints what a rollout costs.
+//! on. A change of replica count alone adds and removes replicas in place, restarting none. Each
+//! run prints what a rollout costs.
 
 mod support;
 
@@ -166,6 +167,112 @@ fn ten_redeploys_and_a_rollback_under_sixteen_clients_lose_no_request() {
         peak_rss as f64 / 1024.0,
         median_to_serve.as_secs_f64(),
         max_to_serve.as_secs_f64(),
+    );
+    let delete = sandbox.program(&["delete"]);
+    assert!(delete.ok, "{}", delete.stderr);
+}
+
+/// Each process `status` lists, by replica name (`greeter.replica-2`), with its pid.
+fn pids(sandbox: &Sandbox) -> std::collections::BTreeMap<String, u32> {
+    let status = sandbox.program(&["status"]);
+    assert!(status.ok, "{}", status.stderr);
+    status
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("greeter"))
+        .map(|l| {
+            let columns: Vec<&str> = l.split_whitespace().collect();
+            (
+                format!("{}-{}", columns[0], columns[2]),
+                columns[5].parse().expect("a running replica has a pid"),
+            )
+        })
+        .collect()
+}
+
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+/// Waits until some client got an answer from `server`.
+fn wait_for_answer_from(load: &Load, server: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !load.samples().iter().any(|s| s.server == server) {
+        assert!(std::time::Instant::now() < deadline, "{server} never answered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_change_of_replica_count_alone_adds_and_removes_replicas_in_place_and_loses_no_request() {
+    let sandbox = Sandbox::new("rollout");
+    let program = build(&sandbox, "0");
+    let up = run(&sandbox, &program, &["up"], &[]);
+    let version = deployed_version(&up);
+    let address = format!("127.0.0.1:{}", sandbox.port);
+    let load = Load::start(&address, "greeter", json!({ "name": "ada" }), 16, Duration::from_secs(120));
+    std::thread::sleep(Duration::from_secs(1));
+    let first = pids(&sandbox);
+    assert_eq!(first.len(), 4, "{first:?}");
+
+    let grow = run(&sandbox, &program, &["up"], &[("REPLICAS", "5")]);
+    assert!(grow.ok, "{}\n{}", grow.stdout, grow.stderr);
+    assert!(grow.stdout.contains("rescaling in place: greeter.replica 3 -> 5 replicas"), "{}", grow.stdout);
+    assert!(
+        grow.stdout.contains("3 replicas kept running, started greeter.replica-3, greeter.replica-4"),
+        "{}",
+        grow.stdout
+    );
+    assert!(!grow.stdout.contains("rolling out"), "no new version: {}", grow.stdout);
+    let grown = pids(&sandbox);
+    assert_eq!(grown.len(), 6, "{grown:?}");
+    for (name, pid) in &first {
+        assert_eq!(grown[name], *pid, "{name} was restarted by a rescale");
+    }
+    wait_for_answer_from(&load, "greeter.replica-4");
+
+    let shrink_started = load.started.elapsed();
+    let shrink = run(&sandbox, &program, &["up"], &[("REPLICAS", "2")]);
+    let shrink_ended = load.started.elapsed();
+    assert!(shrink.ok, "{}\n{}", shrink.stdout, shrink.stderr);
+    assert!(
+        shrink.stdout.contains("stopped greeter.replica-2, greeter.replica-3, greeter.replica-4"),
+        "{}",
+        shrink.stdout
+    );
+    let shrunk = pids(&sandbox);
+    assert_eq!(shrunk.len(), 3, "{shrunk:?}");
+    for name in ["greeter-0", "greeter.replica-0", "greeter.replica-1"] {
+        assert_eq!(shrunk[name], first[name], "{name} was restarted by a rescale");
+    }
+    for name in ["greeter.replica-2", "greeter.replica-3", "greeter.replica-4"] {
+        assert!(!process_alive(grown[name]), "{name} still runs after the rescale removed it");
+    }
+
+    std::thread::sleep(Duration::from_millis(500));
+    let samples = load.finish();
+    assert_none_failed(&samples);
+    assert!(samples.iter().all(|s| s.outcome.as_deref() == Ok(version.as_str())), "one version throughout");
+    let late = samples.iter().filter(|s| s.at > shrink_ended);
+    assert!(
+        late.clone().all(|s| ["greeter.replica-0", "greeter.replica-1"].contains(&s.server.as_str())),
+        "a removed replica answered after the rescale"
+    );
+    // `rescaled app 'rollout' (local runner), version V, in 0.31s: ...`
+    let rescale_took = |run: &Run| {
+        let line = run.stdout.lines().find(|l| l.starts_with("rescaled app")).unwrap_or_default();
+        line.split(", in ").nth(1).and_then(|t| t.split("s:").next()).unwrap_or("?").to_string()
+    };
+    println!(
+        "rescale figures (local runner, 16 clients): 3 -> 5 -> 2 replicas in place, {} requests, none failed; \
+         the supervisor took {} s and {} s; {} requests after the shrink, all served by the replicas kept \
+         (the shrink's up ran from {:.2} s to {:.2} s)",
+        samples.len(),
+        rescale_took(&grow),
+        rescale_took(&shrink),
+        late.count(),
+        shrink_started.as_secs_f64(),
+        shrink_ended.as_secs_f64(),
     );
     let delete = sandbox.program(&["delete"]);
     assert!(delete.ok, "{}", delete.stderr);

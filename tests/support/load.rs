@@ -21,6 +21,8 @@ pub struct Sample {
     pub latency: Duration,
     /// The answer's `result.version`, or the error.
     pub outcome: Result<String, String>,
+    /// The answer's `result.server`: the replica that served it (empty for an error).
+    pub server: String,
 }
 
 /// Clients calling until stopped (or until their time bound).
@@ -53,8 +55,10 @@ impl Load {
                     while !stop.load(Ordering::Relaxed) && started.elapsed() < bound {
                         let at = started.elapsed();
                         let sent = Instant::now();
-                        let outcome = call(&mut connection, &address, &request);
-                        let sample = Sample { at, latency: sent.elapsed(), outcome };
+                        let answer = call(&mut connection, &address, &request);
+                        let server = answer.as_ref().map(|(_, s)| s.clone()).unwrap_or_default();
+                        let outcome = answer.map(|(version, _)| version);
+                        let sample = Sample { at, latency: sent.elapsed(), outcome, server };
                         samples.lock().unwrap().push(sample);
                     }
                 })
@@ -93,12 +97,13 @@ impl Load {
     }
 }
 
-/// One request on the kept-alive connection (opened if there is none).
+/// One request on the kept-alive connection (opened if there is none): the version and the
+/// replica that answered.
 fn call(
     connection: &mut Option<BufReader<TcpStream>>,
     address: &str,
     request: &str,
-) -> Result<String, String> {
+) -> Result<(String, String), String> {
     if connection.is_none() {
         let stream = TcpStream::connect(address).map_err(|e| format!("connect: {e}"))?;
         stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
@@ -116,7 +121,8 @@ fn call(
     if let Some(error) = reply.get("error") {
         return Err(format!("JSON-RPC error {error}"));
     }
-    Ok(reply["result"]["version"].as_str().unwrap_or_default().to_string())
+    let text = |field: &str| reply["result"][field].as_str().unwrap_or_default().to_string();
+    Ok((text("version"), text("server")))
 }
 
 /// Writes the request, reads the answer: its body and whether the connection may be reused.

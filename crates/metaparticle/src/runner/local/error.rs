@@ -32,6 +32,15 @@ pub enum LocalError {
         #[source]
         source: Box<LocalError>,
     },
+    /// A rescale in place did not finish; the version runs as it did before.
+    #[error("{source}\nthe app was not rescaled: version {version} keeps serving with the replicas it had")]
+    RescaleFailed {
+        /// The version running.
+        version: String,
+        /// Why the rescale failed.
+        #[source]
+        source: Box<LocalError>,
+    },
     /// `rollback` with no earlier version on record.
     #[error("app '{app}' has no previous version to roll back to (it has not been redeployed since it was first deployed)")]
     NoPrevious {

@@ -24,6 +24,7 @@
 
 pub(crate) mod error;
 pub(crate) mod process;
+mod rescale;
 pub(crate) mod supervisor;
 
 pub(crate) use error::LocalError;
@@ -70,6 +71,12 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
         }
         None => None,
     };
+    if let Some(old) = &running {
+        if let Some(done) = rescale_in_place(deploy, old, plan, &version).await? {
+            drop(lock);
+            return Ok(done);
+        }
+    }
     match &running {
         Some(old) => {
             println!(
@@ -101,6 +108,40 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
     start_version(deploy, order, running.as_ref(), started).await?;
     drop(lock);
     Ok(())
+}
+
+/// If `plan` of build `version` only changes how many replicas run behind balancers of the
+/// running version `old`, has its supervisor add or remove them in place (see [`rescale`]):
+/// `Some` once done. `None` when a new version must be rolled out instead.
+async fn rescale_in_place(
+    deploy: &Deploy,
+    old: &Deployment,
+    plan: &Plan,
+    version: &str,
+) -> Result<Option<()>> {
+    if old.version.as_deref() != Some(version) {
+        return Ok(None);
+    }
+    let Some(changes) = plan.rescale_of(&old.plan).filter(|c| !c.is_empty()) else {
+        return Ok(None);
+    };
+    let counts: Vec<String> =
+        changes.iter().map(|c| format!("{} {} -> {} replicas", c.node, c.from, c.to)).collect();
+    println!("app '{}' is running build {version}: rescaling in place: {}", deploy.app, counts.join(", "));
+    let asked =
+        rescale::ask(&deploy.app, plan, deploy.port, deploy.bind, deploy.storage.to_env(), READY_TIMEOUT)
+            .await;
+    match asked {
+        Ok(rescale::Asked::Done(summary)) => {
+            println!("rescaled app '{}' (local runner), version {version}, {summary}", deploy.app);
+            Ok(Some(()))
+        }
+        Ok(rescale::Asked::Refused(why)) => {
+            println!("  cannot rescale in place ({why}): rolling out a new version instead");
+            Ok(None)
+        }
+        Err(e) => Err(LocalError::RescaleFailed { version: version.to_string(), source: Box::new(e) }),
+    }
 }
 
 /// Rolls the app back to the version it ran before its last rollout, the way `up` rolls out.

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use std::os::fd::{AsRawFd, RawFd};
 
 use super::process::{process_start, spawn_replica, stop_group, Verified};
+use super::rescale::Rescaler;
 use super::LocalError;
 use crate::deployments::{self, now_unix, Deployment, Endpoint};
 use crate::plane::handover::{self, Handed, ListenerName};
@@ -128,15 +129,15 @@ pub(crate) fn log_path(app: &str) -> PathBuf {
     deployments::app_dir(app).join("app.log")
 }
 
-struct Slot {
-    node: Node,
-    replica: usize,
+pub(super) struct Slot {
+    pub(super) node: Node,
+    pub(super) replica: usize,
     /// The replica's own socket: its version's callers and health probes come here.
-    listener: std::net::TcpListener,
-    address: String,
+    pub(super) listener: std::net::TcpListener,
+    pub(super) address: String,
     /// An exposed front's public socket and address, shared with the other version during a
     /// rollout. (A program's own server takes one listener: for it, `listener` is the public one.)
-    public: Option<(std::net::TcpListener, String)>,
+    pub(super) public: Option<(std::net::TcpListener, String)>,
 }
 
 impl Slot {
@@ -157,11 +158,18 @@ const START_ATTEMPTS: u32 = 3;
 const HEALTH_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The last lines each replica wrote, kept apart by replica.
-struct RecentLines(Mutex<Vec<VecDeque<String>>>);
+pub(super) struct RecentLines(Mutex<Vec<VecDeque<String>>>);
 
 impl RecentLines {
     fn new(replicas: usize) -> Self {
         RecentLines(Mutex::new(vec![VecDeque::new(); replicas]))
+    }
+
+    /// Makes room for one more replica's lines (a rescale added it); returns its index.
+    pub(super) fn grow(&self) -> usize {
+        let mut all = self.0.lock().expect("recent lines lock");
+        all.push(VecDeque::new());
+        all.len() - 1
     }
 
     fn push(&self, index: usize, line: &str) {
@@ -173,7 +181,7 @@ impl RecentLines {
         mine.push_back(line.to_string());
     }
 
-    fn tail(&self, index: usize) -> String {
+    pub(super) fn tail(&self, index: usize) -> String {
         let all = self.0.lock().expect("recent lines lock");
         let lines: Vec<&str> = all[index].iter().map(String::as_str).collect();
         if lines.is_empty() {
@@ -184,25 +192,86 @@ impl RecentLines {
     }
 }
 
-struct Shared {
-    order: Order,
-    book: AddressBook,
-    secret: String,
-    statuses: Mutex<Vec<ReplicaStatus>>,
-    recent: RecentLines,
+pub(super) struct Shared {
+    pub(super) order: Order,
+    /// Where every replica listens; a rescale changes it, and a replica (re)started after that
+    /// is given the new one.
+    book: Mutex<AddressBook>,
+    pub(super) secret: String,
+    /// Every replica this version ever ran, by index; those a rescale removed are in `removed`.
+    pub(super) statuses: Mutex<Vec<ReplicaStatus>>,
+    /// Replicas a rescale stopped for good: left out of the status file.
+    removed: Mutex<std::collections::BTreeSet<usize>>,
+    /// Stops one replica for good, by index (a rescale removing it).
+    retirements: Mutex<std::collections::HashMap<usize, watch::Sender<bool>>>,
+    pub(super) recent: RecentLines,
     logs: mpsc::UnboundedSender<String>,
     /// Stops the exposed fronts: they go first, so that nothing is still calling the nodes
     /// behind them when those stop.
     stop_fronts: watch::Receiver<bool>,
     /// Stops every other node.
-    stop: watch::Receiver<bool>,
+    pub(super) stop: watch::Receiver<bool>,
 }
 
 impl Shared {
-    fn update(&self, index: usize, change: impl FnOnce(&mut ReplicaStatus)) {
+    /// The address book replicas are started with now.
+    pub(super) fn book(&self) -> AddressBook {
+        self.book.lock().expect("book lock").clone()
+    }
+
+    /// Makes `book` the one replicas are started with from now on.
+    pub(super) fn set_book(&self, book: AddressBook) {
+        *self.book.lock().expect("book lock") = book;
+    }
+
+    /// Adds a replica a rescale starts; returns its index.
+    pub(super) fn add(&self, status: ReplicaStatus) -> usize {
+        let index = self.recent.grow();
+        let mut statuses = self.statuses.lock().expect("status lock");
+        statuses.push(status);
+        debug_assert_eq!(index, statuses.len() - 1);
+        self.write_statuses(&statuses);
+        statuses.len() - 1
+    }
+
+    /// The stop signal of the replica at `index`: `base` (its version stopping), or its own
+    /// retirement.
+    pub(super) fn stop_for(&self, index: usize, base: watch::Receiver<bool>) -> watch::Receiver<bool> {
+        let (retire, retired) = watch::channel(false);
+        self.retirements.lock().expect("retirements lock").insert(index, retire);
+        either(base, retired)
+    }
+
+    /// Stops the replica at `index` for good (it drains first).
+    pub(super) fn retire_replica(&self, index: usize) {
+        if let Some(retire) = self.retirements.lock().expect("retirements lock").remove(&index) {
+            retire.send_replace(true);
+        }
+    }
+
+    /// Whether a rescale removed the replica at `index`.
+    pub(super) fn is_forgotten(&self, index: usize) -> bool {
+        self.removed.lock().expect("removed lock").contains(&index)
+    }
+
+    /// Leaves the replica at `index` out of the status file for good (a rescale removed it).
+    pub(super) fn forget(&self, index: usize) {
+        self.removed.lock().expect("removed lock").insert(index);
+        let statuses = self.statuses.lock().expect("status lock");
+        self.write_statuses(&statuses);
+    }
+
+    pub(super) fn update(&self, index: usize, change: impl FnOnce(&mut ReplicaStatus)) {
         let mut statuses = self.statuses.lock().expect("status lock");
         change(&mut statuses[index]);
-        let text = serde_json::to_vec_pretty(&*statuses).expect("statuses serialize");
+        self.write_statuses(&statuses);
+    }
+
+    fn write_statuses(&self, statuses: &[ReplicaStatus]) {
+        let removed = self.removed.lock().expect("removed lock");
+        let shown: Vec<&ReplicaStatus> =
+            statuses.iter().enumerate().filter(|(i, _)| !removed.contains(i)).map(|(_, s)| s).collect();
+        let text = serde_json::to_vec_pretty(&shown).expect("statuses serialize");
         let path = status_path(&self.order.app, std::process::id());
         let tmp = path.with_extension("tmp");
         if std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)).is_err() {
@@ -210,7 +279,7 @@ impl Shared {
         }
     }
 
-    fn log(&self, line: String) {
+    pub(super) fn log(&self, line: String) {
         let _ = self.logs.send(line);
     }
 }
@@ -229,7 +298,7 @@ pub(crate) async fn run_attached(order: Order, plan: Plan, lock: DeployLock) -> 
 
 /// How a supervisor's run ended.
 #[derive(Debug, PartialEq)]
-enum Ended {
+pub(super) enum Ended {
     /// Asked to stop (`delete`, Ctrl-C): the app is gone.
     Stopped,
     /// Replaced by a newer version (SIGUSR2 from it): the app lives on in that version.
@@ -330,7 +399,9 @@ async fn supervise(order: Order, plan: Plan, lock: Option<DeployLock>) -> Result
                 .collect(),
         ),
         order,
-        book,
+        book: Mutex::new(book),
+        removed: Mutex::default(),
+        retirements: Mutex::default(),
         secret: random_secret(),
         logs: log_tx,
         stop_fronts: stop_fronts_rx,
@@ -390,7 +461,9 @@ async fn supervise(order: Order, plan: Plan, lock: Option<DeployLock>) -> Result
             let offering = tokio::spawn(handover::offer(handover_path(&shared.order.app), offered));
             report(&shared.order, "READY");
             silence_stdout(&shared.order);
-            let ended = signals.await;
+            // Until the version ends, a deployer may ask it to add or remove replicas in place.
+            let rescaler = Rescaler::new(plan, record, shared.clone(), &mut replicas, width);
+            let ended = rescaler.serve_until(signals).await;
             offering.abort();
             Ok(ended)
         }
@@ -471,7 +544,7 @@ fn bind_all(order: &Order, plan: &Plan, mut inherited: Vec<Handed>) -> Result<Ve
     Ok(slots)
 }
 
-fn bind_listener(bind: SocketAddr, node: &str) -> Result<std::net::TcpListener> {
+pub(super) fn bind_listener(bind: SocketAddr, node: &str) -> Result<std::net::TcpListener> {
     std::net::TcpListener::bind(bind).map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => LocalError::PortTaken { address: bind },
         _ => LocalError::io(format!("binding {bind} for node '{node}'"), e),
@@ -484,7 +557,7 @@ fn bind_listener(bind: SocketAddr, node: &str) -> Result<std::net::TcpListener> 
 const BACKLOG: i32 = 1024;
 
 /// Lets more connections wait in the listener's queue (listening again only changes the backlog).
-fn widen_backlog(listener: &std::net::TcpListener) {
+pub(super) fn widen_backlog(listener: &std::net::TcpListener) {
     use std::os::fd::AsRawFd;
     // SAFETY: listen on a socket this function borrows; failure leaves the old backlog.
     unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) };
@@ -492,24 +565,37 @@ fn widen_backlog(listener: &std::net::TcpListener) {
 
 /// Keeps one replica running until the app stops.
 async fn keep_running(index: usize, slot: Slot, shared: Arc<Shared>, width: usize) {
+    let base = if slot.node.exposed { shared.stop_fronts.clone() } else { shared.stop.clone() };
+    let stop = shared.stop_for(index, base);
+    keep_running_until(index, slot, shared, width, stop).await
+}
+
+/// Keeps one replica running until `stop` says so.
+pub(super) async fn keep_running_until(
+    index: usize,
+    slot: Slot,
+    shared: Arc<Shared>,
+    width: usize,
+    mut stop: watch::Receiver<bool>,
+) {
     let name = slot.name();
-    let launch = NodeLaunch {
-        app: shared.order.app.clone(),
-        node: slot.node.name.clone(),
-        replica: slot.replica,
-        hostname: Some(name.clone()),
-        listen: Listen::Fd(super::process::LISTEN_FD),
-        book: shared.book.clone(),
-        secret: shared.secret.clone(),
-        storage: Some(shared.order.storage.clone()),
-    };
-    let mut env = launch.to_env();
-    // The build this replica runs, for its answers and logs (the status table shows it too).
-    env.push(("MP_VERSION".into(), shared.order.version.clone()));
-    let mut stop = if slot.node.exposed { shared.stop_fronts.clone() } else { shared.stop.clone() };
     let mut backoff = Duration::from_millis(100);
     let mut recent_exits: VecDeque<Instant> = VecDeque::new();
     loop {
+        // The book as it is at each start: a rescale may have changed it since the last one.
+        let launch = NodeLaunch {
+            app: shared.order.app.clone(),
+            node: slot.node.name.clone(),
+            replica: slot.replica,
+            hostname: Some(name.clone()),
+            listen: Listen::Fd(super::process::LISTEN_FD),
+            book: shared.book(),
+            secret: shared.secret.clone(),
+            storage: Some(shared.order.storage.clone()),
+        };
+        let mut env = launch.to_env();
+        // The build this replica runs, for its answers and logs (the status table shows it too).
+        env.push(("MP_VERSION".into(), shared.order.version.clone()));
         let started = Instant::now();
         let public = slot.public.as_ref().map(|(l, _)| l);
         let mut child = match spawn_replica(&shared.order.binary, &env, &slot.listener, public) {
@@ -578,6 +664,28 @@ async fn keep_running(index: usize, slot: Slot, shared: Arc<Shared>, width: usiz
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// A stop signal that fires when either `a` or `b` does (a dropped sender never fires).
+fn either(mut a: watch::Receiver<bool>, mut b: watch::Receiver<bool>) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(*a.borrow() || *b.borrow());
+    tokio::spawn(async move {
+        let fired = |r: &mut watch::Receiver<bool>| {
+            let mut r = r.clone();
+            async move {
+                if r.wait_for(|s| *s).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = fired(&mut a) => {}
+            _ = fired(&mut b) => {}
+            _ = tx.closed() => return,
+        }
+        tx.send_replace(true);
+    });
+    rx
 }
 
 /// Sleeps for `delay`; true if the app is stopping instead.
@@ -649,7 +757,7 @@ async fn write_logs(order: Order, mut lines: mpsc::UnboundedReceiver<String>) {
 /// Waits until every replica answers `/healthz`. Fails as soon as one keeps exiting before it
 /// ever answered (see [`START_ATTEMPTS`]), naming its last exit and output, and at the deadline
 /// for one that runs but never answers.
-async fn wait_healthy(client: &HttpClient, shared: &Shared, replicas: &[usize]) -> Result<()> {
+pub(super) async fn wait_healthy(client: &HttpClient, shared: &Shared, replicas: &[usize]) -> Result<()> {
     let deadline = Instant::now() + HEALTH_DEADLINE;
     let mut waiting: Vec<(usize, String)> = shared
         .statuses
