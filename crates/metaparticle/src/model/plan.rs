@@ -148,13 +148,6 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// How this plan differs from `running` if only in the replica counts of nodes behind
-    /// balancers, which a runner may change in place (see [`super::rescale`]); `None` if running
-    /// it takes a new version.
-    pub(crate) fn rescale_of(&self, running: &Plan) -> Option<Vec<super::rescale::Rescale>> {
-        super::rescale::rescale_of(self, running)
-    }
-
     /// The node with this name.
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == name)

@@ -24,7 +24,6 @@
 
 pub(crate) mod error;
 pub(crate) mod process;
-mod rescale;
 pub(crate) mod supervisor;
 
 pub(crate) use error::LocalError;
@@ -39,6 +38,7 @@ use crate::deployments::{self, Deployment};
 use crate::runner::DeployError;
 
 type Result<T, E = LocalError> = std::result::Result<T, E>;
+use crate::model::rescale::rescale_of;
 use crate::model::Plan;
 use crate::plane::upstream::HttpClient;
 use crate::runner::lock::DeployLock;
@@ -111,7 +111,7 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
 }
 
 /// If `plan` of build `version` only changes how many replicas run behind balancers of the
-/// running version `old`, has its supervisor add or remove them in place (see [`rescale`]):
+/// running version `old`, has its supervisor add or remove them in place (see [`supervisor::rescale`]):
 /// `Some` once done. `None` when a new version must be rolled out instead.
 async fn rescale_in_place(
     deploy: &Deploy,
@@ -122,21 +122,27 @@ async fn rescale_in_place(
     if old.version.as_deref() != Some(version) {
         return Ok(None);
     }
-    let Some(changes) = plan.rescale_of(&old.plan).filter(|c| !c.is_empty()) else {
+    let Some(changes) = rescale_of(plan, &old.plan).filter(|c| !c.is_empty()) else {
         return Ok(None);
     };
     let counts: Vec<String> =
         changes.iter().map(|c| format!("{} {} -> {} replicas", c.node, c.from, c.to)).collect();
     println!("app '{}' is running build {version}: rescaling in place: {}", deploy.app, counts.join(", "));
-    let asked =
-        rescale::ask(&deploy.app, plan, deploy.port, deploy.bind, deploy.storage.to_env(), READY_TIMEOUT)
-            .await;
+    let asked = supervisor::rescale::ask(
+        &deploy.app,
+        plan,
+        deploy.port,
+        deploy.bind,
+        deploy.storage.to_env(),
+        READY_TIMEOUT,
+    )
+    .await;
     match asked {
-        Ok(rescale::Asked::Done(summary)) => {
+        Ok(supervisor::rescale::Asked::Done(summary)) => {
             println!("rescaled app '{}' (local runner), version {version}, {summary}", deploy.app);
             Ok(Some(()))
         }
-        Ok(rescale::Asked::Refused(why)) => {
+        Ok(supervisor::rescale::Asked::Refused(why)) => {
             println!("  cannot rescale in place ({why}): rolling out a new version instead");
             Ok(None)
         }

@@ -10,6 +10,8 @@
 //! Protocol with the deploying command: the supervisor prints `READY` or `FAILED: <why>` on
 //! stdout once every replica answers `/healthz` (or one never does), then stops writing there.
 
+pub(crate) mod rescale;
+
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -23,7 +25,8 @@ use tokio::sync::{mpsc, watch};
 use std::os::fd::{AsRawFd, RawFd};
 
 use super::process::{process_start, spawn_replica, stop_group, Verified};
-use super::rescale::Rescaler;
+use rescale::Rescaler;
+
 use super::LocalError;
 use crate::deployments::{self, now_unix, Deployment, Endpoint};
 use crate::plane::handover::{self, Handed, ListenerName};
@@ -129,15 +132,15 @@ pub(crate) fn log_path(app: &str) -> PathBuf {
     deployments::app_dir(app).join("app.log")
 }
 
-pub(super) struct Slot {
-    pub(super) node: Node,
-    pub(super) replica: usize,
+struct Slot {
+    node: Node,
+    replica: usize,
     /// The replica's own socket: its version's callers and health probes come here.
-    pub(super) listener: std::net::TcpListener,
-    pub(super) address: String,
+    listener: std::net::TcpListener,
+    address: String,
     /// An exposed front's public socket and address, shared with the other version during a
     /// rollout. (A program's own server takes one listener: for it, `listener` is the public one.)
-    pub(super) public: Option<(std::net::TcpListener, String)>,
+    public: Option<(std::net::TcpListener, String)>,
 }
 
 impl Slot {
@@ -158,7 +161,7 @@ const START_ATTEMPTS: u32 = 3;
 const HEALTH_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The last lines each replica wrote, kept apart by replica.
-pub(super) struct RecentLines(Mutex<Vec<VecDeque<String>>>);
+struct RecentLines(Mutex<Vec<VecDeque<String>>>);
 
 impl RecentLines {
     fn new(replicas: usize) -> Self {
@@ -166,7 +169,7 @@ impl RecentLines {
     }
 
     /// Makes room for one more replica's lines (a rescale added it); returns its index.
-    pub(super) fn grow(&self) -> usize {
+    fn grow(&self) -> usize {
         let mut all = self.0.lock().expect("recent lines lock");
         all.push(VecDeque::new());
         all.len() - 1
@@ -181,7 +184,7 @@ impl RecentLines {
         mine.push_back(line.to_string());
     }
 
-    pub(super) fn tail(&self, index: usize) -> String {
+    fn tail(&self, index: usize) -> String {
         let all = self.0.lock().expect("recent lines lock");
         let lines: Vec<&str> = all[index].iter().map(String::as_str).collect();
         if lines.is_empty() {
@@ -192,40 +195,40 @@ impl RecentLines {
     }
 }
 
-pub(super) struct Shared {
-    pub(super) order: Order,
+struct Shared {
+    order: Order,
     /// Where every replica listens; a rescale changes it, and a replica (re)started after that
     /// is given the new one.
     book: Mutex<AddressBook>,
-    pub(super) secret: String,
+    secret: String,
     /// Every replica this version ever ran, by index; those a rescale removed are in `removed`.
-    pub(super) statuses: Mutex<Vec<ReplicaStatus>>,
+    statuses: Mutex<Vec<ReplicaStatus>>,
     /// Replicas a rescale stopped for good: left out of the status file.
     removed: Mutex<std::collections::BTreeSet<usize>>,
     /// Stops one replica for good, by index (a rescale removing it).
     retirements: Mutex<std::collections::HashMap<usize, watch::Sender<bool>>>,
-    pub(super) recent: RecentLines,
+    recent: RecentLines,
     logs: mpsc::UnboundedSender<String>,
     /// Stops the exposed fronts: they go first, so that nothing is still calling the nodes
     /// behind them when those stop.
     stop_fronts: watch::Receiver<bool>,
     /// Stops every other node.
-    pub(super) stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 }
 
 impl Shared {
     /// The address book replicas are started with now.
-    pub(super) fn book(&self) -> AddressBook {
+    fn book(&self) -> AddressBook {
         self.book.lock().expect("book lock").clone()
     }
 
     /// Makes `book` the one replicas are started with from now on.
-    pub(super) fn set_book(&self, book: AddressBook) {
+    fn set_book(&self, book: AddressBook) {
         *self.book.lock().expect("book lock") = book;
     }
 
     /// Adds a replica a rescale starts; returns its index.
-    pub(super) fn add(&self, status: ReplicaStatus) -> usize {
+    fn add(&self, status: ReplicaStatus) -> usize {
         let index = self.recent.grow();
         let mut statuses = self.statuses.lock().expect("status lock");
         statuses.push(status);
@@ -236,32 +239,32 @@ impl Shared {
 
     /// The stop signal of the replica at `index`: `base` (its version stopping), or its own
     /// retirement.
-    pub(super) fn stop_for(&self, index: usize, base: watch::Receiver<bool>) -> watch::Receiver<bool> {
+    fn stop_for(&self, index: usize, base: watch::Receiver<bool>) -> watch::Receiver<bool> {
         let (retire, retired) = watch::channel(false);
         self.retirements.lock().expect("retirements lock").insert(index, retire);
         either(base, retired)
     }
 
     /// Stops the replica at `index` for good (it drains first).
-    pub(super) fn retire_replica(&self, index: usize) {
+    fn retire_replica(&self, index: usize) {
         if let Some(retire) = self.retirements.lock().expect("retirements lock").remove(&index) {
             retire.send_replace(true);
         }
     }
 
     /// Whether a rescale removed the replica at `index`.
-    pub(super) fn is_forgotten(&self, index: usize) -> bool {
+    fn is_forgotten(&self, index: usize) -> bool {
         self.removed.lock().expect("removed lock").contains(&index)
     }
 
     /// Leaves the replica at `index` out of the status file for good (a rescale removed it).
-    pub(super) fn forget(&self, index: usize) {
+    fn forget(&self, index: usize) {
         self.removed.lock().expect("removed lock").insert(index);
         let statuses = self.statuses.lock().expect("status lock");
         self.write_statuses(&statuses);
     }
 
-    pub(super) fn update(&self, index: usize, change: impl FnOnce(&mut ReplicaStatus)) {
+    fn update(&self, index: usize, change: impl FnOnce(&mut ReplicaStatus)) {
         let mut statuses = self.statuses.lock().expect("status lock");
         change(&mut statuses[index]);
         self.write_statuses(&statuses);
@@ -279,7 +282,7 @@ impl Shared {
         }
     }
 
-    pub(super) fn log(&self, line: String) {
+    fn log(&self, line: String) {
         let _ = self.logs.send(line);
     }
 }
@@ -298,7 +301,7 @@ pub(crate) async fn run_attached(order: Order, plan: Plan, lock: DeployLock) -> 
 
 /// How a supervisor's run ended.
 #[derive(Debug, PartialEq)]
-pub(super) enum Ended {
+enum Ended {
     /// Asked to stop (`delete`, Ctrl-C): the app is gone.
     Stopped,
     /// Replaced by a newer version (SIGUSR2 from it): the app lives on in that version.
@@ -544,7 +547,7 @@ fn bind_all(order: &Order, plan: &Plan, mut inherited: Vec<Handed>) -> Result<Ve
     Ok(slots)
 }
 
-pub(super) fn bind_listener(bind: SocketAddr, node: &str) -> Result<std::net::TcpListener> {
+fn bind_listener(bind: SocketAddr, node: &str) -> Result<std::net::TcpListener> {
     std::net::TcpListener::bind(bind).map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => LocalError::PortTaken { address: bind },
         _ => LocalError::io(format!("binding {bind} for node '{node}'"), e),
@@ -557,7 +560,7 @@ pub(super) fn bind_listener(bind: SocketAddr, node: &str) -> Result<std::net::Tc
 const BACKLOG: i32 = 1024;
 
 /// Lets more connections wait in the listener's queue (listening again only changes the backlog).
-pub(super) fn widen_backlog(listener: &std::net::TcpListener) {
+fn widen_backlog(listener: &std::net::TcpListener) {
     use std::os::fd::AsRawFd;
     // SAFETY: listen on a socket this function borrows; failure leaves the old backlog.
     unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) };
@@ -571,7 +574,7 @@ async fn keep_running(index: usize, slot: Slot, shared: Arc<Shared>, width: usiz
 }
 
 /// Keeps one replica running until `stop` says so.
-pub(super) async fn keep_running_until(
+async fn keep_running_until(
     index: usize,
     slot: Slot,
     shared: Arc<Shared>,
@@ -757,7 +760,7 @@ async fn write_logs(order: Order, mut lines: mpsc::UnboundedReceiver<String>) {
 /// Waits until every replica answers `/healthz`. Fails as soon as one keeps exiting before it
 /// ever answered (see [`START_ATTEMPTS`]), naming its last exit and output, and at the deadline
 /// for one that runs but never answers.
-pub(super) async fn wait_healthy(client: &HttpClient, shared: &Shared, replicas: &[usize]) -> Result<()> {
+async fn wait_healthy(client: &HttpClient, shared: &Shared, replicas: &[usize]) -> Result<()> {
     let deadline = Instant::now() + HEALTH_DEADLINE;
     let mut waiting: Vec<(usize, String)> = shared
         .statuses

@@ -30,14 +30,14 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
 
-use super::supervisor::{self, Ended, ReplicaStatus, Shared, Slot};
-use super::LocalError;
+use super::{Ended, ReplicaStatus, Shared, Slot};
 use crate::deployments::{self, Deployment};
-use crate::model::rescale::Rescale;
+use crate::model::rescale::{rescale_of, Rescale};
 use crate::model::Plan;
 use crate::plane::live_book;
 use crate::plane::upstream::HttpClient;
 use crate::plane::AddressBook;
+use crate::runner::local::LocalError;
 
 /// Where a running supervisor takes rescale requests.
 fn control_path(app: &str) -> PathBuf {
@@ -46,7 +46,7 @@ fn control_path(app: &str) -> PathBuf {
 
 /// What the deployer asks for: the plan it compiled, and what it would deploy it with.
 #[derive(Debug, Serialize, Deserialize)]
-pub(super) struct Request {
+pub(crate) struct Request {
     plan: Plan,
     port: u16,
     bind: IpAddr,
@@ -55,7 +55,7 @@ pub(super) struct Request {
 }
 
 /// How a request ended, as the deployer sees it.
-pub(super) enum Asked {
+pub(crate) enum Asked {
     /// Rescaled; the supervisor's summary.
     Done(String),
     /// Not a rescale the running version can make: roll out a new version instead.
@@ -67,7 +67,7 @@ const MAX_REQUEST: u64 = 4 * 1024 * 1024;
 
 /// Asks the running supervisor of `app` to run `plan` (a rescale of its own) in place, printing
 /// its progress as it comes. `Err` if it tried and failed (the version then runs as before).
-pub(super) async fn ask(
+pub(crate) async fn ask(
     app: &str,
     plan: &Plan,
     port: u16,
@@ -194,7 +194,7 @@ impl<'a> Rescaler<'a> {
                 "the port, address or store differs from the running version's".into(),
             ));
         }
-        let Some(changes) = request.plan.rescale_of(&self.plan) else {
+        let Some(changes) = rescale_of(&request.plan, &self.plan) else {
             return Err(Failure::Refused("the plan changes more than replica counts".into()));
         };
         let old_book = self.shared.book();
@@ -204,9 +204,9 @@ impl<'a> Rescaler<'a> {
             let node = request.plan.node(&change.node).expect("a rescaled node is in the plan").clone();
             let mut addresses = book.addresses(&node.name).unwrap_or_default().to_vec();
             for replica in change.from..change.to {
-                let listener = supervisor::bind_listener("127.0.0.1:0".parse().expect("valid"), &node.name)
+                let listener = super::bind_listener("127.0.0.1:0".parse().expect("valid"), &node.name)
                     .map_err(Failure::Failed)?;
-                supervisor::widen_backlog(&listener);
+                super::widen_backlog(&listener);
                 let address = listener
                     .local_addr()
                     .map_err(|e| Failure::Failed(LocalError::io("reading a bound address", e)))?
@@ -236,7 +236,7 @@ impl<'a> Rescaler<'a> {
                 last_exit: None,
             });
             let stop = self.shared.stop_for(index, self.shared.stop.clone());
-            self.replicas.spawn(supervisor::keep_running_until(
+            self.replicas.spawn(super::keep_running_until(
                 index,
                 slot,
                 self.shared.clone(),
@@ -249,7 +249,7 @@ impl<'a> Rescaler<'a> {
             let _ = progress.write_all(format!("  starting {}\n", names.join(", ")).as_bytes()).await;
         }
         let health = HttpClient::new("");
-        if let Err(e) = supervisor::wait_healthy(&health, &self.shared, &started_indices).await {
+        if let Err(e) = super::wait_healthy(&health, &self.shared, &started_indices).await {
             // Nothing else changed: the running replicas never heard of the new ones.
             self.shared.set_book(old_book);
             self.stop(&started_indices).await;
