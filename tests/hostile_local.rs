@@ -306,3 +306,29 @@ async fn bodies_that_never_finish_are_cut_off_so_callers_get_through() {
     assert!(answer.is_ok(), "{answer:?} after {took:?}");
     assert!(took < Duration::from_secs(20), "the call waited {took:?}");
 }
+
+#[test]
+fn a_silent_or_garbled_rescale_request_neither_holds_the_supervisor_nor_changes_the_app() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+    let sandbox = Sandbox::new("server2");
+    let up = sandbox.up();
+    assert!(up.ok, "{}", up.stderr);
+    let control = sandbox.app_dir().join("control.sock");
+    // A caller that connects and says nothing: the supervisor gives up on it.
+    let silent = UnixStream::connect(&control).unwrap();
+    let mut garbled = UnixStream::connect(&control).unwrap();
+    garbled.write_all(b"{\"plan\": 42}\n").unwrap();
+    garbled.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut answer = String::new();
+    BufReader::new(&garbled).read_line(&mut answer).unwrap();
+    assert_eq!(answer.trim_end(), "REFUSED: the request is not a rescale request");
+    drop(silent);
+    assert_eq!(sandbox.call("replicated-service", Some(r#"{"n":1}"#))["request"], json!({"n": 1}));
+    let status = sandbox.program(&["status"]);
+    assert_eq!(status.stdout.lines().filter(|l| l.starts_with("replicated-service.replica ")).count(), 3);
+    let started = Instant::now();
+    let delete = sandbox.program(&["delete"]);
+    assert!(delete.ok, "{}", delete.stderr);
+    assert!(started.elapsed() < Duration::from_secs(10), "delete waited {:?}", started.elapsed());
+}

@@ -919,6 +919,20 @@ mod tests {
     }
 
     #[test]
+    fn a_new_replica_count_changes_only_the_count_of_the_replicas_and_the_balancers_book() {
+        let at = |n| generated(vec![svc("replicated-service", spread(n, |r: Value| r)).expose()]);
+        let (three, five) = (at(3), at(5));
+        let (before, after) = (&three.stateful_sets[0].spec, &five.stateful_sets[0].spec);
+        assert_eq!((before.replicas, after.replicas), (Some(3), Some(5)));
+        // The pod template is what Kubernetes rolls: unchanged, the replicas that stay keep running.
+        assert_eq!(before.template, after.template, "the replicas' pods would be replaced");
+        assert_ne!(
+            three.deployments[0].spec.template, five.deployments[0].spec.template,
+            "the balancer's new book rolls it, one pod at a time"
+        );
+    }
+
+    #[test]
     fn scatter_leaves_are_a_stateful_set_and_the_gather_root_a_deployment() {
         let m = generated(vec![svc("h", scatter(10, |_: Value| 1, |p: Vec<i32>| p.len())).expose()]);
         assert_eq!(m.stateful_sets.len(), 1);

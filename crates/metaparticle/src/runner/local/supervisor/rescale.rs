@@ -62,6 +62,9 @@ pub(crate) enum Asked {
     Refused(String),
 }
 
+/// How long a supervisor waits for the request once a deployer connected.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The largest request a supervisor reads (a plan of a thousand nodes is far below it).
 const MAX_REQUEST: u64 = 4 * 1024 * 1024;
 
@@ -163,13 +166,19 @@ impl<'a> Rescaler<'a> {
     async fn serve(&mut self, stream: UnixStream) {
         let (read, mut write) = stream.into_split();
         let mut text = String::new();
-        let read = BufReader::new(read.take(MAX_REQUEST)).read_line(&mut text).await;
+        // A caller that connects and says nothing must not hold the supervisor (which also waits
+        // for its stop signals in this loop) for more than a moment.
+        let mut reader = BufReader::new(read.take(MAX_REQUEST));
+        let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut text))
+            .await
+            .ok()
+            .and_then(Result::ok);
         let say = |line: String| {
             let mut line = line.into_bytes();
             line.push(b'\n');
             line
         };
-        let answer = match read.ok().and_then(|_| serde_json::from_str::<Request>(&text).ok()) {
+        let answer = match read.and_then(|_| serde_json::from_str::<Request>(&text).ok()) {
             None => say("REFUSED: the request is not a rescale request".into()),
             Some(request) => match self.rescale(request, &mut write).await {
                 Ok(summary) => say(format!("DONE {summary}")),
