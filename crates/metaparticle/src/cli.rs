@@ -247,10 +247,7 @@ impl Cli {
             (RunnerKind::Local, Command::Up { attach }) => Ok(local::up(&deploy(attach), &plan).await?),
             (RunnerKind::Local, Command::Delete { .. }) => Ok(local::delete(&app).await?),
             (RunnerKind::Local, Command::Rollback) => Ok(local::rollback(&deploy(false)).await?),
-            (RunnerKind::Docker, Command::Rollback) => Err(Error::Usage(
-                "rollback is for the local runner so far; on Docker, check out the previous build and run up"
-                    .into(),
-            )),
+            (RunnerKind::Docker, Command::Rollback) => Ok(docker::rollback(&deploy(false)).await?),
             (RunnerKind::Local, Command::Status) => Ok(local::status(&app).await?),
             (RunnerKind::Local, Command::Logs { follow }) => Ok(local::logs(&app, follow).await?),
             (RunnerKind::Docker, Command::Up { attach }) => Ok(docker::up(&deploy(attach), &plan).await?),
@@ -340,6 +337,9 @@ mod docker {
         missing()
     }
     pub(super) async fn delete(_: &str) -> Result<()> {
+        missing()
+    }
+    pub(super) async fn rollback(_: &Deploy) -> Result<()> {
         missing()
     }
     pub(super) async fn status(_: &str) -> Result<()> {
