@@ -127,8 +127,9 @@ enum Command {
         #[arg(long)]
         purge: bool,
     },
-    /// Return a running app to the build it ran before its last `up` (local runner), the way
-    /// `up` rolls out: the old build starts beside the current one, then takes over.
+    /// Return a running app to the build (and topology) it ran before its last `up`, the way
+    /// `up` rolls out: the old build starts beside the current one, then takes over (on
+    /// Kubernetes: its kept objects are applied again, one pod at a time).
     Rollback,
     /// List every node, replica, address, process and its health.
     Status,
@@ -272,10 +273,7 @@ impl Cli {
                     // A cluster keeps the app's state in its volume claim, not on this machine.
                     Command::Delete { purge } => return Ok(k8s::delete(&app, &options, purge).await?),
                     Command::Status => Ok(k8s::status(&app, &options).await?),
-                    Command::Rollback => Err(Error::Usage(format!(
-                        "on Kubernetes, roll back with `kubectl rollout undo` on the app's objects (labelled {})",
-                        k8s::names::app_selector(&app)
-                    ))),
+                    Command::Rollback => Ok(k8s::rollback(&deploy(false), &options).await?),
                     Command::Logs { .. } => Err(Error::Usage(format!(
                         "on Kubernetes, read the logs with `kubectl logs --prefix -l {} --all-containers`",
                         k8s::names::app_selector(&app)
