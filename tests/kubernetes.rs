@@ -307,6 +307,7 @@ fn up_applies_every_object_server_side_and_rerunning_updates_in_place() {
     assert_eq!(
         fake.names(),
         [
+            "configmaps/server2-metaparticle-history",
             "deployments/replicated-service",
             "secrets/server2-metaparticle",
             "services/replicated-service",
@@ -315,7 +316,7 @@ fn up_applies_every_object_server_side_and_rerunning_updates_in_place() {
         ]
     );
     let patches: Vec<_> = fake.seen().into_iter().filter(|s| s.method == "PATCH").collect();
-    assert_eq!(patches.len(), 5);
+    assert_eq!(patches.len(), 6, "the objects and the app's history");
     for patch in &patches {
         assert_eq!(patch.content_type, "application/apply-patch+yaml", "server-side apply: {patch:?}");
         assert!(
@@ -497,4 +498,126 @@ fn up_creates_the_secret_with_the_storage_password_when_absent() {
     let sts = fake.get("statefulsets", "replicated-storage-service-replica").unwrap();
     let env = sts["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
     assert!(!env.contains("\"pw\""), "the password is referenced, never inlined: {env}");
+}
+
+#[test]
+fn rollback_reapplies_the_whole_release_before_the_last_up_and_again_goes_forward() {
+    let fake = FakeApi::start();
+    let dir = tempfile::tempdir().unwrap();
+    // One app ("flip") deployed from two programs: the second `up` changes its image and its
+    // whole topology (server1's one Deployment, then server2's Deployment and StatefulSet).
+    let run = |program: &str, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--app", "flip"]);
+        against(&fake, dir.path(), program, &all)
+    };
+    let up = |program: &str, tag: &str| {
+        let run = run(program, &["up", "--image", &format!("registry.example/flip:{tag}")]);
+        assert!(run.ok, "up {program}:\n{}\n{}", run.stdout, run.stderr);
+    };
+    let refused = run("server1", &["rollback"]);
+    assert!(
+        !refused.ok && refused.stderr.contains("app 'flip' has no workloads in namespace 'fake-ns'"),
+        "{}",
+        refused.stderr
+    );
+
+    up("server1", "1");
+    let refused = run("server1", &["rollback"]);
+    assert!(
+        !refused.ok && refused.stderr.contains("has no previous version to roll back to"),
+        "{}",
+        refused.stderr
+    );
+    up("server1", "1");
+    let refused = run("server1", &["rollback"]);
+    assert!(
+        !refused.ok && refused.stderr.contains("has no previous version"),
+        "an up that changed nothing leaves nothing to roll back to: {}",
+        refused.stderr
+    );
+    up("server2", "2");
+    let image = |resource: &str, name: &str| {
+        fake.get(resource, name).unwrap()["spec"]["template"]["spec"]["containers"][0]["image"].clone()
+    };
+    let server1 = [
+        "configmaps/flip-metaparticle-history",
+        "deployments/simple-service",
+        "secrets/flip-metaparticle",
+        "services/simple-service",
+    ];
+    let server2 = [
+        "configmaps/flip-metaparticle-history",
+        "deployments/replicated-service",
+        "secrets/flip-metaparticle",
+        "services/replicated-service",
+        "services/replicated-service-replica",
+        "statefulsets/replicated-service-replica",
+    ];
+    assert_eq!(fake.names(), server2);
+
+    // Back: no --image and no registry needed, the kept objects name their image.
+    fake.clear_seen();
+    let back = run("server2", &["rollback"]);
+    assert!(back.ok, "rollback:\n{}\n{}", back.stdout, back.stderr);
+    assert!(
+        back.stdout.contains(
+            "app 'flip': rolling back from image registry.example/flip:2 to image registry.example/flip:1"
+        ),
+        "{}",
+        back.stdout
+    );
+    assert_eq!(
+        fake.names(),
+        server1,
+        "the release before, whole: what it had is back, what it lacked is gone"
+    );
+    assert_eq!(image("deployments", "simple-service"), "registry.example/flip:1");
+    let seen = fake.seen();
+    for patch in seen.iter().filter(|s| s.method == "PATCH") {
+        assert_eq!(patch.content_type, "application/apply-patch+yaml", "server-side apply: {patch:?}");
+        assert!(
+            patch.uri.contains("fieldManager=metaparticle") && patch.uri.contains("force=true"),
+            "{patch:?}"
+        );
+    }
+    let deleted: Vec<&str> = seen.iter().filter(|s| s.method == "DELETE").map(|s| s.uri.as_str()).collect();
+    assert_eq!(deleted.len(), 4, "server2's workloads and Services are pruned: {deleted:?}");
+    assert!(
+        back.stderr.contains("removed 4 no longer in the plan")
+            && back.stderr.contains("rollout: 1/1 nodes ready"),
+        "it waits for the rollout as up does: {}",
+        back.stderr
+    );
+    assert!(
+        back.stdout.contains("deployed app 'flip'") && back.stdout.contains("simple-service is reachable"),
+        "{}",
+        back.stdout
+    );
+
+    // A rollback of the rollback goes forward again.
+    let forward = run("server1", &["rollback"]);
+    assert!(forward.ok, "{}\n{}", forward.stdout, forward.stderr);
+    assert!(
+        forward.stdout.contains("from image registry.example/flip:1 to image registry.example/flip:2"),
+        "{}",
+        forward.stdout
+    );
+    assert_eq!(fake.names(), server2);
+    assert_eq!(image("statefulsets", "replicated-service-replica"), "registry.example/flip:2");
+
+    // A rollback whose pods never become ready fails as such an `up` does, naming them.
+    fake.stall("CrashLoopBackOff");
+    let stuck = run("server1", &["rollback", "--rollout-timeout", "2"]);
+    assert!(!stuck.ok, "{}", stuck.stdout);
+    assert!(
+        stuck.stderr.contains("did not finish within 2s")
+            && stuck.stderr.contains("stuck-pod-0: CrashLoopBackOff"),
+        "{}",
+        stuck.stderr
+    );
+
+    let delete = run("server1", &["delete"]);
+    assert!(delete.ok, "{}", delete.stderr);
+    assert!(fake.names().is_empty(), "delete removes the history too: {:?}", fake.names());
 }

@@ -1,7 +1,9 @@
 //! Redeploying on the Docker runner while clients call (`examples/rollout.rs`): three new builds
-//! with new replica counts lose no request of sixteen kept-alive clients, and a release that
-//! cannot start fails `up` while the running version serves on. The run prints what a rollout
-//! costs. Needs the real Docker engine (skips, or fails with `MP_REQUIRE_DOCKER=1`, without one).
+//! with new replica counts lose no request of sixteen kept-alive clients, a release that cannot
+//! start fails `up` while the running version serves on, and `rollback` returns to the release
+//! before (its build and its replica count), then forward again, losing no request either. The
+//! run prints what a rollout costs. Needs the real Docker engine (skips, or fails with
+//! `MP_REQUIRE_DOCKER=1`, without one).
 
 mod support;
 
@@ -39,18 +41,65 @@ fn text(output: &Output) -> (String, String) {
     )
 }
 
+/// When the first answer from `version` sent after `since` arrived (from the load's start): that
+/// version answered before the rollback too.
+fn first_answer_since(load: &Load, version: &str, since: Duration) -> Duration {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let answered = load
+            .samples()
+            .iter()
+            .filter(|s| s.at >= since && s.outcome.as_deref() == Ok(version))
+            .map(|s| s.at + s.latency)
+            .min();
+        if let Some(at) = answered {
+            return at;
+        }
+        assert!(std::time::Instant::now() < deadline, "no answer from version {version} within 30s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The containers of `node` (`greeter.replica`) that `status` lists, and whether all run `version`.
+fn containers_in_status(app: &Deployed, node: &str, version: &str) -> (Vec<String>, bool) {
+    let status = String::from_utf8_lossy(&app.run(&["status"]).stdout).into_owned();
+    let rows: Vec<Vec<&str>> = status
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|columns| columns.get(1) == Some(&node))
+        .collect();
+    let all_of_version = rows.iter().all(|columns| columns.get(4) == Some(&version));
+    (rows.into_iter().map(|columns| columns[0].to_string()).collect(), all_of_version)
+}
+
+/// The environment a container runs with, as the engine reports it.
+fn container_env(container: &str) -> String {
+    let inspect =
+        run_bounded(Command::new("docker").args(["inspect", "--format", "{{json .Config.Env}}", container]));
+    assert!(inspect.status.success(), "{}", text(&inspect).1);
+    text(&inspect).0
+}
+
 #[test]
-fn redeploys_on_docker_under_sixteen_clients_lose_no_request_and_a_broken_release_changes_nothing() {
+fn redeploys_and_rollbacks_on_docker_under_sixteen_clients_lose_no_request_and_a_broken_release_changes_nothing(
+) {
     let Some(bins) = binaries_or_skip() else { return };
     let app = Deployed::new(bins, "rollout");
+    let refused = app.run_unchecked(&["rollback"]);
+    assert!(!refused.status.success());
+    assert!(text(&refused).1.contains(&format!("app '{}' is not running", app.name)), "{}", text(&refused).1);
     let mut versions = vec![deployed_version(&app.up())];
+    let refused = app.run_unchecked(&["rollback"]);
+    assert!(!refused.status.success());
+    assert!(text(&refused).1.contains("has no previous version to roll back to"), "{}", text(&refused).1);
     let address = format!("127.0.0.1:{}", app.port);
     let load = Load::start(&address, "greeter", json!({ "name": "ada" }), 16, Duration::from_secs(400));
     std::thread::sleep(Duration::from_secs(2));
 
     let (mut windows, mut to_serve) = (Vec::new(), Vec::new());
+    let mut program = PathBuf::new();
     for (i, replicas) in [5, 2, 3].into_iter().enumerate() {
-        let program = build(&app, &(i + 1).to_string());
+        program = build(&app, &(i + 1).to_string());
         let started = load.started.elapsed();
         let up = run(&app, &program, &["up"], &[("REPLICAS", &replicas.to_string())]);
         let ended = load.started.elapsed();
@@ -80,6 +129,48 @@ fn redeploys_on_docker_under_sixteen_clients_lose_no_request_and_a_broken_releas
     assert!(stderr.contains(&format!("version {} keeps serving", versions[3])), "{stderr}");
     assert_eq!(app.labelled("ps"), 5, "nothing of the broken release is left");
 
+    // Back to the release before (build 2, two replicas), from a shell that does not set
+    // REPLICAS: the release's own variables come back with it. Then forward again.
+    let mut rolled_back_in = Vec::new();
+    for (from, to, replicas) in [(3, 2, 2), (2, 3, 3)] {
+        let started = load.started.elapsed();
+        let rollback = run(&app, &program, &["rollback"], &[]);
+        let ended = load.started.elapsed();
+        let (stdout, stderr) = text(&rollback);
+        assert!(rollback.status.success(), "rollback to {to}: {stdout}\n{stderr}");
+        assert!(
+            stdout.contains(&format!(
+                "rolling back from version {} to version {}",
+                versions[from], versions[to]
+            )),
+            "{stdout}"
+        );
+        assert!(stdout.contains("finished its requests and stopped"), "{stdout}");
+        assert_eq!(deployed_version(&stdout), versions[to]);
+        rolled_back_in.push(first_answer_since(&load, &versions[to], started) - started);
+        windows.push((started, ended));
+        let (greeters, all_of_version) = containers_in_status(&app, "greeter.replica", &versions[to]);
+        assert!(
+            all_of_version && greeters.len() == replicas,
+            "status shows the release rolled back to: {greeters:?}"
+        );
+        // `main` compiles its plan from REPLICAS in every container: the release's own value.
+        let env = container_env(&greeters[0]);
+        assert!(env.contains(&format!("\"REPLICAS={replicas}\"")), "{env}");
+        assert_eq!(app.labelled("ps"), replicas + 2, "only its generation and the edge remain");
+    }
+    // The release to go back to now is build 2; without its image there is nothing to start.
+    let image = format!("metaparticle/{}:{}", app.name, versions[2]);
+    let removed = run_bounded(Command::new("docker").args(["image", "rm", &image]));
+    assert!(removed.status.success(), "the previous image was kept: {}", text(&removed).1);
+    let refused = run(&app, &program, &["rollback"], &[]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).1.contains(&format!("the image of version {}", versions[2])),
+        "{}",
+        text(&refused).1
+    );
+
     std::thread::sleep(Duration::from_millis(500));
     let samples = load.finish();
     assert_none_failed(&samples);
@@ -93,15 +184,18 @@ fn redeploys_on_docker_under_sixteen_clients_lose_no_request_and_a_broken_releas
     let (p99_steady, p99_during) = p99_steady_and_during(&samples, &windows);
     let (median_to_serve, max_to_serve) = median_and_max(to_serve);
     println!(
-        "rollout figures (docker runner, 16 clients): 3 redeploys (new image each) and a broken release, \
-         {} requests, none failed; p99 {:.1} ms steady, {:.1} ms during rollouts ({:.2}x); from up to the \
-         new version serving: median {:.1} s, max {:.1} s (image build included)",
+        "rollout figures (docker runner, 16 clients): 3 redeploys (new image each), a broken release and \
+         2 rollbacks, {} requests, none failed; p99 {:.1} ms steady, {:.1} ms during rollouts ({:.2}x); from \
+         up to the new version serving: median {:.1} s, max {:.1} s (image build included); from rollback \
+         to the previous version serving: {:.1} s and {:.1} s",
         samples.len(),
         p99_steady.as_secs_f64() * 1e3,
         p99_during.as_secs_f64() * 1e3,
         p99_during.as_secs_f64() / p99_steady.as_secs_f64().max(1e-6),
         median_to_serve.as_secs_f64(),
         max_to_serve.as_secs_f64(),
+        rolled_back_in[0].as_secs_f64(),
+        rolled_back_in[1].as_secs_f64(),
     );
     let status = String::from_utf8_lossy(&app.run(&["status"]).stdout).into_owned();
     assert!(status.contains(&versions[3]) && status.contains("holds the published port"), "{status}");

@@ -2,8 +2,8 @@
 //! level without a cluster.
 //!
 //! It speaks just enough of the API for what the runner sends: `GET /version`, get, list,
-//! server-side-apply `PATCH` and `DELETE` of namespaced Secrets, Services, Pods, Deployments and
-//! StatefulSets. Applied objects are stored as sent; when read back, workloads report every
+//! server-side-apply `PATCH` and `DELETE` of namespaced Secrets, ConfigMaps, Services, Pods,
+//! Deployments and StatefulSets. Applied objects are stored as sent; when read back, workloads report every
 //! replica updated and ready, and LoadBalancer Services an ingress address, as a healthy cluster
 //! would once the rollout is done. It is not a cluster: no controllers, no validation, no
 //! conflicts. What it proves is what the runner asks for, in which order, with which parameters.

@@ -127,8 +127,9 @@ enum Command {
         #[arg(long)]
         purge: bool,
     },
-    /// Return a running app to the build it ran before its last `up` (local runner), the way
-    /// `up` rolls out: the old build starts beside the current one, then takes over.
+    /// Return a running app to the build (and topology) it ran before its last `up`, the way
+    /// `up` rolls out: the old build starts beside the current one, then takes over (on
+    /// Kubernetes: its kept objects are applied again, one pod at a time).
     Rollback,
     /// List every node, replica, address, process and its health.
     Status,
@@ -247,10 +248,7 @@ impl Cli {
             (RunnerKind::Local, Command::Up { attach }) => Ok(local::up(&deploy(attach), &plan).await?),
             (RunnerKind::Local, Command::Delete { .. }) => Ok(local::delete(&app).await?),
             (RunnerKind::Local, Command::Rollback) => Ok(local::rollback(&deploy(false)).await?),
-            (RunnerKind::Docker, Command::Rollback) => Err(Error::Usage(
-                "rollback is for the local runner so far; on Docker, check out the previous build and run up"
-                    .into(),
-            )),
+            (RunnerKind::Docker, Command::Rollback) => Ok(docker::rollback(&deploy(false)).await?),
             (RunnerKind::Local, Command::Status) => Ok(local::status(&app).await?),
             (RunnerKind::Local, Command::Logs { follow }) => Ok(local::logs(&app, follow).await?),
             (RunnerKind::Docker, Command::Up { attach }) => Ok(docker::up(&deploy(attach), &plan).await?),
@@ -275,10 +273,7 @@ impl Cli {
                     // A cluster keeps the app's state in its volume claim, not on this machine.
                     Command::Delete { purge } => return Ok(k8s::delete(&app, &options, purge).await?),
                     Command::Status => Ok(k8s::status(&app, &options).await?),
-                    Command::Rollback => Err(Error::Usage(format!(
-                        "on Kubernetes, roll back with `kubectl rollout undo` on the app's objects (labelled {})",
-                        k8s::names::app_selector(&app)
-                    ))),
+                    Command::Rollback => Ok(k8s::rollback(&deploy(false), &options).await?),
                     Command::Logs { .. } => Err(Error::Usage(format!(
                         "on Kubernetes, read the logs with `kubectl logs --prefix -l {} --all-containers`",
                         k8s::names::app_selector(&app)
@@ -340,6 +335,9 @@ mod docker {
         missing()
     }
     pub(super) async fn delete(_: &str) -> Result<()> {
+        missing()
+    }
+    pub(super) async fn rollback(_: &Deploy) -> Result<()> {
         missing()
     }
     pub(super) async fn status(_: &str) -> Result<()> {

@@ -210,7 +210,7 @@ pub(crate) async fn start_edge(
 /// The deployer's variables named in `MP_PASS_ENV` (comma-separated), as `NAME=value`: a program
 /// whose `main` reads its environment (a replica count, a feature switch) must see the same
 /// values in its containers as where it was deployed, or its nodes would compile another plan.
-fn passed_through() -> Vec<String> {
+pub(crate) fn passed_through() -> Vec<String> {
     let names = std::env::var("MP_PASS_ENV").unwrap_or_default();
     names
         .split(',')
@@ -220,19 +220,18 @@ fn passed_through() -> Vec<String> {
         .collect()
 }
 
-/// Creates and starts one replica's container.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn start(
+/// Creates and starts one replica's container of generation `new`.
+pub(super) async fn start(
     docker: &Docker,
     deploy: &Deploy,
-    image: &str,
+    new: &super::Generation<'_>,
     network: &str,
     replica: &Replica,
     book: &AddressBook,
     secret: &str,
-    version: &str,
 ) -> Result<()> {
     let app = deploy.app.as_str();
+    let (image, version) = (new.image, new.version);
     // The file store's folder on the host is mounted into every container of the app, so they all
     // share one database (SQLite locks work across containers of one kernel). Redis is reached by
     // its URL, which must name an address containers can reach (see docs/docker.md).
@@ -267,7 +266,8 @@ pub(crate) async fn start(
         env.push(format!("MP_LOG={filter}"));
     }
     env.push(format!("MP_VERSION={version}"));
-    env.extend(passed_through());
+    // The release's own variables: a rollback passes what its release ran with, not this shell's.
+    env.extend(new.env.iter().cloned());
     if replica.front {
         // The published socket comes from the edge; the node's own socket stays its version's.
         env.push(format!(

@@ -78,6 +78,22 @@ pub enum DockerError {
         #[source]
         source: Box<DockerError>,
     },
+    /// `rollback` with no earlier release on record.
+    #[error("app '{app}' has no previous version to roll back to (it has not been redeployed with another build or topology since it was first deployed)")]
+    NoPrevious {
+        /// The app.
+        app: String,
+    },
+    /// The image of the release `rollback` returns to is gone from the engine.
+    #[error("the image of version {version} ({image}) is no longer on the Docker engine, so there is nothing to roll back to; check out that build and run `{invocation} up`")]
+    PreviousImageMissing {
+        /// The version.
+        version: String,
+        /// Its image tag.
+        image: String,
+        /// How the user runs the program.
+        invocation: String,
+    },
     /// A deploy failed, and removing what it started failed too.
     #[error("{failure}\n(and cleaning up failed too: {cleanup}; run `{invocation} delete`)")]
     CleanupFailed {

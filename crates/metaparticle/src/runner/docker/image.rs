@@ -207,14 +207,15 @@ pub(crate) async fn build(docker: &Docker, app: &str, context: Context, progress
     Ok(())
 }
 
-/// Removes the app's older images, kept one build back at most by a crash: a rebuilt debug
-/// binary is ~70 MB, and a dev loop of `cargo run -- --runner docker` would otherwise pile them up.
-/// Best effort: an image a container still uses is refused by the engine and stays.
-pub(crate) async fn prune_older(docker: &Docker, app: &str, keep: &str) -> usize {
+/// Removes the app's images but those tagged as in `keep` (the running build and the one
+/// `rollback` returns to): a rebuilt debug binary is ~70 MB, and a dev loop of
+/// `cargo run -- --runner docker` would otherwise pile them up. Best effort: an image a container
+/// still uses is refused by the engine and stays.
+pub(crate) async fn prune_older(docker: &Docker, app: &str, keep: &[String]) -> usize {
     let options = ListImagesOptionsBuilder::default().filters(&labels::app_filter(app)).build();
     let Ok(images) = docker.list_images(Some(options)).await else { return 0 };
     let mut removed = 0;
-    for image in images.into_iter().filter(|i| !i.repo_tags.iter().any(|t| t == keep)) {
+    for image in images.into_iter().filter(|i| !i.repo_tags.iter().any(|t| keep.contains(t))) {
         let options = RemoveImageOptionsBuilder::default().force(false).build();
         if docker.remove_image(&image.id, Some(options), None).await.is_ok() {
             removed += 1;

@@ -6,7 +6,9 @@
 //! `--bind:--port` through an edge container that holds the socket for every generation's front
 //! ([`crate::plane::edge`]), and returns once every container answers `/healthz`. On a running app
 //! it starts the next generation beside the current one and retires the old one once the new one
-//! is healthy, so no caller is refused. Nodes find each other by container name
+//! is healthy, so no caller is refused. `rollback` deploys the release that ran before the last
+//! rollout (its image, plan and passed variables, which [`history`] keeps and image pruning
+//! spares) through that same rollout. Nodes find each other by container name
 //! through the network's DNS; the address book and every other `MP_*` variable of
 //! [`NodeLaunch`](crate::plane::NodeLaunch) reach each container unchanged, so the data plane does
 //! not know it runs in Docker.
@@ -21,6 +23,7 @@
 pub(crate) mod containers;
 pub(crate) mod engine;
 mod error;
+pub(crate) mod history;
 pub(crate) mod image;
 pub(crate) mod labels;
 pub(crate) mod progress;
@@ -39,6 +42,7 @@ use crate::model::Plan;
 use crate::runner::{connect_address, random_secret, Deploy};
 use bollard::models::ContainerSummary;
 use containers::Replica;
+use history::{History, Release};
 use progress::Progress;
 
 /// Deploys `plan` as containers. If the app is running, rolls the new build out beside it: the
@@ -49,13 +53,7 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
     if deploy.attach {
         return Err(DockerError::AttachUnsupported);
     }
-    if deploy.port == 0 {
-        // The engine would pick a host port, but the record, the health probe and the printed
-        // address are all decided before the container starts.
-        return Err(DockerError::AnyPort);
-    }
-    // Refuse a port range past 65535 before any image is built.
-    deploy.exposed_addresses(plan)?;
+    check_ports(deploy, plan)?;
     // One deploy of an app at a time: a racing `up` or `delete` would remove what this one starts.
     let _lock = crate::runner::lock::DeployLock::acquire(&deploy.app)?;
     let started = Instant::now();
@@ -63,14 +61,102 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
     let progress = Progress::new();
     let old = containers::list(&docker, &deploy.app).await?;
     let record = Deployment::load(&deploy.app)?;
-    let running = !old.is_empty() || record.is_some();
-    if !running {
+    if old.is_empty() && record.is_none() {
         // Fail before a build that may take a while; a running app's own ports are checked
         // once its containers are gone.
         deploy.check_exposed_ports(plan)?;
     }
     let (image, _pushed) = ensure_image(&docker, &deploy.app, &progress).await?;
-    let version = image::version_of(&image);
+    let release = Release {
+        version: image::version_of(&image),
+        image,
+        plan: plan.clone(),
+        env: containers::passed_through(),
+    };
+    let running = Running { containers: old, record };
+    deploy_release(&docker, deploy, release, running, started, &progress, Purpose::Up).await
+}
+
+/// Rolls a running app back to the release that ran before its last rollout (its image, plan
+/// and passed variables, as [`history`] kept them), through the same rollout as `up`: the old
+/// release starts as a new generation beside the current one and takes over; no caller is
+/// refused. A rollback of a rollback goes forward again.
+pub(crate) async fn rollback(deploy: &Deploy) -> Result<()> {
+    let _lock = crate::runner::lock::DeployLock::acquire(&deploy.app)?;
+    let started = Instant::now();
+    let docker = engine::connect().await?;
+    let old = containers::list(&docker, &deploy.app).await?;
+    let record = match Deployment::load(&deploy.app)? {
+        Some(record) if !old.is_empty() => record,
+        _ => return Err(DeployError::NotRunning(deploy.app.clone()).into()),
+    };
+    let previous = History::load(&deploy.app, Some(&record))?
+        .previous
+        .ok_or_else(|| DockerError::NoPrevious { app: deploy.app.clone() })?;
+    check_ports(deploy, &previous.plan)?;
+    if !image::exists(&docker, &previous.image).await? {
+        return Err(DockerError::PreviousImageMissing {
+            version: previous.version,
+            image: previous.image,
+            invocation: deploy.invocation.clone(),
+        });
+    }
+    println!(
+        "app '{}': rolling back from version {} to version {}",
+        deploy.app,
+        record.version.as_deref().unwrap_or("?"),
+        previous.version
+    );
+    let running = Running { containers: old, record: Some(record) };
+    deploy_release(&docker, deploy, previous, running, started, &Progress::new(), Purpose::Rollback).await
+}
+
+/// Refuses what the Docker runner cannot publish, before anything starts.
+fn check_ports(deploy: &Deploy, plan: &Plan) -> Result<()> {
+    if deploy.port == 0 {
+        // The engine would pick a host port, but the record, the health probe and the printed
+        // address are all decided before the container starts.
+        return Err(DockerError::AnyPort);
+    }
+    // Refuse a port range past 65535 before any image is built.
+    deploy.exposed_addresses(plan)?;
+    Ok(())
+}
+
+/// What of the app runs when a deploy begins.
+struct Running {
+    /// Every container of the app (edges included).
+    containers: Vec<ContainerSummary>,
+    /// Its record.
+    record: Option<Deployment>,
+}
+
+/// Why a release is deployed: `up` and `rollback` differ only in what they print.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Up,
+    Rollback,
+}
+
+/// Deploys `release`: rolls it out beside a running app as a new generation when the app's edges
+/// can hand their sockets over, else replaces what runs (or starts it afresh); then records it in
+/// the app's history and prunes the images the history no longer names.
+async fn deploy_release(
+    docker: &Docker,
+    deploy: &Deploy,
+    release: Release,
+    running: Running,
+    started: Instant,
+    progress: &Progress,
+    purpose: Purpose,
+) -> Result<()> {
+    let Running { containers: old, record } = running;
+    let plan = &release.plan;
+    let (image, version) = (&release.image, &release.version);
+    // Read before a replacement removes the app's folder: the release it replaces is still the
+    // one to roll back to.
+    let history = History::load(&deploy.app, record.as_ref())?;
+    let is_running = !old.is_empty() || record.is_some();
     let built_in = started.elapsed();
     let published: Vec<_> =
         deploy.exposed_addresses(plan)?.into_iter().map(|(n, r, a)| (n.name.clone(), r, a)).collect();
@@ -97,13 +183,13 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
             && same_ports(r)
     });
     let roll_from = roll_from.filter(|_| rollable(plan));
-    if running && roll_from.is_none() {
+    if is_running && roll_from.is_none() {
         progress.stage(format!(
             "app '{}' is already running: replacing its {} containers",
             deploy.app,
             old.len()
         ));
-        remove_app(&docker, &deploy.app).await?;
+        remove_app(docker, &deploy.app).await?;
         deploy.check_exposed_ports(plan)?;
     }
     let generation = match &roll_from {
@@ -111,20 +197,20 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
         None => 1,
     };
     let (replicas, edges) = containers::replicas(&deploy.app, plan, &published, generation)?;
-    if let Some(previous) = &roll_from {
+    if let (Some(previous), Purpose::Up) = (&roll_from, purpose) {
         println!(
             "app '{}' is running: rolling out {}",
             deploy.app,
-            crate::runner::describe_changes(&previous.plan, previous.version.as_deref(), plan, &version)
+            crate::runner::describe_changes(&previous.plan, previous.version.as_deref(), plan, version)
         );
     }
-    let new = Generation { image: &image, version: &version, replicas: &replicas, edges: &edges };
+    let new = Generation { image, version, env: &release.env, replicas: &replicas, edges: &edges };
     // What still runs: the old generation and its edges during a rollout, nothing after a replace.
     let running_now: &[ContainerSummary] = if roll_from.is_some() { &old } else { &[] };
 
     // Ctrl-C while containers start counts as a failure: it cleans up like one.
     let outcome = tokio::select! {
-        outcome = run_containers(&docker, deploy, plan, &new, roll_from.is_none(), running_now, &progress) => outcome,
+        outcome = run_containers(docker, deploy, plan, &new, roll_from.is_none(), running_now, progress) => outcome,
         _ = tokio::signal::ctrl_c() => Err(DeployError::Interrupted.into()),
     };
     let record = match outcome {
@@ -133,9 +219,9 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
             progress.finish();
             let cleanup = match &roll_from {
                 // The running generation was never touched: only what this rollout started goes.
-                Some(_) => remove_new(&docker, &deploy.app, generation, &old).await,
+                Some(_) => remove_new(docker, &deploy.app, generation, &old).await,
                 // Nothing half-deployed may remain: not a container, not the network, not the record.
-                None => remove_app(&docker, &deploy.app).await.map(|_| ()),
+                None => remove_app(docker, &deploy.app).await.map(|_| ()),
             };
             if let Err(cleanup) = cleanup {
                 return Err(DockerError::CleanupFailed {
@@ -154,6 +240,9 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
         }
     };
     let healthy_in = started.elapsed();
+    // The new release serves: it is the one running, and the one it replaced is kept to return to.
+    let history = history.after(release.clone());
+    history.save(&deploy.app)?;
     let mut retired = None;
     if let Some(previous) = &roll_from {
         // The new generation serves; the old one finishes what it serves and goes.
@@ -165,27 +254,31 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
             old_nodes.len(),
             previous.version.as_deref().unwrap_or("?")
         ));
-        containers::retire(&docker, &old_nodes, &fronts).await?;
+        containers::retire(docker, &old_nodes, &fronts).await?;
         let unused_edges: Vec<ContainerSummary> = old
             .iter()
             .filter(|c| is_edge(c) && !edges.iter().any(|e| e.name == containers::container_name(c)))
             .cloned()
             .collect();
-        containers::remove(&docker, &unused_edges).await?;
+        containers::remove(docker, &unused_edges).await?;
         retired = Some((previous.version.clone().unwrap_or_else(|| "?".into()), retiring.elapsed()));
     }
-    let pruned = image::prune_older(&docker, &deploy.app, &image).await;
+    let pruned = image::prune_older(docker, &deploy.app, &history.images()).await;
     progress.finish();
     if pruned > 0 {
         println!("removed {pruned} older image(s) of app '{}'", deploy.app);
     }
     println!(
-        "deployed app '{}' (docker runner): version {version}, {} containers from image {}, healthy in {:.2}s (image ready after {:.2}s)",
+        "deployed app '{}' (docker runner): version {version}, {} containers from image {}, healthy in {:.2}s{}",
         deploy.app,
         replicas.len() + edges.len(),
         image,
         healthy_in.as_secs_f64(),
-        built_in.as_secs_f64()
+        // A rollback builds nothing: its image is the one kept.
+        match purpose {
+            Purpose::Up => format!(" (image ready after {:.2}s)", built_in.as_secs_f64()),
+            Purpose::Rollback => String::new(),
+        }
     );
     if let Some((old_version, took)) = retired {
         println!(
@@ -213,6 +306,8 @@ fn is_edge(container: &ContainerSummary) -> bool {
 struct Generation<'a> {
     image: &'a str,
     version: &'a str,
+    /// The deployer's variables passed into every node container.
+    env: &'a [String],
     replicas: &'a [Replica],
     edges: &'a [containers::EdgeSpec],
 }
@@ -248,7 +343,11 @@ pub(crate) async fn image_reference(app: &str) -> Result<String> {
     let docker = engine::connect().await?;
     let progress = Progress::on_stderr();
     let (tag, pushed) = ensure_image(&docker, app, &progress).await?;
-    image::prune_older(&docker, app, &tag).await;
+    // The images a running app's history names stay: its current one and the one to roll back to.
+    let record = Deployment::load(app).ok().flatten();
+    let mut keep = History::load(app, record.as_ref()).map(|h| h.images()).unwrap_or_default();
+    keep.push(tag.clone());
+    image::prune_older(&docker, app, &keep).await;
     progress.finish();
     Ok(pushed.unwrap_or(tag))
 }
@@ -346,9 +445,7 @@ async fn run_containers(
     for wave in [inner, fronts] {
         // Concurrently: the engine takes about half a second per container start, mostly waiting.
         let starts = wave.iter().map(|replica| async {
-            let started =
-                containers::start(docker, deploy, new.image, &network, replica, &book, &secret, new.version)
-                    .await;
+            let started = containers::start(docker, deploy, new, &network, replica, &book, &secret).await;
             progress.step();
             started
         });

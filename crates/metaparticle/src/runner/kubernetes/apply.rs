@@ -15,7 +15,7 @@
 use std::fmt::Debug;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
@@ -125,8 +125,8 @@ async fn apply<K: Kind>(client: &Client, namespace: &str, app: &str, objects: &[
     Ok(objects.len())
 }
 
-/// Deletes the app's objects that `keep` does not contain (but never its Secret nor its state
-/// volume); returns `Kind/name` of each.
+/// Deletes the app's objects that `keep` does not contain (but never its Secret, its history nor
+/// its state volume); returns `Kind/name` of each.
 pub(crate) async fn prune(
     client: &Client,
     namespace: &str,
@@ -135,7 +135,34 @@ pub(crate) async fn prune(
 ) -> Result<Vec<String>> {
     let mut kept = keep.summary();
     kept.push(format!("Secret/{}", names::secret_name(app)));
+    kept.push(format!("ConfigMap/{}", names::history_name(app)));
     delete_except(client, namespace, app, &kept).await
+}
+
+/// Checks that the app's Secret holds every key in `keys`, changing nothing: `rollback` re-applies
+/// objects whose pods read it, and has no storage password to write into it.
+pub(crate) async fn require_secret(client: &Client, namespace: &str, app: &str, keys: &[&str]) -> Result<()> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let name = names::secret_name(app);
+    let existing =
+        api.get_opt(&name).await.map_err(|e| api_error(&format!("reading Secret/{name}"), namespace, e))?;
+    let has = |s: &Secret, key: &str| {
+        s.data.as_ref().is_some_and(|d| d.contains_key(key))
+            || s.string_data.as_ref().is_some_and(|d| d.contains_key(key))
+    };
+    let missing: Vec<&str> = match &existing {
+        Some(s) => keys.iter().copied().filter(|k| !has(s, k)).collect(),
+        None => keys.to_vec(),
+    };
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(KubernetesError::Unsupported(format!(
+        "the release to roll back to reads key(s) {} of Secret/{name} in namespace '{namespace}', which {}; \
+         deploy that release with `up` instead (its flags recreate the Secret)",
+        missing.join(", "),
+        if existing.is_some() { "lacks them" } else { "does not exist" }
+    )))
 }
 
 /// Deletes every object labelled with the app but its state volume; returns `Kind/name` of each.
@@ -143,13 +170,14 @@ pub(crate) async fn delete_all(client: &Client, namespace: &str, app: &str) -> R
     delete_except(client, namespace, app, &[]).await
 }
 
-/// Workloads first (their pods stop), then the Services and the Secret they used.
+/// Workloads first (their pods stop), then the Services and the Secret they used, then the history.
 async fn delete_except(client: &Client, namespace: &str, app: &str, keep: &[String]) -> Result<Vec<String>> {
     let mut deleted = Vec::new();
     deleted.extend(delete_kind::<Deployment>(client, namespace, app, keep).await?);
     deleted.extend(delete_kind::<StatefulSet>(client, namespace, app, keep).await?);
     deleted.extend(delete_kind::<Service>(client, namespace, app, keep).await?);
     deleted.extend(delete_kind::<Secret>(client, namespace, app, keep).await?);
+    deleted.extend(delete_kind::<ConfigMap>(client, namespace, app, keep).await?);
     Ok(deleted)
 }
 
@@ -196,7 +224,8 @@ async fn delete_kind<K: Kind>(
     Ok(deleted)
 }
 
-fn belongs_to<K: Resource>(object: &K, app: &str) -> bool {
+/// Whether `object` carries the app's label.
+pub(crate) fn belongs_to<K: Resource>(object: &K, app: &str) -> bool {
     object.labels().get(APP_LABEL).is_some_and(|a| *a == names::label_value(app))
 }
 

@@ -117,6 +117,18 @@ pub enum KubernetesError {
         /// Where.
         namespace: String,
     },
+    /// `rollback` with no earlier release kept.
+    #[error(
+        "app '{app}' has no previous version to roll back to in namespace '{namespace}' (`up` has not \
+         applied another build or topology since it first deployed it, or deployed it before \
+         metaparticle kept a history)"
+    )]
+    NoPrevious {
+        /// The app.
+        app: String,
+        /// Where.
+        namespace: String,
+    },
     /// The objects could not be written as YAML.
     #[error("writing the manifests as YAML: {0}")]
     Yaml(#[source] serde_norway::Error),

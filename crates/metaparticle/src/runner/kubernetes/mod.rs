@@ -12,6 +12,9 @@
 //! - [`cluster`] finds the kubeconfig's namespace and proves the API server answers, quickly.
 //! - [`apply`] creates the app's Secret when absent, applies the objects with server-side apply,
 //!   prunes what the plan no longer has, and deletes everything by label.
+//! - [`history`] keeps the release `up` applies and the one it replaced in a ConfigMap of the
+//!   app; `rollback` re-applies the previous one, whole, through the same rolling update (why
+//!   this and not `kubectl rollout undo` is explained there).
 //! - [`rollout`] waits for the rollout and prints how to reach exposed services.
 //! - [`error`] says what went wrong and what to do.
 //!
@@ -22,6 +25,7 @@
 pub(crate) mod apply;
 pub(crate) mod cluster;
 pub(crate) mod error;
+pub(crate) mod history;
 pub(crate) mod manifests;
 pub(crate) mod names;
 pub(crate) mod rollout;
@@ -179,9 +183,70 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan, options: &Options) -> Resul
     eprintln!("applying app '{}' to namespace '{namespace}' (image {image})", deploy.app);
     let password = manifests::storage_password(&settings)
         .filter(|_| m.secret_keys.contains(&manifests::STORAGE_PASSWORD_KEY));
+    let history = history::load(&client, &namespace, &deploy.app).await?.unwrap_or_default();
     apply::ensure_secret(&client, &namespace, &deploy.app, &m.secret_keys, password.as_deref()).await?;
-    let applied = apply::apply_all(&client, &namespace, &deploy.app, &m).await?;
-    let pruned = apply::prune(&client, &namespace, &deploy.app, &m).await?;
+    let release = history::Release::of(&image, plan, &m);
+    apply_release(&client, &namespace, deploy, options, &m, history.after(release)).await?;
+    println!(
+        "deployed app '{}' (kubernetes runner, namespace '{namespace}'): {} pods, ready in {:.0}s",
+        deploy.app,
+        plan.process_count(),
+        started.elapsed().as_secs_f64()
+    );
+    print_endpoints(&client, &namespace, deploy, options, plan, &m).await;
+    Ok(())
+}
+
+/// Re-applies the release the app ran before its last `up` (as [`history`] kept it: its image,
+/// its objects, its replica counts), prunes what that release lacks, and waits for the rolling
+/// update as `up` does. A rollback of a rollback goes forward again.
+pub(crate) async fn rollback(deploy: &Deploy, options: &Options) -> Result<()> {
+    let started = Instant::now();
+    let namespace = cluster::namespace(options.namespace.as_deref())?;
+    let client = cluster::connect().await?;
+    let Some(history) = history::load(&client, &namespace, &deploy.app).await? else {
+        if workloads(&client, &namespace, &deploy.app).await?.is_empty() {
+            return Err(KubernetesError::NoWorkloads { app: deploy.app.clone(), namespace });
+        }
+        return Err(KubernetesError::NoPrevious { app: deploy.app.clone(), namespace });
+    };
+    let Some(previous) = history.previous.clone() else {
+        return Err(KubernetesError::NoPrevious { app: deploy.app.clone(), namespace });
+    };
+    let m = previous.manifests()?;
+    // Checked before anything changes: the kept objects' pods need their Secret's keys.
+    apply::require_secret(&client, &namespace, &deploy.app, &m.secret_keys).await?;
+    println!(
+        "app '{}': rolling back from image {} to image {}",
+        deploy.app,
+        history.current.as_ref().map_or("?", |c| c.image.as_str()),
+        previous.image
+    );
+    apply_release(&client, &namespace, deploy, options, &m, history.after(previous.clone())).await?;
+    println!(
+        "deployed app '{}' (kubernetes runner, namespace '{namespace}'): {} pods, ready in {:.0}s",
+        deploy.app,
+        previous.plan.process_count(),
+        started.elapsed().as_secs_f64()
+    );
+    print_endpoints(&client, &namespace, deploy, options, &previous.plan, &m).await;
+    Ok(())
+}
+
+/// Records `history` (whose current release is `m`), applies `m`, prunes what it lacks, and waits
+/// for the rollout. The history is written first: should the apply or the rollout fail halfway,
+/// `rollback` still knows the release that ran before, which is where a user then wants to go.
+async fn apply_release(
+    client: &kube::Client,
+    namespace: &str,
+    deploy: &Deploy,
+    options: &Options,
+    m: &manifests::Manifests,
+    history: history::History,
+) -> Result<()> {
+    history::save(client, namespace, &deploy.app, &history).await?;
+    let applied = apply::apply_all(client, namespace, &deploy.app, m).await?;
+    let pruned = apply::prune(client, namespace, &deploy.app, m).await?;
     eprintln!(
         "applied {applied} objects{}",
         if pruned.is_empty() {
@@ -190,21 +255,41 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan, options: &Options) -> Resul
             format!("; removed {} no longer in the plan: {}", pruned.len(), pruned.join(", "))
         }
     );
-    rollout::wait(&client, &namespace, &deploy.app, &m, options.rollout_timeout).await?;
-    println!(
-        "deployed app '{}' (kubernetes runner, namespace '{namespace}'): {} pods, ready in {:.0}s",
-        deploy.app,
-        plan.process_count(),
-        started.elapsed().as_secs_f64()
-    );
+    rollout::wait(client, namespace, &deploy.app, m, options.rollout_timeout).await
+}
+
+/// Prints how to reach the exposed services of `plan`, and the next commands.
+async fn print_endpoints(
+    client: &kube::Client,
+    namespace: &str,
+    deploy: &Deploy,
+    options: &Options,
+    plan: &Plan,
+    m: &manifests::Manifests,
+) {
     let exposed: Vec<(String, String)> =
         plan.exposed().map(|n| (n.service.clone(), names::service_name(&n.name))).collect();
-    rollout::print_endpoints(&client, &namespace, &m, &exposed, options.expose_as, deploy.port).await;
+    rollout::print_endpoints(client, namespace, m, &exposed, options.expose_as, deploy.port).await;
     println!(
         "status:     {inv} --runner kubernetes status\ntear down:  {inv} --runner kubernetes delete",
         inv = deploy.invocation
     );
-    Ok(())
+}
+
+/// `Kind/name` of the app's Deployments and StatefulSets.
+async fn workloads(client: &kube::Client, namespace: &str, app: &str) -> Result<Vec<String>> {
+    let selector = ListParams::default().labels(&names::app_selector(app));
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let stateful_sets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+    let listing = |doing: &str, e| apply::api_error(doing, namespace, e);
+    let ds = deployments.list(&selector).await.map_err(|e| listing("listing Deployments", e))?;
+    let ss = stateful_sets.list(&selector).await.map_err(|e| listing("listing StatefulSets", e))?;
+    Ok(ds
+        .items
+        .iter()
+        .map(|d| format!("Deployment/{}", d.name_any()))
+        .chain(ss.items.iter().map(|s| format!("StatefulSet/{}", s.name_any())))
+        .collect())
 }
 
 /// Deletes every object labelled with the app; its state volume only with `purge`.

@@ -47,6 +47,11 @@ pub(crate) fn secret_name(app: &str) -> String {
     object_name(&format!("{}-metaparticle", label_value(app)), SERVICE_NAME_MAX)
 }
 
+/// The name of the ConfigMap holding the app's current and previous release (for `rollback`).
+pub(crate) fn history_name(app: &str) -> String {
+    object_name(&format!("{}-metaparticle-history", label_value(app)), SERVICE_NAME_MAX)
+}
+
 /// The name of the app's state volume claim (`--storage file`).
 pub(crate) fn state_claim_name(app: &str) -> String {
     object_name(&format!("{}-state", label_value(app)), SERVICE_NAME_MAX)
