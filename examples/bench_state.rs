@@ -11,10 +11,16 @@
 //! 3. For scale, `redis-benchmark -t incr` on the same Redis server (one server-side INCR per
 //!    request: no HTTP, no read-modify-write).
 //!
-//! Bounded: each row runs for a fixed time, on loopback only.
+//! The variants of a row (no state, each store, each way of committing) are launched side by side
+//! and measured in turn, round after round: a ratio compares rounds run moments apart, so load
+//! from elsewhere on the machine weighs on both sides alike. Each ratio printed is the median of
+//! the rounds', with its range.
+//!
+//! Bounded: every round runs for a fixed time, on loopback only.
 //!
 //! ```console
 //! $ cargo run --release --example bench_state
+//! $ cargo run --release --example bench_state -- keys 64   # only the rows whose topology and clients match
 //! ```
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +30,9 @@ use mp::StorageConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-const RUN_FOR: Duration = Duration::from_secs(3);
+/// Each variant runs this long per round, in turn with the others, for this many rounds.
+const ROUND: Duration = Duration::from_millis(1500);
+const ROUNDS: usize = 5;
 const WARM_UP: Duration = Duration::from_millis(300);
 const CLIENTS: [usize; 2] = [8, 64];
 const KEYS: u64 = 10_000;
@@ -88,6 +96,8 @@ impl Topology {
     }
 }
 
+/// One variant's counts over one round.
+#[derive(Clone, Copy, Default)]
 struct Measured {
     per_second: f64,
     retries_per_commit: f64,
@@ -95,20 +105,38 @@ struct Measured {
     gave_up: u64,
 }
 
-/// Runs `clients` closed-loop clients for `RUN_FOR` and counts successful requests.
-async fn measure(
+/// One topology on one store, launched once and measured round after round.
+struct Variant {
+    label: String,
     topology: Topology,
-    storage: Option<StorageConfig>,
-    group_limit: usize,
-    clients: usize,
-) -> mp::Result<Measured> {
-    let limits = mp::testing::Limits { max_state_group: group_limit, ..Default::default() };
-    let options = mp::testing::Options { storage, limits, ..Default::default() };
-    let app = Arc::new(mp::testing::launch_with(topology.services(), options).await?);
-    let run = |until: Instant| {
+    app: Arc<mp::testing::TestApp>,
+    rounds: Vec<Measured>,
+}
+
+impl Variant {
+    async fn launch(
+        label: String,
+        topology: Topology,
+        storage: Option<StorageConfig>,
+        group_limit: usize,
+    ) -> mp::Result<Self> {
+        let limits = mp::testing::Limits { max_state_group: group_limit, ..Default::default() };
+        // An app name of its own: variants sharing a store never touch each other's keys.
+        let app = Some(format!("bench-{}", label.replace([',', ' ', '(', ')'], "")));
+        let options = mp::testing::Options { storage, limits, app, ..Default::default() };
+        let app = Arc::new(mp::testing::launch_with(topology.services(), options).await?);
+        Ok(Self { label, topology, app, rounds: Vec::new() })
+    }
+
+    /// Runs `clients` closed-loop clients for `time` and counts successful requests.
+    async fn measure(&self, clients: usize, time: Duration) -> Measured {
+        let node = self.topology.stateful_node();
+        let before = self.app.state_stats(node);
+        let started = Instant::now();
+        let until = started + time;
         let mut tasks = tokio::task::JoinSet::new();
         for client in 0..clients {
-            let app = app.clone();
+            let app = self.app.clone();
             tasks.spawn(async move {
                 let mut ok = 0u64;
                 let mut key = client as u64 * 7919;
@@ -122,22 +150,54 @@ async fn measure(
                 ok
             });
         }
-        tasks
-    };
-    run(Instant::now() + WARM_UP).join_all().await;
-    let node = topology.stateful_node();
-    let before = app.state_stats(node);
-    let started = Instant::now();
-    let ok: u64 = run(started + RUN_FOR).join_all().await.into_iter().sum();
-    let elapsed = started.elapsed().as_secs_f64();
-    let after = app.state_stats(node);
-    let commits = (after.commits - before.commits).max(1) as f64;
-    Ok(Measured {
-        per_second: ok as f64 / elapsed,
-        retries_per_commit: (after.retries - before.retries) as f64 / commits,
-        mean_group: (after.requests - before.requests) as f64 / commits,
-        gave_up: after.gave_up - before.gave_up,
-    })
+        let ok: u64 = tasks.join_all().await.into_iter().sum();
+        let elapsed = started.elapsed().as_secs_f64();
+        let after = self.app.state_stats(node);
+        let commits = (after.commits - before.commits).max(1) as f64;
+        Measured {
+            per_second: ok as f64 / elapsed,
+            retries_per_commit: (after.retries - before.retries) as f64 / commits,
+            mean_group: (after.requests - before.requests) as f64 / commits,
+            gave_up: after.gave_up - before.gave_up,
+        }
+    }
+}
+
+/// The median of `values` (the upper one of an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Measures every variant in turn, round after round, so that whatever else the machine does
+/// weighs on all of them alike; the first variant is the stateless ceiling.
+async fn compare(variants: &mut [Variant], clients: usize) {
+    for variant in variants.iter() {
+        variant.measure(clients, WARM_UP).await;
+    }
+    for _ in 0..ROUNDS {
+        for variant in variants.iter_mut() {
+            let measured = variant.measure(clients, ROUND).await;
+            variant.rounds.push(measured);
+        }
+    }
+    let ceiling: Vec<f64> = variants[0].rounds.iter().map(|m| m.per_second).collect();
+    for variant in variants.iter() {
+        let ratios: Vec<f64> =
+            variant.rounds.iter().zip(&ceiling).map(|(m, c)| m.per_second / c.max(1.0)).collect();
+        let (low, high) = ratios.iter().fold((f64::MAX, 0.0f64), |(l, h), r| (l.min(*r), h.max(*r)));
+        let pick = |f: fn(&Measured) -> f64| median(variant.rounds.iter().map(f).collect());
+        println!(
+            "{:<40} {clients:>7} {:>12.0} {:>8.2} {:>11} {:>7.1} {:>9.3} {:>7}",
+            variant.label,
+            pick(|m| m.per_second),
+            median(ratios),
+            format!("{low:.2}-{high:.2}"),
+            pick(|m| m.mean_group),
+            pick(|m| m.retries_per_commit),
+            variant.rounds.iter().map(|m| m.gave_up).sum::<u64>(),
+        );
+    }
 }
 
 /// `redis-benchmark -t incr` requests per second at `clients` connections, if it is installed.
@@ -153,65 +213,60 @@ fn redis_benchmark(port: u16, clients: usize) -> Option<f64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn row(label: &str, clients: usize, m: &Measured, ceiling: f64) {
-    println!(
-        "{label:<34} {clients:>7} {:>12.0} {:>8.2} {:>10.1} {:>9.3} {:>7}",
-        m.per_second,
-        m.per_second / ceiling,
-        m.mean_group,
-        m.retries_per_commit,
-        m.gave_up
-    );
-}
-
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> mp::Result<()> {
     println!(
-        "state through the data plane, {}s per row, {} cores; ratio = requests/s over the same topology without state",
-        RUN_FOR.as_secs(),
+        "state through the data plane, {ROUNDS} rounds of {}s per row, interleaved, {} cores; ratio = requests/s over the same topology without state in the same round (median, and its range over the rounds)",
+        ROUND.as_secs_f64(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
     println!(
-        "{:<34} {:>7} {:>12} {:>8} {:>10} {:>9} {:>7}",
-        "topology / store / commit", "clients", "requests/s", "ratio", "group", "retries", "gave up"
+        "{:<40} {:>7} {:>12} {:>8} {:>11} {:>7} {:>9} {:>7}",
+        "topology / store / commit", "clients", "requests/s", "ratio", "range", "group", "retries", "gave up"
     );
     let dir = std::env::temp_dir().join(format!("mp-bench-{}", std::process::id()));
     let redis = mp::testing::RedisServer::installed()
         .then(mp::testing::RedisServer::start)
         .transpose()
         .map_err(|e| mp::Error::io("starting redis-server", std::io::Error::other(e)))?;
-    let mut stores = vec![("file", None)];
-    if let Some(redis) = &redis {
-        stores.push(("redis", Some(redis)));
-    }
     let mut ours_on_redis = Vec::new();
+    // Optional filters: a word of the topology's name, and a client count (to profile one row).
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let only_clients: Option<usize> = args.iter().find_map(|a| a.parse().ok());
+    let only_topology = args.iter().find(|a| a.parse::<usize>().is_err());
     for (topology, stateless, name) in [
         (Topology::OneKey, Topology::OneKeyStateless, "one key, spread(3)"),
         (Topology::ManyKeys, Topology::ManyKeysStateless, "10k keys, shard(3) keyed"),
     ] {
+        if only_topology.is_some_and(|word| !name.contains(word.as_str())) {
+            continue;
+        }
         for clients in CLIENTS {
-            let ceiling = measure(stateless, None, 1, clients).await?;
-            row(&format!("{name}, no state"), clients, &ceiling, ceiling.per_second);
-            for (store_name, redis) in &stores {
-                let commits: &[(&str, usize)] = if topology == Topology::OneKey {
-                    &[("group", 64), ("each", 1)]
-                } else {
-                    &[("group", 64)]
-                };
-                for (commit, limit) in commits {
-                    let storage = match redis {
-                        Some(redis) => {
-                            redis.command(&["FLUSHALL"]);
-                            StorageConfig::Redis(redis.url())
-                        }
-                        None => StorageConfig::File(dir.join(format!("bench-{clients}-{commit}.sqlite"))),
-                    };
-                    let m = measure(topology, Some(storage), *limit, clients).await?;
-                    row(&format!("{name}, {store_name}, {commit}"), clients, &m, ceiling.per_second);
-                    if redis.is_some() && *commit == "group" && topology == Topology::OneKey {
-                        ours_on_redis.push((clients, m.per_second));
-                    }
+            if only_clients.is_some_and(|n| n != clients) {
+                continue;
+            }
+            let mut variants = vec![Variant::launch(format!("{name}, no state"), stateless, None, 1).await?];
+            let commits: &[(&str, usize)] =
+                if topology == Topology::OneKey { &[("group", 64), ("each", 1)] } else { &[("group", 64)] };
+            for (commit, limit) in commits {
+                let file = StorageConfig::File(dir.join(format!("bench-{clients}-{commit}.sqlite")));
+                variants.push(
+                    Variant::launch(format!("{name}, file, {commit}"), topology, Some(file), *limit).await?,
+                );
+                if let Some(redis) = &redis {
+                    let label = format!("{name}, redis, {commit}");
+                    let store = Some(StorageConfig::Redis(redis.url()));
+                    variants.push(Variant::launch(label, topology, store, *limit).await?);
                 }
+            }
+            compare(&mut variants, clients).await;
+            if topology == Topology::OneKey {
+                if let Some(v) = variants.iter().find(|v| v.label.ends_with("redis, group")) {
+                    ours_on_redis.push((clients, median(v.rounds.iter().map(|m| m.per_second).collect())));
+                }
+            }
+            if let Some(redis) = &redis {
+                redis.command(&["FLUSHALL"]);
             }
         }
     }
