@@ -6,7 +6,9 @@
 //! `--bind:--port` through an edge container that holds the socket for every generation's front
 //! ([`crate::plane::edge`]), and returns once every container answers `/healthz`. On a running app
 //! it starts the next generation beside the current one and retires the old one once the new one
-//! is healthy, so no caller is refused. `rollback` deploys the release that ran before the last
+//! is healthy, so no caller is refused. An `up` of the running build that changes only replica
+//! counts behind balancers changes the running generation in place instead ([`rescale`]): the
+//! replicas that stay keep running. `rollback` deploys the release that ran before the last
 //! rollout (its image, plan and passed variables, which [`history`] keeps and image pruning
 //! spares) through that same rollout. Nodes find each other by container name
 //! through the network's DNS; the address book and every other `MP_*` variable of
@@ -49,7 +51,8 @@ use progress::Progress;
 /// Deploys `plan` as containers. If the app is running, rolls the new build out beside it: the
 /// new generation's containers start and become healthy, its fronts take the published sockets
 /// from the app's edge containers beside the old fronts, and the old generation drains and goes;
-/// no caller is refused.
+/// no caller is refused. The running build with only more or fewer replicas behind balancers is
+/// rescaled in place instead (see [`rescale`]).
 pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
     if deploy.attach {
         return Err(DockerError::AttachUnsupported);
