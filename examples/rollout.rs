@@ -20,17 +20,26 @@ fn replicas() -> usize {
 }
 
 fn services() -> Vec<mp::Service> {
-    let greeter = mp::service(
+    let mut greeter = mp::service(
         "greeter",
-        mp::spread(replicas(), |request: Value| {
+        mp::spread(replicas(), |request: Value| async move {
+            // WORK_MS=n: each answer takes n ms, as real work would, so that requests are in
+            // flight on every replica whenever one stops.
+            if let Some(ms) = std::env::var("WORK_MS").ok().and_then(|ms| ms.parse().ok()) {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
             json!({
                 "hello": request["name"].as_str().unwrap_or("world"),
                 "version": std::env::var("MP_VERSION").unwrap_or_default(),
                 "server": mp::hostname(),
             })
         }),
-    )
-    .idempotent();
+    );
+    // Retried elsewhere if a replica dies mid-request. NO_RETRY=1 leaves that out, so that a
+    // request a redeploy cuts off fails where a client (or a test) sees it.
+    if std::env::var_os("NO_RETRY").is_none() {
+        greeter = greeter.idempotent();
+    }
     vec![greeter.expose()]
 }
 

@@ -230,6 +230,32 @@ pub(super) async fn start(
     book: &AddressBook,
     secret: &str,
 ) -> Result<()> {
+    let config = replica_config(deploy, new, network, replica, book, secret)?;
+    docker
+        .create_container(Some(CreateContainerOptionsBuilder::default().name(&replica.name).build()), config)
+        .await
+        .map_err(|e| failed(format!("creating container {}", replica.name), e))?;
+    docker
+        .start_container(&replica.name, None::<bollard::query_parameters::StartContainerOptions>)
+        .await
+        .map_err(|e| match (engine::is_port_taken(&e), replica.published) {
+            (true, Some(address)) => {
+                DockerError::from(crate::runner::port_taken(&replica.node.service, address))
+            }
+            _ => failed(format!("starting container {}", replica.name), e),
+        })
+}
+
+/// The container one replica of generation `new` runs as: its image, environment, mounts,
+/// labels and network. A rescale compares it with what a running container was created with.
+pub(super) fn replica_config(
+    deploy: &Deploy,
+    new: &super::Generation<'_>,
+    network: &str,
+    replica: &Replica,
+    book: &AddressBook,
+    secret: &str,
+) -> Result<ContainerCreateBody> {
     let app = deploy.app.as_str();
     let (image, version) = (new.image, new.version);
     // The file store's folder on the host is mounted into every container of the app, so they all
@@ -296,7 +322,7 @@ pub(super) async fn start(
         binds,
         ..Default::default()
     };
-    let config = ContainerCreateBody {
+    Ok(ContainerCreateBody {
         image: Some(image.to_string()),
         hostname: Some(replica.name.clone()),
         env: Some(env),
@@ -313,20 +339,7 @@ pub(super) async fn start(
             endpoints_config: Some(HashMap::from([(network.to_string(), EndpointSettings::default())])),
         }),
         ..Default::default()
-    };
-    docker
-        .create_container(Some(CreateContainerOptionsBuilder::default().name(&replica.name).build()), config)
-        .await
-        .map_err(|e| failed(format!("creating container {}", replica.name), e))?;
-    docker
-        .start_container(&replica.name, None::<bollard::query_parameters::StartContainerOptions>)
-        .await
-        .map_err(|e| match (engine::is_port_taken(&e), replica.published) {
-            (true, Some(address)) => {
-                DockerError::from(crate::runner::port_taken(&replica.node.service, address))
-            }
-            _ => failed(format!("starting container {}", replica.name), e),
-        })
+    })
 }
 
 /// Waits until every replica answers `/healthz`; on failure names the replica and shows its last log lines.

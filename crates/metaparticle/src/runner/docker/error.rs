@@ -78,6 +78,16 @@ pub enum DockerError {
         #[source]
         source: Box<DockerError>,
     },
+    /// Rescaling the running generation in place failed before any running container took the
+    /// new address book; what it started was removed.
+    #[error("{source}\nthe rescale was undone: version {version} runs on as before")]
+    RescaleFailed {
+        /// The version running.
+        version: String,
+        /// Why the added replicas failed.
+        #[source]
+        source: Box<DockerError>,
+    },
     /// `rollback` with no earlier release on record.
     #[error("app '{app}' has no previous version to roll back to (it has not been redeployed with another build or topology since it was first deployed)")]
     NoPrevious {

@@ -6,7 +6,9 @@
 //! `--bind:--port` through an edge container that holds the socket for every generation's front
 //! ([`crate::plane::edge`]), and returns once every container answers `/healthz`. On a running app
 //! it starts the next generation beside the current one and retires the old one once the new one
-//! is healthy, so no caller is refused. `rollback` deploys the release that ran before the last
+//! is healthy, so no caller is refused. An `up` of the running build that changes only replica
+//! counts behind balancers changes the running generation in place instead ([`rescale`]): the
+//! replicas that stay keep running. `rollback` deploys the release that ran before the last
 //! rollout (its image, plan and passed variables, which [`history`] keeps and image pruning
 //! spares) through that same rollout. Nodes find each other by container name
 //! through the network's DNS; the address book and every other `MP_*` variable of
@@ -27,6 +29,7 @@ pub(crate) mod history;
 pub(crate) mod image;
 pub(crate) mod labels;
 pub(crate) mod progress;
+mod rescale;
 
 use std::time::Instant;
 
@@ -48,7 +51,8 @@ use progress::Progress;
 /// Deploys `plan` as containers. If the app is running, rolls the new build out beside it: the
 /// new generation's containers start and become healthy, its fronts take the published sockets
 /// from the app's edge containers beside the old fronts, and the old generation drains and goes;
-/// no caller is refused.
+/// no caller is refused. The running build with only more or fewer replicas behind balancers is
+/// rescaled in place instead (see [`rescale`]).
 pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
     if deploy.attach {
         return Err(DockerError::AttachUnsupported);
@@ -74,6 +78,9 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
         env: containers::passed_through(),
     };
     let running = Running { containers: old, record };
+    if rescale::in_place(&docker, deploy, &release, &running, &progress).await?.is_some() {
+        return Ok(());
+    }
     deploy_release(&docker, deploy, release, running, started, &progress, Purpose::Up).await
 }
 
@@ -165,22 +172,11 @@ async fn deploy_release(
     // runner deployed, one whose exposed node is a program's own server (one listener), or one
     // whose services move to other ports (its edges publish the old ones) is replaced instead.
     let rollable = |p: &Plan| p.exposed().all(|n| n.role != crate::model::Role::Server);
-    let same_ports = |r: &Deployment| {
-        r.endpoints.iter().all(|endpoint| {
-            plan.exposed().filter(|n| n.service == endpoint.service).all(|n| {
-                published.iter().any(|(node, replica, address)| {
-                    *node == n.name
-                        && *replica == 0
-                        && connect_address(*address).to_string() == endpoint.address
-                })
-            })
-        })
-    };
     let roll_from = record.filter(|r| {
         !old.is_empty()
             && old.iter().all(|c| containers::generation_of(c) > 0 || is_edge(c))
             && rollable(&r.plan)
-            && same_ports(r)
+            && same_ports(r, plan, &published)
     });
     let roll_from = roll_from.filter(|_| rollable(plan));
     if is_running && roll_from.is_none() {
@@ -295,6 +291,18 @@ async fn deploy_release(
     println!("containers: docker ps --filter label={}={}", labels::APP, deploy.app);
     println!("status:     {} status\ntear down:  {} delete", deploy.invocation, deploy.invocation);
     Ok(())
+}
+
+/// Whether every service `record` publishes stays where it is when `plan` is published at
+/// `published` (node, replica, address): the app's edges hold those sockets.
+fn same_ports(record: &Deployment, plan: &Plan, published: &[(String, usize, std::net::SocketAddr)]) -> bool {
+    record.endpoints.iter().all(|endpoint| {
+        plan.exposed().filter(|n| n.service == endpoint.service).all(|n| {
+            published.iter().any(|(node, replica, address)| {
+                *node == n.name && *replica == 0 && connect_address(*address).to_string() == endpoint.address
+            })
+        })
+    })
 }
 
 /// Whether a container is one of the app's edges.
