@@ -194,6 +194,22 @@ fn process_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
+/// The failed attempts the balancer counted (`metaparticle_upstream_errors_total`, all reasons):
+/// a request sent to a replica that had stopped is retried elsewhere and never reaches a client,
+/// but it is counted here.
+fn balancer_errors(sandbox: &Sandbox) -> f64 {
+    let status = sandbox.program(&["status"]);
+    let line = status.stdout.lines().find(|l| l.starts_with("greeter ")).expect("the balancer's line");
+    let address = line.split_whitespace().nth(4).expect("its address");
+    let (code, metrics) = support::try_http_get(address, "/metrics").expect("the balancer's metrics");
+    assert_eq!(code, 200, "{metrics}");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("metaparticle_upstream_errors_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Waits until some client got an answer from `server`.
 fn wait_for_answer_from(load: &Load, server: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -207,15 +223,19 @@ fn wait_for_answer_from(load: &Load, server: &str) {
 fn a_change_of_replica_count_alone_adds_and_removes_replicas_in_place_and_loses_no_request() {
     let sandbox = Sandbox::new("rollout");
     let program = build(&sandbox, "0");
-    let up = run(&sandbox, &program, &["up"], &[]);
+    // Answers that take a while and are never retried: a request a stopped replica cut off, or
+    // one sent to a replica already gone, fails instead of being quietly sent again.
+    let strict = [("WORK_MS", "20"), ("NO_RETRY", "1")];
+    let up = run(&sandbox, &program, &["up"], &strict);
     let version = deployed_version(&up);
     let address = format!("127.0.0.1:{}", sandbox.port);
     let load = Load::start(&address, "greeter", json!({ "name": "ada" }), 16, Duration::from_secs(120));
     std::thread::sleep(Duration::from_secs(1));
     let first = pids(&sandbox);
     assert_eq!(first.len(), 4, "{first:?}");
+    let errors_before = balancer_errors(&sandbox);
 
-    let grow = run(&sandbox, &program, &["up"], &[("REPLICAS", "5")]);
+    let grow = run(&sandbox, &program, &["up"], &[("REPLICAS", "5"), strict[0], strict[1]]);
     assert!(grow.ok, "{}\n{}", grow.stdout, grow.stderr);
     assert!(grow.stdout.contains("rescaling in place: greeter.replica 3 -> 5 replicas"), "{}", grow.stdout);
     assert!(
@@ -232,7 +252,7 @@ fn a_change_of_replica_count_alone_adds_and_removes_replicas_in_place_and_loses_
     wait_for_answer_from(&load, "greeter.replica-4");
 
     let shrink_started = load.started.elapsed();
-    let shrink = run(&sandbox, &program, &["up"], &[("REPLICAS", "2")]);
+    let shrink = run(&sandbox, &program, &["up"], &[("REPLICAS", "2"), strict[0], strict[1]]);
     let shrink_ended = load.started.elapsed();
     assert!(shrink.ok, "{}\n{}", shrink.stdout, shrink.stderr);
     assert!(
@@ -248,6 +268,8 @@ fn a_change_of_replica_count_alone_adds_and_removes_replicas_in_place_and_loses_
     for name in ["greeter.replica-2", "greeter.replica-3", "greeter.replica-4"] {
         assert!(!process_alive(grown[name]), "{name} still runs after the rescale removed it");
     }
+    // The balancer let go of the removed replicas before they stopped: not one attempt failed.
+    assert_eq!(balancer_errors(&sandbox), errors_before, "the balancer sent to a replica that was gone");
 
     std::thread::sleep(Duration::from_millis(500));
     let samples = load.finish();
