@@ -489,6 +489,11 @@ async fn probe_forever(pool: Weak<Pool>) {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
         let members = pool.members();
+        // A lone replica is tried whatever its health (there is no other), so probing it would
+        // only add traffic; a pool that follows its book keeps ticking in case it grows.
+        if members.len() < 2 {
+            continue;
+        }
         let probes = members.0.iter().map(|r| pool.client.healthy(&r.health_uri));
         let results = futures_util::future::join_all(probes).await;
         for (replica, healthy) in members.0.iter().zip(results) {
