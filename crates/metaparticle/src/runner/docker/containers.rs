@@ -194,17 +194,29 @@ pub(crate) async fn start_edge(
         }),
         ..Default::default()
     };
+    create_and_start(docker, &edge.name, config, Some((&edge.node.service, edge.published))).await
+}
+
+/// Creates container `name` from `config` and starts it. `published` is the service and address
+/// whose host port it publishes, if any: a start that fails for a taken port says which.
+async fn create_and_start(
+    docker: &Docker,
+    name: &str,
+    config: ContainerCreateBody,
+    published: Option<(&str, SocketAddr)>,
+) -> Result<()> {
     docker
-        .create_container(Some(CreateContainerOptionsBuilder::default().name(&edge.name).build()), config)
+        .create_container(Some(CreateContainerOptionsBuilder::default().name(name).build()), config)
         .await
-        .map_err(|e| failed(format!("creating container {}", edge.name), e))?;
-    docker
-        .start_container(&edge.name, None::<bollard::query_parameters::StartContainerOptions>)
-        .await
-        .map_err(|e| match engine::is_port_taken(&e) {
-            true => DockerError::from(crate::runner::port_taken(&edge.node.service, edge.published)),
-            false => failed(format!("starting container {}", edge.name), e),
-        })
+        .map_err(|e| failed(format!("creating container {name}"), e))?;
+    docker.start_container(name, None::<bollard::query_parameters::StartContainerOptions>).await.map_err(
+        |e| match (engine::is_port_taken(&e), published) {
+            (true, Some((service, address))) => {
+                DockerError::from(crate::runner::port_taken(service, address))
+            }
+            _ => failed(format!("starting container {name}"), e),
+        },
+    )
 }
 
 /// The deployer's variables named in `MP_PASS_ENV` (comma-separated), as `NAME=value`: a program
@@ -231,19 +243,8 @@ pub(super) async fn start(
     secret: &str,
 ) -> Result<()> {
     let config = replica_config(deploy, new, network, replica, book, secret)?;
-    docker
-        .create_container(Some(CreateContainerOptionsBuilder::default().name(&replica.name).build()), config)
-        .await
-        .map_err(|e| failed(format!("creating container {}", replica.name), e))?;
-    docker
-        .start_container(&replica.name, None::<bollard::query_parameters::StartContainerOptions>)
-        .await
-        .map_err(|e| match (engine::is_port_taken(&e), replica.published) {
-            (true, Some(address)) => {
-                DockerError::from(crate::runner::port_taken(&replica.node.service, address))
-            }
-            _ => failed(format!("starting container {}", replica.name), e),
-        })
+    let published = replica.published.map(|address| (replica.node.service.as_str(), address));
+    create_and_start(docker, &replica.name, config, published).await
 }
 
 /// The container one replica of generation `new` runs as: its image, environment, mounts,
