@@ -132,6 +132,10 @@ async fn a_callers_trace_runs_through_the_balancer_to_the_replica_as_one_tree() 
 #[tokio::test]
 async fn a_retry_is_a_second_attempt_span_and_the_balancer_counts_it() {
     let (app, collected) = traced(vec![service("echo", spread(2, |r: Value| r)).expose()]).await;
+    // The balancer probes its replicas once as it starts, then every 500 ms: stopped while that
+    // first probe is under way, the replica would leave rotation before any call met it. Once it
+    // is done, the calls below come well before the next one.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     app.stop_replica("echo.replica", 0);
     tokio::task::yield_now().await;
     // Replica choice alternates, so one of the first two calls goes to the stopped replica first
