@@ -316,11 +316,7 @@ fn a_change_of_replica_count_alone_rescales_the_running_containers_in_place_and_
     }
     // Each added replica serves: the balancer took the new book.
     for r in [3, 4] {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !load.samples().iter().any(|s| s.server == replica(r)) {
-            assert!(std::time::Instant::now() < deadline, "{} never answered", replica(r));
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        load.wait_for_answer_from_server(&replica(r), Duration::from_secs(30));
     }
     let (greeters, all_of_version) = containers_in_status(&app, "greeter.replica", &version);
     assert!(all_of_version && greeters.len() == 5, "status shows five replicas: {greeters:?}");

@@ -210,15 +210,6 @@ fn balancer_errors(sandbox: &Sandbox) -> f64 {
         .sum()
 }
 
-/// Waits until some client got an answer from `server`.
-fn wait_for_answer_from(load: &Load, server: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !load.samples().iter().any(|s| s.server == server) {
-        assert!(std::time::Instant::now() < deadline, "{server} never answered");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_change_of_replica_count_alone_adds_and_removes_replicas_in_place_and_loses_no_request() {
     let sandbox = Sandbox::new("rollout");
@@ -249,7 +240,7 @@ fn a_change_of_replica_count_alone_adds_and_removes_replicas_in_place_and_loses_
     for (name, pid) in &first {
         assert_eq!(grown[name], *pid, "{name} was restarted by a rescale");
     }
-    wait_for_answer_from(&load, "greeter.replica-4");
+    load.wait_for_answer_from_server("greeter.replica-4", Duration::from_secs(10));
 
     let shrink_started = load.started.elapsed();
     let shrink = run(&sandbox, &program, &["up"], &[("REPLICAS", "2"), strict[0], strict[1]]);

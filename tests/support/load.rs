@@ -72,6 +72,15 @@ impl Load {
         self.samples.lock().unwrap().clone()
     }
 
+    /// Waits until some client got an answer from replica `server`, at most `within`.
+    pub fn wait_for_answer_from_server(&self, server: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.samples().iter().any(|s| s.server == server) {
+            assert!(Instant::now() < deadline, "{server} never answered");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// When the first answer from `version` arrived (from the load's start), waiting for one
     /// at most `within`.
     pub fn first_answer_from(&self, version: &str, within: Duration) -> Duration {

@@ -21,6 +21,18 @@ pub(crate) struct Rescale {
     pub(crate) to: usize,
 }
 
+/// `greeter.replica 3 -> 5 replicas, ...`: what a rescale changes, as `up` announces it.
+pub(crate) fn describe(changes: &[Rescale]) -> String {
+    let counts: Vec<String> =
+        changes.iter().map(|c| format!("{} {} -> {} replicas", c.node, c.from, c.to)).collect();
+    counts.join(", ")
+}
+
+/// How many replicas of the rescaled nodes keep running through it.
+pub(crate) fn kept(changes: &[Rescale]) -> usize {
+    changes.iter().map(|c| c.from.min(c.to)).sum()
+}
+
 /// How `next` differs from `running` if it is a rescale of it: the nodes whose replica count
 /// changes (none if the plans are equal). `None` if the change needs a new version.
 pub(crate) fn rescale_of(next: &Plan, running: &Plan) -> Option<Vec<Rescale>> {

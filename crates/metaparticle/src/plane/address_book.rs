@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::launch_error::LaunchError;
+use crate::model::rescale::Rescale;
 use crate::model::Target;
 
 /// Node name → the address (`host:port`) of each replica, in replica order.
@@ -35,6 +36,19 @@ impl AddressBook {
     /// The addresses of a node's replicas.
     pub fn addresses(&self, node: &str) -> Option<&[String]> {
         self.nodes.get(node).map(Vec::as_slice)
+    }
+
+    /// This book after `changes`: each rescaled node keeps the addresses of the replicas that
+    /// stay, in order, followed by `added(node)`, the addresses of the replicas it gains.
+    pub(crate) fn rescaled(&self, changes: &[Rescale], added: impl Fn(&str) -> Vec<String>) -> AddressBook {
+        let mut book = self.clone();
+        for change in changes {
+            let mut addresses = book.addresses(&change.node).unwrap_or_default().to_vec();
+            addresses.truncate(change.to);
+            addresses.extend(added(&change.node));
+            book.insert(change.node.clone(), addresses);
+        }
+        book
     }
 
     /// Every address of every node.

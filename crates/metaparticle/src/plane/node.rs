@@ -308,9 +308,9 @@ fn callees(
     let mut pools = HashMap::new();
     for service in &node.calls {
         let front = plan.node(service).ok_or_else(|| LaunchError::UnknownNode(service.clone()))?;
-        let front = Target { node: front.name.clone(), replica: None };
-        let idempotent = plan.node(&front.node).is_some_and(|n| n.settings.idempotent);
-        let pool = Pool::following(&front, book, client.clone(), call_timeout, idempotent)?;
+        let target = Target { node: front.name.clone(), replica: None };
+        let idempotent = front.settings.idempotent;
+        let pool = Pool::following(&target, book, client.clone(), call_timeout, idempotent)?;
         pools.insert(service.clone(), pool);
     }
     Ok(Some(AppCaller::new(&node.name, pools, tracer) as Arc<dyn Caller>))

@@ -107,6 +107,47 @@ pub(crate) fn random_secret() -> String {
 }
 
 /// What a rollout changes, in one line: the build, and the nodes added, removed or rescaled.
+/// `in 0.03s: 6 processes; 3 replicas kept running, started a, b, stopped c`: what a rescale
+/// did, as `up` reports it, counting the app's `count` processes (or containers: `unit`).
+pub(crate) fn describe_rescaled(
+    took: std::time::Duration,
+    count: usize,
+    unit: &str,
+    changes: &[crate::model::rescale::Rescale],
+    started: &[String],
+    stopped: &[String],
+) -> String {
+    let kept = crate::model::rescale::kept(changes);
+    let mut summary = format!(
+        "in {:.2}s: {count} {unit}; {kept} replica{} kept running",
+        took.as_secs_f64(),
+        if kept == 1 { "" } else { "s" }
+    );
+    if !started.is_empty() {
+        summary += &format!(", started {}", started.join(", "));
+    }
+    if !stopped.is_empty() {
+        summary += &format!(", stopped {}", stopped.join(", "));
+    }
+    summary
+}
+
+/// Tries `attempt` until it succeeds, ten times at most, 100 ms apart: for a node that was just
+/// (re)started and may not listen yet. Whether it succeeded.
+pub(crate) async fn retry_briefly<F, Fut>(mut attempt: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..10 {
+        if attempt().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
 pub(crate) fn describe_changes(old: &Plan, old_version: Option<&str>, plan: &Plan, version: &str) -> String {
     let mut changes = Vec::new();
     match old_version {

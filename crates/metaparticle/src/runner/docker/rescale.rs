@@ -33,7 +33,7 @@
 //! before anything is sent, so its balancer retries elsewhere and drops it from rotation.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bollard::models::ContainerSummary;
 use bollard::Docker;
@@ -45,7 +45,7 @@ use super::labels::{self, CONTAINER_PORT};
 use super::progress::Progress;
 use super::{is_edge, same_ports, Generation, Running};
 use crate::deployments::Deployment;
-use crate::model::rescale::{rescale_of, Rescale};
+use crate::model::rescale::{self, rescale_of, Rescale};
 use crate::plane::{live_book, AddressBook};
 use crate::runner::{Deploy, DeployError};
 
@@ -117,13 +117,11 @@ pub(super) async fn in_place(
         return refuse(format!("its containers were created with another {}", differ.join(", ")));
     }
 
-    let counts: Vec<String> =
-        changes.iter().map(|c| format!("{} {} -> {} replicas", c.node, c.from, c.to)).collect();
     println!(
         "app '{}' is running build {}: rescaling in place: {}",
         deploy.app,
         release.version,
-        counts.join(", ")
+        rescale::describe(&changes)
     );
     // The rescale's own time: the image check before it is the same for every `up`.
     let started = Instant::now();
@@ -187,22 +185,20 @@ pub(super) async fn in_place(
     }
     progress.finish();
 
-    let kept: usize = changes.iter().map(|c| c.from.min(c.to)).sum();
+    let started_names: Vec<String> = added.iter().map(|r| r.name.clone()).collect();
     let mut summary = format!(
-        "rescaled app '{}' (docker runner), version {}, in {:.2}s: {} containers; {kept} replica{} kept running",
+        "rescaled app '{}' (docker runner), version {}, {}",
         deploy.app,
         release.version,
-        started.elapsed().as_secs_f64(),
-        running.containers.len() + added.len() - removed.len(),
-        if kept == 1 { "" } else { "s" }
+        crate::runner::describe_rescaled(
+            started.elapsed(),
+            running.containers.len() + added.len() - removed.len(),
+            "containers",
+            &changes,
+            &started_names,
+            &removed_names,
+        )
     );
-    if !added.is_empty() {
-        let names: Vec<&str> = added.iter().map(|r| r.name.as_str()).collect();
-        summary += &format!(", started {}", names.join(", "));
-    }
-    if !removed_names.is_empty() {
-        summary += &format!(", stopped {}", removed_names.join(", "));
-    }
     if unreached > 0 {
         summary += &format!(
             " ({unreached} containers that were not running did not take the new book; they restart with the one they were created with)"
@@ -247,19 +243,9 @@ fn scope<'h>(
 /// The running book with the rescaled nodes' replicas: the added ones after the kept ones
 /// (each by its container name, as the others), the removed ones gone.
 fn rescaled_book(running: &AddressBook, changes: &[Rescale], added: &[Replica]) -> AddressBook {
-    let mut book = running.clone();
-    for change in changes {
-        let mut addresses = book.addresses(&change.node).unwrap_or_default().to_vec();
-        addresses.truncate(change.to);
-        addresses.extend(
-            added
-                .iter()
-                .filter(|r| r.node.name == change.node)
-                .map(|r| format!("{}:{CONTAINER_PORT}", r.name)),
-        );
-        book.insert(change.node.clone(), addresses);
-    }
-    book
+    running.rescaled(changes, |node| {
+        added.iter().filter(|r| r.node.name == node).map(|r| format!("{}:{CONTAINER_PORT}", r.name)).collect()
+    })
 }
 
 /// Whether `container` is a replica of `generation` that the rescale removes (or one left over
@@ -390,19 +376,21 @@ async fn hand_out(
         nodes.len()
     ));
     let handed = futures_util::future::join_all(nodes.iter().map(|name| async move {
-        // A container that was just restarted may not listen yet: a few tries, briefly.
-        for _ in 0..10 {
-            if let Ok(containers::State { address: Some(address), .. }) =
-                containers::inspect(docker, name, network).await
-            {
-                if live_book::hand(&address, secret, book).await.is_ok() {
-                    return true;
+        // A container that was just restarted may not listen yet: a few tries, briefly (and its
+        // address asked again each time: a restart may give it another).
+        let handed = crate::runner::retry_briefly(|| async {
+            match containers::inspect(docker, name, network).await {
+                Ok(containers::State { address: Some(address), .. }) => {
+                    live_book::hand(&address, secret, book).await.is_ok()
                 }
+                _ => false,
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        })
+        .await;
+        if !handed {
+            tracing::warn!(container = %name, "did not take the new address book");
         }
-        tracing::warn!(container = %name, "did not take the new address book");
-        false
+        handed
     }))
     .await;
     Ok(handed.iter().filter(|ok| !**ok).count())

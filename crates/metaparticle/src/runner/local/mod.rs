@@ -125,9 +125,11 @@ async fn rescale_in_place(
     let Some(changes) = rescale_of(plan, &old.plan).filter(|c| !c.is_empty()) else {
         return Ok(None);
     };
-    let counts: Vec<String> =
-        changes.iter().map(|c| format!("{} {} -> {} replicas", c.node, c.from, c.to)).collect();
-    println!("app '{}' is running build {version}: rescaling in place: {}", deploy.app, counts.join(", "));
+    println!(
+        "app '{}' is running build {version}: rescaling in place: {}",
+        deploy.app,
+        crate::model::rescale::describe(&changes)
+    );
     let asked = supervisor::rescale::ask(
         &deploy.app,
         plan,

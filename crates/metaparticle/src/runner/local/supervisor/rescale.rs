@@ -207,11 +207,9 @@ impl<'a> Rescaler<'a> {
             return Err(Failure::Refused("the plan changes more than replica counts".into()));
         };
         let old_book = self.shared.book();
-        let mut book = old_book.clone();
         let mut added = Vec::new();
         for change in changes.iter().filter(|c| c.to > c.from) {
             let node = request.plan.node(&change.node).expect("a rescaled node is in the plan").clone();
-            let mut addresses = book.addresses(&node.name).unwrap_or_default().to_vec();
             for replica in change.from..change.to {
                 let listener = super::bind_listener("127.0.0.1:0".parse().expect("valid"), &node.name)
                     .map_err(Failure::Failed)?;
@@ -220,15 +218,12 @@ impl<'a> Rescaler<'a> {
                     .local_addr()
                     .map_err(|e| Failure::Failed(LocalError::io("reading a bound address", e)))?
                     .to_string();
-                addresses.push(address.clone());
                 added.push(Slot { node: node.clone(), replica, listener, address, public: None });
             }
-            book.insert(node.name.clone(), addresses);
         }
-        for change in changes.iter().filter(|c| c.to < c.from) {
-            let kept = book.addresses(&change.node).unwrap_or_default()[..change.to].to_vec();
-            book.insert(change.node.clone(), kept);
-        }
+        let book = old_book.rescaled(&changes, |node| {
+            added.iter().filter(|s| s.node.name == node).map(|s| s.address.clone()).collect()
+        });
         // Replicas started from here on, the added ones and any that restarts, get the new book.
         self.shared.set_book(book.clone());
         let mut started_indices = Vec::new();
@@ -284,20 +279,14 @@ impl<'a> Rescaler<'a> {
         self.record.plan = self.plan.clone();
         self.record.book = book;
         self.record.save().map_err(|e| Failure::Failed(e.into()))?;
-        let kept: usize = changes.iter().map(|c| c.from.min(c.to)).sum();
-        let mut summary = format!(
-            "in {:.2}s: {} processes; {} replica{} kept running",
-            started.elapsed().as_secs_f64(),
+        let mut summary = crate::runner::describe_rescaled(
+            started.elapsed(),
             self.plan.process_count(),
-            kept,
-            if kept == 1 { "" } else { "s" }
+            "processes",
+            &changes,
+            &names,
+            &removed_names,
         );
-        if !names.is_empty() {
-            summary += &format!(", started {}", names.join(", "));
-        }
-        if !removed_names.is_empty() {
-            summary += &format!(", stopped {}", removed_names.join(", "));
-        }
         if unreached > 0 {
             summary += &format!(" ({unreached} restarting processes take the new book when they start)");
         }
@@ -331,15 +320,11 @@ impl<'a> Rescaler<'a> {
                 .collect()
         };
         let secret = &self.shared.secret;
-        let handed = futures_util::future::join_all(addresses.iter().map(|address| async move {
+        let handed = futures_util::future::join_all(addresses.iter().map(|address| {
             // A process that was just (re)started may not listen yet: a few tries, briefly.
-            for _ in 0..10 {
-                if live_book::hand(address, secret, book).await.is_ok() {
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            false
+            crate::runner::retry_briefly(move || async move {
+                live_book::hand(address, secret, book).await.is_ok()
+            })
         }))
         .await;
         let unreached = handed.iter().filter(|ok| !**ok).count();
