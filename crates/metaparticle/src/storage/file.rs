@@ -29,6 +29,11 @@ use crate::future::BoxFuture;
 /// How long a write waits for another process's write lock before reporting the store busy.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The first nap while another process holds the write lock; each next nap doubles, up to
+/// [`LONGEST_NAP`].
+const FIRST_NAP: Duration = Duration::from_micros(20);
+const LONGEST_NAP: Duration = Duration::from_millis(1);
+
 /// A [`Store`] in one SQLite database file.
 #[derive(Clone)]
 pub(crate) struct FileStore {
@@ -64,8 +69,8 @@ impl FileStore {
             create_private_dir(dir).map_err(|e| unavailable(e.to_string()))?;
         }
         make_private(path).map_err(|e| unavailable(e.to_string()))?;
-        let connection = Connection::open(path).map_err(|e| unavailable(e.to_string()))?;
-        connection.busy_timeout(BUSY_TIMEOUT).map_err(|e| unavailable(e.to_string()))?;
+        let mut connection = Connection::open(path).map_err(|e| unavailable(e.to_string()))?;
+        connection.busy_handler(Some(wait_for_lock)).map_err(|e| unavailable(e.to_string()))?;
         // `journal_mode` answers with a row, so it is a query, not an execute.
         connection
             .query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
@@ -153,6 +158,37 @@ fn serve_jobs(db: Connection, path: &Path, queue: std::sync::mpsc::Receiver<Job>
 /// Makes the database file readable by its owner only, creating it empty if absent: the state it
 /// holds is the app's, even where the folder is not private. SQLite gives the `-wal` and `-shm`
 /// files it creates the database's permissions; those an older version left are tightened too.
+/// SQLite's busy handler: called when another process holds the write lock, with how often it
+/// was already called for this statement; `true` tries again, `false` gives up (the store is
+/// reported busy after [`BUSY_TIMEOUT`]).
+///
+/// SQLite's own busy timeout sleeps at least a millisecond at first, and several more after that,
+/// while another replica's transaction holds the lock for some tens of microseconds: replicas
+/// sharing one file spent most of their waits asleep after the lock was free again. Short naps
+/// that double find the lock soon after it is released, and back off if it is held long.
+fn wait_for_lock(calls: i32) -> bool {
+    match lock_nap(u32::try_from(calls).unwrap_or(0)) {
+        Some(nap) => {
+            std::thread::sleep(nap);
+            true
+        }
+        None => false,
+    }
+}
+
+/// The nap before try number `calls + 1`, or `None` once the naps before it add up to
+/// [`BUSY_TIMEOUT`].
+fn lock_nap(calls: u32) -> Option<Duration> {
+    let nap = |n: u32| FIRST_NAP.saturating_mul(1 << n.min(16)).min(LONGEST_NAP);
+    let doubling = (0..).take_while(|&n| nap(n) < LONGEST_NAP).count() as u32;
+    let slept = if calls <= doubling {
+        (0..calls).map(nap).sum()
+    } else {
+        (0..doubling).map(nap).sum::<Duration>() + LONGEST_NAP * (calls - doubling)
+    };
+    (slept < BUSY_TIMEOUT).then(|| nap(calls))
+}
+
 fn make_private(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
@@ -307,6 +343,33 @@ mod tests {
         assert!(s.compare_and_swap("k", 1, b"2".to_vec()).await.unwrap());
         assert!(!s.compare_and_swap("k", 1, b"lost".to_vec()).await.unwrap(), "a stale version must lose");
         assert_eq!(s.load("k").await.unwrap().unwrap(), Versioned { value: b"2".to_vec(), version: 2 });
+    }
+
+    #[test]
+    fn a_writer_waiting_for_the_lock_naps_briefly_at_first_and_gives_up_after_the_busy_timeout() {
+        assert_eq!(lock_nap(0), Some(FIRST_NAP));
+        assert_eq!(lock_nap(1), Some(FIRST_NAP * 2));
+        assert_eq!(lock_nap(20), Some(LONGEST_NAP));
+        let naps: Vec<Duration> = (0..).map_while(lock_nap).collect();
+        let waited: Duration = naps.iter().sum();
+        assert!(waited >= BUSY_TIMEOUT && waited < BUSY_TIMEOUT + LONGEST_NAP, "{waited:?}");
+    }
+
+    #[test]
+    fn a_write_waits_for_another_connections_lock_and_then_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        let holder = Connection::open(dir.path().join("storage/app.sqlite")).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            holder.execute_batch("COMMIT").unwrap();
+        });
+        let started = std::time::Instant::now();
+        assert!(runtime.block_on(s.compare_and_swap("k", 0, b"1".to_vec())).unwrap());
+        assert!(started.elapsed() >= Duration::from_millis(50), "it waited for the lock");
+        release.join().unwrap();
     }
 
     /// Separate connections behave like separate processes: SQLite locks the file, not the handle.
