@@ -21,6 +21,7 @@
 //! ```console
 //! $ cargo run --release --example bench_state
 //! $ cargo run --release --example bench_state -- keys 64   # only the rows whose topology and clients match
+//! $ cargo run --release --example bench_state -- keys 64 redis   # and of their variants, only Redis
 //! ```
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -233,7 +234,11 @@ async fn main() -> mp::Result<()> {
     // Optional filters: a word of the topology's name, and a client count (to profile one row).
     let args: Vec<String> = std::env::args().skip(1).collect();
     let only_clients: Option<usize> = args.iter().find_map(|a| a.parse().ok());
-    let only_topology = args.iter().find(|a| a.parse::<usize>().is_err());
+    let words: Vec<&String> = args.iter().filter(|a| a.parse::<usize>().is_err()).collect();
+    let only_topology = words.first();
+    // Further words keep only the stateful variants whose label has them all (the stateless
+    // ceiling always runs): `keys 64 redis` measures one variant against its ceiling.
+    let wanted = |label: &str| words.iter().skip(1).all(|w| label.contains(w.as_str()));
     for (topology, stateless, name) in [
         (Topology::OneKey, Topology::OneKeyStateless, "one key, spread(3)"),
         (Topology::ManyKeys, Topology::ManyKeysStateless, "10k keys, shard(3) keyed"),
@@ -250,11 +255,12 @@ async fn main() -> mp::Result<()> {
                 if topology == Topology::OneKey { &[("group", 64), ("each", 1)] } else { &[("group", 64)] };
             for (commit, limit) in commits {
                 let file = StorageConfig::File(dir.join(format!("bench-{clients}-{commit}.sqlite")));
-                variants.push(
-                    Variant::launch(format!("{name}, file, {commit}"), topology, Some(file), *limit).await?,
-                );
-                if let Some(redis) = &redis {
-                    let label = format!("{name}, redis, {commit}");
+                let label = format!("{name}, file, {commit}");
+                if wanted(&label) {
+                    variants.push(Variant::launch(label, topology, Some(file), *limit).await?);
+                }
+                let label = format!("{name}, redis, {commit}");
+                if let Some(redis) = redis.as_ref().filter(|_| wanted(&label)) {
                     let store = Some(StorageConfig::Redis(redis.url()));
                     variants.push(Variant::launch(label, topology, store, *limit).await?);
                 }

@@ -13,13 +13,15 @@
 //!    doubles from 1 ms up to `MAX_BACKOFF`), then fails with `-32002`. Storage that cannot be
 //!    reached, or a scope that does not decode, is `-32003`; nothing is written.
 //!
-//! The commit runs in a task of its own, so a caller that hangs up does not cancel the update of
-//! the others in its group. One runtime serves every worker thread of a replica, so requests for
+//! The first request to queue on a key runs the key's commits inside its own future, and hands
+//! them to a task of their own once its answer is ready or its caller hangs up ([`waiting`]), so
+//! a caller that hangs up does not cancel the update of the others in its group. One runtime serves every worker thread of a replica, so requests for
 //! one key meet in one queue however the connections were dealt.
 
 mod cache;
 pub(crate) mod counters;
 mod group;
+mod waiting;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,6 +35,7 @@ use crate::wire::jsonrpc::RpcError;
 use cache::Cache;
 use counters::StateCounters;
 use group::Pending;
+use waiting::Waiting;
 
 /// The state of one service on one replica: its store, whose scopes they are, the requests
 /// waiting on each key, and its counters.
@@ -40,7 +43,7 @@ pub(crate) struct StateRuntime {
     store: Arc<dyn Store>,
     app: String,
     service: String,
-    /// Requests waiting on a key; a key is present while a commit task runs for it.
+    /// Requests waiting on a key; a key is present while its commits run.
     queues: Mutex<HashMap<String, Vec<Pending>>>,
     cache: Cache,
     counters: StateCounters,
@@ -144,14 +147,8 @@ impl Transactions for StateRuntime {
                 }
             }
         };
-        if lead {
-            tokio::spawn(self.lead(key));
-        }
-        Box::pin(async move {
-            answer
-                .await
-                .unwrap_or_else(|_| Err(RpcError::internal("the state update was abandoned by its node")))
-        })
+        let lead: Option<BoxFuture<()>> = if lead { Some(Box::pin(self.lead(key))) } else { None };
+        Box::pin(Waiting::new(lead, answer))
     }
 }
 
@@ -222,6 +219,39 @@ mod tests {
         drop(first);
         assert_eq!(runtime.queues.lock().unwrap().get(&key).map(Vec::len), Some(1), "the new queue survives");
         drop(answer);
+    }
+
+    /// An attempt that adds one to a count stored as decimal text.
+    fn add_one() -> Attempt {
+        Box::new(|stored: Option<&[u8]>| {
+            let n: u64 = stored.map_or(0, |b| std::str::from_utf8(b).unwrap().parse().unwrap());
+            Ok(crate::model::transactions::Attempted {
+                reply: json!(n + 1),
+                write: Some((n + 1).to_string().into_bytes()),
+            })
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leading_request_whose_caller_hangs_up_still_stores_its_update_and_its_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sqlite");
+        let store = StorageConfig::File(path.clone()).open().unwrap();
+        let runtime = StateRuntime::new(store.clone(), "app", "c", StateCounters::default(), 64);
+        // Another process holds the write lock, so the first commit waits on it.
+        let holder = rusqlite::Connection::open(&path).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let mut leader = runtime.clone().transact(ScopeId::Global, add_one());
+        let waited = tokio::time::timeout(Duration::from_millis(50), &mut leader).await;
+        assert!(waited.is_err(), "the commit could not have been stored yet");
+        // A request queues behind the leader, then the leader's caller hangs up (its future is
+        // dropped): the queued request must still be answered, and both updates stored.
+        let follower = tokio::spawn(runtime.clone().transact(ScopeId::Global, add_one()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(leader);
+        holder.execute_batch("COMMIT").unwrap();
+        assert_eq!(follower.await.unwrap().unwrap(), json!(2));
+        assert_eq!(store.load("app/c/global").await.unwrap().unwrap().value, b"2");
     }
 
     #[tokio::test]
