@@ -15,8 +15,9 @@
 //!
 //! The first request to queue on a key runs the key's commits inside its own future, and hands
 //! them to a task of their own once its answer is ready or its caller hangs up ([`waiting`]), so
-//! a caller that hangs up does not cancel the update of the others in its group. One runtime serves every worker thread of a replica, so requests for
-//! one key meet in one queue however the connections were dealt.
+//! a caller that hangs up does not cancel the update of the others in its group. One runtime
+//! serves every worker thread of a replica, so requests for one key meet in one queue however the
+//! connections were dealt.
 
 mod cache;
 pub(crate) mod counters;

@@ -155,9 +155,6 @@ fn serve_jobs(db: Connection, path: &Path, queue: std::sync::mpsc::Receiver<Job>
     }
 }
 
-/// Makes the database file readable by its owner only, creating it empty if absent: the state it
-/// holds is the app's, even where the folder is not private. SQLite gives the `-wal` and `-shm`
-/// files it creates the database's permissions; those an older version left are tightened too.
 /// SQLite's busy handler: called when another process holds the write lock, with how often it
 /// was already called for this statement; `true` tries again, `false` gives up (the store is
 /// reported busy after [`BUSY_TIMEOUT`]).
@@ -181,14 +178,14 @@ fn wait_for_lock(calls: i32) -> bool {
 fn lock_nap(calls: u32) -> Option<Duration> {
     let nap = |n: u32| FIRST_NAP.saturating_mul(1 << n.min(16)).min(LONGEST_NAP);
     let doubling = (0..).take_while(|&n| nap(n) < LONGEST_NAP).count() as u32;
-    let slept = if calls <= doubling {
-        (0..calls).map(nap).sum()
-    } else {
-        (0..doubling).map(nap).sum::<Duration>() + LONGEST_NAP * (calls - doubling)
-    };
+    let slept =
+        (0..calls.min(doubling)).map(nap).sum::<Duration>() + LONGEST_NAP * calls.saturating_sub(doubling);
     (slept < BUSY_TIMEOUT).then(|| nap(calls))
 }
 
+/// Makes the database file readable by its owner only, creating it empty if absent: the state it
+/// holds is the app's, even where the folder is not private. SQLite gives the `-wal` and `-shm`
+/// files it creates the database's permissions; those an older version left are tightened too.
 fn make_private(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
