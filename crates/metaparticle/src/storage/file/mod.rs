@@ -18,21 +18,17 @@
 //! on tokio's blocking pool. Each operation's answer is sent once the transaction has committed.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{StorageError, Store, Versioned};
 use crate::future::BoxFuture;
+use combiner::{serve_jobs, Deliver, Job};
+use lock::wait_for_lock;
 
-/// How long a write waits for another process's write lock before reporting the store busy.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The first nap while another process holds the write lock; each next nap doubles, up to
-/// [`LONGEST_NAP`].
-const FIRST_NAP: Duration = Duration::from_micros(20);
-const LONGEST_NAP: Duration = Duration::from_millis(1);
+mod combiner;
+mod lock;
 
 /// A [`Store`] in one SQLite database file.
 #[derive(Clone)]
@@ -40,22 +36,6 @@ pub(crate) struct FileStore {
     path: PathBuf,
     jobs: std::sync::mpsc::Sender<Job>,
 }
-
-/// Most operations one transaction carries; the rest wait for the next.
-const MAX_BATCH: usize = 256;
-
-/// One queued operation: runs inside the batch's transaction and returns how to deliver its
-/// answer once the transaction's fate is known.
-struct Job {
-    writes: bool,
-    /// Runs the operation on the connection, or, given the reason there is none, only fails.
-    run: Box<RunJob>,
-}
-
-type RunJob = dyn FnOnce(Result<&Connection, StorageError>, &Path) -> Deliver + Send;
-
-/// Sends an operation's answer, or the transaction's error if it did not commit.
-type Deliver = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
 
 impl FileStore {
     /// Opens (creating if needed, with a private parent folder) the database at `path`.
@@ -119,68 +99,6 @@ impl FileStore {
             answered.await.unwrap_or_else(|_| Err(gone("the store's thread stopped before answering")))
         })
     }
-}
-
-/// The store's thread: takes every job waiting, runs them in one transaction, then answers them.
-fn serve_jobs(db: Connection, path: &Path, queue: std::sync::mpsc::Receiver<Job>) {
-    while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        // A batch that writes takes the write lock up front: a deferred transaction that reads
-        // and then writes could fail at once where another process wrote in between, without
-        // waiting for the lock as the busy timeout promises.
-        let writes = batch.iter().any(|job| job.writes);
-        let begun = db.execute_batch(if writes { "BEGIN IMMEDIATE" } else { "BEGIN" });
-        if let Err(e) = begun {
-            let failed = sql_error(path, e);
-            for job in batch {
-                // Not run: outside a transaction a write would happen whatever its answer says.
-                (job.run)(Err(failed.clone()), path)(Ok(()));
-            }
-            continue;
-        }
-        let delivers: Vec<Deliver> = batch.into_iter().map(|job| (job.run)(Ok(&db), path)).collect();
-        let committed = db.execute_batch("COMMIT").map_err(|e| sql_error(path, e));
-        if committed.is_err() {
-            let _ = db.execute_batch("ROLLBACK");
-        }
-        for deliver in delivers {
-            deliver(committed.clone());
-        }
-    }
-}
-
-/// SQLite's busy handler: called when another process holds the write lock, with how often it
-/// was already called for this statement; `true` tries again, `false` gives up (the store is
-/// reported busy after [`BUSY_TIMEOUT`]).
-///
-/// SQLite's own busy timeout sleeps at least a millisecond at first, and several more after that,
-/// while another replica's transaction holds the lock for some tens of microseconds: replicas
-/// sharing one file spent most of their waits asleep after the lock was free again. Short naps
-/// that double find the lock soon after it is released, and back off if it is held long.
-fn wait_for_lock(calls: i32) -> bool {
-    match lock_nap(u32::try_from(calls).unwrap_or(0)) {
-        Some(nap) => {
-            std::thread::sleep(nap);
-            true
-        }
-        None => false,
-    }
-}
-
-/// The nap before try number `calls + 1`, or `None` once the naps before it add up to
-/// [`BUSY_TIMEOUT`].
-fn lock_nap(calls: u32) -> Option<Duration> {
-    let nap = |n: u32| FIRST_NAP.saturating_mul(1 << n.min(16)).min(LONGEST_NAP);
-    let doubling = (0..).take_while(|&n| nap(n) < LONGEST_NAP).count() as u32;
-    let slept =
-        (0..calls.min(doubling)).map(nap).sum::<Duration>() + LONGEST_NAP * calls.saturating_sub(doubling);
-    (slept < BUSY_TIMEOUT).then(|| nap(calls))
 }
 
 /// Makes the database file readable by its owner only, creating it empty if absent: the state it
@@ -286,6 +204,7 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn store(dir: &tempfile::TempDir) -> FileStore {
         FileStore::open(&dir.path().join("storage/app.sqlite")).unwrap()
@@ -340,16 +259,6 @@ mod tests {
         assert!(s.compare_and_swap("k", 1, b"2".to_vec()).await.unwrap());
         assert!(!s.compare_and_swap("k", 1, b"lost".to_vec()).await.unwrap(), "a stale version must lose");
         assert_eq!(s.load("k").await.unwrap().unwrap(), Versioned { value: b"2".to_vec(), version: 2 });
-    }
-
-    #[test]
-    fn a_writer_waiting_for_the_lock_naps_briefly_at_first_and_gives_up_after_the_busy_timeout() {
-        assert_eq!(lock_nap(0), Some(FIRST_NAP));
-        assert_eq!(lock_nap(1), Some(FIRST_NAP * 2));
-        assert_eq!(lock_nap(20), Some(LONGEST_NAP));
-        let naps: Vec<Duration> = (0..).map_while(lock_nap).collect();
-        let waited: Duration = naps.iter().sum();
-        assert!(waited >= BUSY_TIMEOUT && waited < BUSY_TIMEOUT + LONGEST_NAP, "{waited:?}");
     }
 
     #[test]
