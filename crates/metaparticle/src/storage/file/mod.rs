@@ -74,28 +74,29 @@ impl FileStore {
         Ok(Self { path: path.to_path_buf(), jobs })
     }
 
-    /// Queues `op` for the store's thread; its answer comes once its transaction committed.
+    /// Queues `op` for the store's thread when the future is first polled, not before (a future
+    /// never awaited does nothing, as [`Store::swap_or_load`] expects); its answer comes once its
+    /// transaction committed.
     fn run<T: Send + 'static>(
         &self,
         writes: bool,
         op: impl FnOnce(&Connection, &Path) -> Result<T, StorageError> + Send + 'static,
     ) -> BoxFuture<Result<T, StorageError>> {
-        let (answer, answered) = tokio::sync::oneshot::channel();
-        let run = Box::new(move |db: Result<&Connection, StorageError>, path: &Path| -> Deliver {
-            let outcome = db.and_then(|db| op(db, path));
-            Box::new(move |committed: Result<(), StorageError>| {
-                let _ = answer.send(committed.and(outcome));
-            })
-        });
-        let queued = self.jobs.send(Job { writes, run });
-        let address = self.path.display().to_string();
+        let (jobs, address) = (self.jobs.clone(), self.path.display().to_string());
         Box::pin(async move {
             let gone = |detail: &str| StorageError::Unavailable {
                 backend: "file",
                 address: address.clone(),
                 detail: detail.into(),
             };
-            queued.map_err(|_| gone("the store's thread has stopped"))?;
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            let run = Box::new(move |db: Result<&Connection, StorageError>, path: &Path| -> Deliver {
+                let outcome = db.and_then(|db| op(db, path));
+                Box::new(move |committed: Result<(), StorageError>| {
+                    let _ = answer.send(committed.and(outcome));
+                })
+            });
+            jobs.send(Job { writes, run }).map_err(|_| gone("the store's thread has stopped"))?;
             answered.await.unwrap_or_else(|_| Err(gone("the store's thread stopped before answering")))
         })
     }
@@ -245,6 +246,17 @@ mod tests {
             let stored = store.load(&format!("k{key}")).await.unwrap().unwrap();
             assert_eq!((stored.value.len(), stored.version), (80, 80), "key k{key}");
         }
+    }
+
+    #[tokio::test]
+    async fn an_operation_never_awaited_does_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        drop(s.compare_and_swap("k", 0, b"never".to_vec()));
+        // The thread runs jobs in order: had the dropped write been queued, it would be stored
+        // before this one, which would then lose.
+        assert!(s.compare_and_swap("k", 0, b"1".to_vec()).await.unwrap());
+        assert_eq!(s.load("k").await.unwrap().unwrap().value, b"1");
     }
 
     #[tokio::test]
