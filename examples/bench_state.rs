@@ -14,7 +14,9 @@
 //! The variants of a row (no state, each store, each way of committing) are launched side by side
 //! and measured in turn, round after round: a ratio compares rounds run moments apart, so load
 //! from elsewhere on the machine weighs on both sides alike. Each ratio printed is the median of
-//! the rounds', with its range.
+//! the rounds', with its range. Beside it, the median and 99th percentile of what a client waited
+//! for each successful request: a ratio says what state costs in throughput, the tail says what a
+//! contended key costs the unlucky requests.
 //!
 //! Bounded: every round runs for a fixed time, on loopback only.
 //!
@@ -101,6 +103,9 @@ impl Topology {
 #[derive(Clone, Copy, Default)]
 struct Measured {
     per_second: f64,
+    /// Latency of the successful requests, in milliseconds: what a closed-loop client waited.
+    p50_ms: f64,
+    p99_ms: f64,
     retries_per_commit: f64,
     mean_group: f64,
     gave_up: u64,
@@ -139,24 +144,36 @@ impl Variant {
         for client in 0..clients {
             let app = self.app.clone();
             tasks.spawn(async move {
-                let mut ok = 0u64;
+                // Microseconds each successful request took.
+                let mut took = Vec::new();
                 let mut key = client as u64 * 7919;
-                while Instant::now() < until {
+                loop {
+                    let sent = Instant::now();
+                    if sent >= until {
+                        break;
+                    }
                     // Uniform over the keys (a stride coprime to KEYS), cheap to compute.
                     key = (key + 7919) % KEYS;
                     if app.call_value(SERVICE, &json!({ "key": key })).await.is_ok() {
-                        ok += 1;
+                        took.push(sent.elapsed().as_micros() as u32);
                     }
                 }
-                ok
+                took
             });
         }
-        let ok: u64 = tasks.join_all().await.into_iter().sum();
+        let mut took: Vec<u32> = tasks.join_all().await.into_iter().flatten().collect();
         let elapsed = started.elapsed().as_secs_f64();
+        took.sort_unstable();
+        let percentile = |p: f64| {
+            let at = ((took.len() as f64 * p) as usize).min(took.len().saturating_sub(1));
+            took.get(at).map_or(0.0, |&us| f64::from(us) / 1000.0)
+        };
         let after = self.app.state_stats(node);
         let commits = (after.commits - before.commits).max(1) as f64;
         Measured {
-            per_second: ok as f64 / elapsed,
+            per_second: took.len() as f64 / elapsed,
+            p50_ms: percentile(0.50),
+            p99_ms: percentile(0.99),
             retries_per_commit: (after.retries - before.retries) as f64 / commits,
             mean_group: (after.requests - before.requests) as f64 / commits,
             gave_up: after.gave_up - before.gave_up,
@@ -189,11 +206,13 @@ async fn compare(variants: &mut [Variant], clients: usize) {
         let (low, high) = ratios.iter().fold((f64::MAX, 0.0f64), |(l, h), r| (l.min(*r), h.max(*r)));
         let pick = |f: fn(&Measured) -> f64| median(variant.rounds.iter().map(f).collect());
         println!(
-            "{:<40} {clients:>7} {:>12.0} {:>8.2} {:>11} {:>7.1} {:>9.3} {:>7}",
+            "{:<40} {clients:>7} {:>12.0} {:>8.2} {:>11} {:>7.2} {:>7.2} {:>7.1} {:>9.3} {:>7}",
             variant.label,
             pick(|m| m.per_second),
             median(ratios),
             format!("{low:.2}-{high:.2}"),
+            pick(|m| m.p50_ms),
+            pick(|m| m.p99_ms),
             pick(|m| m.mean_group),
             pick(|m| m.retries_per_commit),
             variant.rounds.iter().map(|m| m.gave_up).sum::<u64>(),
@@ -222,8 +241,17 @@ async fn main() -> mp::Result<()> {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
     println!(
-        "{:<40} {:>7} {:>12} {:>8} {:>11} {:>7} {:>9} {:>7}",
-        "topology / store / commit", "clients", "requests/s", "ratio", "range", "group", "retries", "gave up"
+        "{:<40} {:>7} {:>12} {:>8} {:>11} {:>7} {:>7} {:>7} {:>9} {:>7}",
+        "topology / store / commit",
+        "clients",
+        "requests/s",
+        "ratio",
+        "range",
+        "p50 ms",
+        "p99 ms",
+        "group",
+        "retries",
+        "gave up"
     );
     let dir = std::env::temp_dir().join(format!("mp-bench-{}", std::process::id()));
     let redis = mp::testing::RedisServer::installed()
@@ -277,7 +305,7 @@ async fn main() -> mp::Result<()> {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    println!("(group: requests per commit; retries: per commit; 'each' commits every request on its own)");
+    println!("(p50/p99: latency of the successful requests, median over the rounds; group: requests per commit; retries: per commit; 'each' commits every request on its own)");
     let Some(redis) = redis else {
         println!("redis: skipped (redis-server not installed)");
         return Ok(());
