@@ -8,10 +8,9 @@
 //!    [`Limits::max_state_group`](crate::testing::Limits::max_state_group));
 //! 2. the group's attempts run one after another on the scope, each seeing the changes of the
 //!    ones before it, and the result is stored with one compare-and-swap ([`group`]);
-//! 3. if another writer came first, the group runs again on the value that won (at most
-//!    `MAX_ATTEMPTS` times; the first retry at once, then after a random sleep below a bound that
-//!    doubles from 1 ms up to `MAX_BACKOFF`), then fails with `-32002`. Storage that cannot be
-//!    reached, or a scope that does not decode, is `-32003`; nothing is written.
+//! 3. if another writer came first, the group runs again at once on the value that won (at most
+//!    `MAX_ATTEMPTS` times), then fails with `-32002`. Storage that cannot be reached, or a scope
+//!    that does not decode, is `-32003`; nothing is written.
 //!
 //! The first request to queue on a key runs the key's commits inside its own future, and hands
 //! them to a task of their own once its answer is ready or its caller hangs up ([`waiting`]), so
@@ -231,6 +230,78 @@ mod tests {
                 write: Some((n + 1).to_string().into_bytes()),
             })
         })
+    }
+
+    /// A store where, just before each of the next `rivals` compare-and-swaps, another writer adds
+    /// one to the count (decimal text) first, so that swap loses.
+    struct Rivals {
+        inner: Arc<dyn Store>,
+        rivals: std::sync::atomic::AtomicU32,
+    }
+
+    impl Store for Rivals {
+        fn load(&self, key: &str) -> BoxFuture<Result<Option<Versioned>, StorageError>> {
+            self.inner.load(key)
+        }
+        fn compare_and_swap(
+            &self,
+            key: &str,
+            expected: u64,
+            value: Vec<u8>,
+        ) -> BoxFuture<Result<bool, StorageError>> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let rival = self.rivals.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok();
+            let (inner, key) = (self.inner.clone(), key.to_string());
+            Box::pin(async move {
+                if rival {
+                    let stored = inner.load(&key).await?;
+                    let (count, version) = stored.map_or((0u64, 0), |v| {
+                        (std::str::from_utf8(&v.value).unwrap().parse().unwrap(), v.version)
+                    });
+                    let rival_won =
+                        inner.compare_and_swap(&key, version, (count + 1).to_string().into_bytes());
+                    assert!(rival_won.await?, "nobody else writes this key");
+                }
+                inner.compare_and_swap(&key, expected, value).await
+            })
+        }
+        fn check(&self) -> BoxFuture<Result<(), StorageError>> {
+            self.inner.check()
+        }
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+    }
+
+    /// A runtime on a file store where the next `rivals` swaps lose to another writer.
+    fn runtime_with_rivals(dir: &tempfile::TempDir, rivals: u32) -> (Arc<StateRuntime>, Arc<dyn Store>) {
+        let inner = file_storage(dir).open().unwrap();
+        let store = Arc::new(Rivals { inner: inner.clone(), rivals: rivals.into() });
+        (StateRuntime::new(store, "app", "c", StateCounters::default(), 64), inner)
+    }
+
+    #[tokio::test]
+    async fn a_request_that_keeps_losing_runs_again_on_each_winners_value_until_it_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        // More losses in a row than the 32 attempts requests once had.
+        let (runtime, store) = runtime_with_rivals(&dir, 40);
+        let reply = runtime.clone().transact(ScopeId::Global, add_one()).await;
+        assert_eq!(reply.unwrap(), json!(41), "it counted on top of the 40 rival writes");
+        assert_eq!(store.load("app/c/global").await.unwrap().unwrap().value, b"41");
+        let stats = runtime.counters.stats();
+        assert_eq!((stats.retries, stats.gave_up, stats.commits), (40, 0, 1));
+    }
+
+    #[tokio::test]
+    async fn a_request_that_loses_every_attempt_gives_up_with_a_conflict_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (runtime, store) = runtime_with_rivals(&dir, crate::model::state::MAX_ATTEMPTS);
+        let error = runtime.clone().transact(ScopeId::Global, add_one()).await.unwrap_err();
+        assert_eq!(error.code, RpcError::CONFLICT, "{error:?}");
+        let rivals_only = crate::model::state::MAX_ATTEMPTS.to_string();
+        assert_eq!(store.load("app/c/global").await.unwrap().unwrap().value, rivals_only.as_bytes());
+        let stats = runtime.counters.stats();
+        assert_eq!((stats.retries, stats.gave_up), (u64::from(crate::model::state::MAX_ATTEMPTS) - 1, 1));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
