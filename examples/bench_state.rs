@@ -25,11 +25,15 @@
 //! $ cargo run --release --example bench_state -- keys 64   # only the rows whose topology and clients match
 //! $ cargo run --release --example bench_state -- keys 64 redis   # and of their variants, only Redis
 //! ```
+#[path = "support/percentile.rs"]
+mod percentile;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metaparticle as mp;
 use mp::StorageConfig;
+use percentile::percentile;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -164,16 +168,13 @@ impl Variant {
         let mut took: Vec<u32> = tasks.join_all().await.into_iter().flatten().collect();
         let elapsed = started.elapsed().as_secs_f64();
         took.sort_unstable();
-        let percentile = |p: f64| {
-            let at = ((took.len() as f64 * p) as usize).min(took.len().saturating_sub(1));
-            took.get(at).map_or(0.0, |&us| f64::from(us) / 1000.0)
-        };
+        let percentile_ms = |q: f64| percentile(&took, q).map_or(0.0, |us| f64::from(us) / 1000.0);
         let after = self.app.state_stats(node);
         let commits = (after.commits - before.commits).max(1) as f64;
         Measured {
             per_second: took.len() as f64 / elapsed,
-            p50_ms: percentile(0.50),
-            p99_ms: percentile(0.99),
+            p50_ms: percentile_ms(0.50),
+            p99_ms: percentile_ms(0.99),
             retries_per_commit: (after.retries - before.retries) as f64 / commits,
             mean_group: (after.requests - before.requests) as f64 / commits,
             gave_up: after.gave_up - before.gave_up,

@@ -25,6 +25,8 @@
 
 #[path = "bench_balancer/loadgen.rs"]
 mod loadgen;
+#[path = "support/percentile.rs"]
+mod percentile;
 #[path = "bench_balancer/report.rs"]
 mod report;
 

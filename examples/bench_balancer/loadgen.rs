@@ -61,12 +61,7 @@ pub async fn run(address: &str, body: &'static str, connections: usize, duration
     }
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort_unstable();
-    let pick = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
+    let pick = |q: f64| crate::percentile::percentile(&latencies, q).unwrap_or_default();
     Stats {
         rps: latencies.len() as f64 / elapsed,
         p50: pick(0.50),

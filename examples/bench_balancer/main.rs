@@ -20,6 +20,8 @@
 
 mod loadgen;
 mod nginx;
+#[path = "../support/percentile.rs"]
+mod percentile;
 mod report;
 
 use std::process::Command;

@@ -65,10 +65,7 @@ pub async fn run(
     }
     let elapsed = start.elapsed().as_secs_f64();
     latencies.sort_unstable();
-    let pick = |q: f64| {
-        let i = ((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1));
-        latencies.get(i).copied().unwrap_or_default()
-    };
+    let pick = |q: f64| crate::percentile::percentile(&latencies, q).unwrap_or_default();
     Latencies { p50: pick(0.50), p99: pick(0.99), rps: latencies.len() as f64 / elapsed, errors }
 }
 

@@ -24,6 +24,8 @@
 mod fixed_rate;
 #[path = "../bench_balancer/loadgen.rs"]
 mod loadgen;
+#[path = "../support/percentile.rs"]
+mod percentile;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
