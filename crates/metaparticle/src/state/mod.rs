@@ -160,7 +160,7 @@ fn escape(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::state::{stateful, stateful_user, User};
+    use crate::model::state::{stateful, stateful_user, User, MAX_ATTEMPTS};
     use crate::storage::{StorageConfig, StorageError, Versioned};
     use crate::testing::{launch_with, Options, RedisServer, TestApp};
     use crate::{service, HandlerError};
@@ -221,10 +221,15 @@ mod tests {
         drop(answer);
     }
 
+    /// A count stored as decimal text (0 when nothing is stored).
+    fn count(stored: Option<&[u8]>) -> u64 {
+        stored.map_or(0, |b| std::str::from_utf8(b).unwrap().parse().unwrap())
+    }
+
     /// An attempt that adds one to a count stored as decimal text.
     fn add_one() -> Attempt {
         Box::new(|stored: Option<&[u8]>| {
-            let n: u64 = stored.map_or(0, |b| std::str::from_utf8(b).unwrap().parse().unwrap());
+            let n = count(stored);
             Ok(crate::model::transactions::Attempted {
                 reply: json!(n + 1),
                 write: Some((n + 1).to_string().into_bytes()),
@@ -255,11 +260,9 @@ mod tests {
             Box::pin(async move {
                 if rival {
                     let stored = inner.load(&key).await?;
-                    let (count, version) = stored.map_or((0u64, 0), |v| {
-                        (std::str::from_utf8(&v.value).unwrap().parse().unwrap(), v.version)
-                    });
-                    let rival_won =
-                        inner.compare_and_swap(&key, version, (count + 1).to_string().into_bytes());
+                    let version = stored.as_ref().map_or(0, |v| v.version);
+                    let next = count(stored.as_ref().map(|v| v.value.as_slice())) + 1;
+                    let rival_won = inner.compare_and_swap(&key, version, next.to_string().into_bytes());
                     assert!(rival_won.await?, "nobody else writes this key");
                 }
                 inner.compare_and_swap(&key, expected, value).await
@@ -295,13 +298,13 @@ mod tests {
     #[tokio::test]
     async fn a_request_that_loses_every_attempt_gives_up_with_a_conflict_and_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let (runtime, store) = runtime_with_rivals(&dir, crate::model::state::MAX_ATTEMPTS);
+        let (runtime, store) = runtime_with_rivals(&dir, MAX_ATTEMPTS);
         let error = runtime.clone().transact(ScopeId::Global, add_one()).await.unwrap_err();
         assert_eq!(error.code, RpcError::CONFLICT, "{error:?}");
-        let rivals_only = crate::model::state::MAX_ATTEMPTS.to_string();
+        let rivals_only = MAX_ATTEMPTS.to_string();
         assert_eq!(store.load("app/c/global").await.unwrap().unwrap().value, rivals_only.as_bytes());
         let stats = runtime.counters.stats();
-        assert_eq!((stats.retries, stats.gave_up), (u64::from(crate::model::state::MAX_ATTEMPTS) - 1, 1));
+        assert_eq!((stats.retries, stats.gave_up), (u64::from(MAX_ATTEMPTS) - 1, 1));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
