@@ -38,7 +38,7 @@ pub mod redis;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -53,6 +53,14 @@ pub const EMULATED_MINOR: u32 = 27;
 /// The cluster DNS domain.
 pub const DOMAIN: &str = "cluster.local";
 
+/// How long the kernel waits before asking again for an address no one answered for.
+fn arp_retry() -> Duration {
+    std::fs::read_to_string("/proc/sys/net/ipv4/neigh/default/retrans_time_ms")
+        .ok()
+        .and_then(|ms| ms.trim().parse().ok())
+        .map_or(Duration::from_secs(1), Duration::from_millis)
+}
+
 /// A started pod.
 #[derive(Clone, Debug)]
 pub struct Pod {
@@ -66,6 +74,8 @@ pub struct Pod {
     pub spec: Value,
     /// The workload that owns it, `Kind/name`.
     pub owner: String,
+    /// When its container was started.
+    pub started: Instant,
 }
 
 /// One namespace of a pretend cluster: a Docker network, its pods and its objects.
@@ -289,6 +299,7 @@ impl Cluster {
             labels: pod.labels.clone(),
             spec: pod.spec.clone(),
             owner: owner.to_string(),
+            started: Instant::now(),
         })
     }
 
@@ -320,8 +331,18 @@ impl Cluster {
 
     /// Waits until every pod is ready (readiness probes polled as the kubelet polls them), then
     /// checks every liveness probe once. On failure: which pod, why, and its last log lines.
+    ///
+    /// It also waits until each pod's peers can reach it. Here a pod's name resolves as soon as
+    /// its container joins the network, a moment before its interface is up; a peer that connects
+    /// in that moment (a balancer probing its replicas as it starts) gets no ARP answer, and the
+    /// kernel asks again only after `retrans_time_ms` (1 s), holding that peer's packets to the pod
+    /// until then. Cluster DNS answers for a pod only once it is ready, so no peer there meets this.
     pub fn wait_ready(&self, within: Duration) -> Result<(), String> {
         probe::wait_ready(self, within)?;
+        if let Some(last) = self.pods.iter().map(|p| p.started).max() {
+            let settled = last + arp_retry() + Duration::from_millis(200);
+            std::thread::sleep(settled.saturating_duration_since(Instant::now()));
+        }
         for pod in &self.pods {
             if let Some(liveness) = pod.spec["containers"][0].get("livenessProbe") {
                 probe::check(self, pod, liveness).map_err(|e| format!("pod {}: liveness: {e}", pod.name))?;
