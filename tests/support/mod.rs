@@ -34,7 +34,6 @@ pub fn binary(relative: &str) -> PathBuf {
     target_dir().join(relative)
 }
 
-/// A free TCP port on loopback (bound, then released).
 /// A build of `source` that differs from every other (its hash, so its version and image, do):
 /// the binary with `tag` appended, which the loader ignores. Written as `dir/<tag>/<file name>`,
 /// so the program's name (and the app's default name) stays the same.
@@ -50,6 +49,7 @@ pub fn tagged_build(source: &Path, dir: &Path, tag: &str) -> PathBuf {
     path
 }
 
+/// A free TCP port on loopback (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
