@@ -150,14 +150,21 @@ impl Variant {
             tasks.spawn(async move {
                 // Microseconds each successful request took.
                 let mut took = Vec::new();
-                let mut key = client as u64 * 7919;
+                // Each client draws its keys at random, uniformly and independently of the others
+                // (xorshift64*, seeded by the client). A fixed stride would have every client walk
+                // one sequence a step behind the next, so each key's requests would come in a burst
+                // on a freshly cached value, whatever the number of keys.
+                let mut state =
+                    0x9E37_79B9_7F4A_7C15u64 ^ (client as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
                 loop {
                     let sent = Instant::now();
                     if sent >= until {
                         break;
                     }
-                    // Uniform over the keys (a stride coprime to KEYS), cheap to compute.
-                    key = (key + 7919) % KEYS;
+                    state ^= state >> 12;
+                    state ^= state << 25;
+                    state ^= state >> 27;
+                    let key = state.wrapping_mul(0x2545_F491_4F6C_DD1D) % KEYS;
                     if app.call_value(SERVICE, &json!({ "key": key })).await.is_ok() {
                         took.push(sent.elapsed().as_micros() as u32);
                     }
