@@ -34,6 +34,8 @@ use std::time::{Duration, Instant};
 use metaparticle as mp;
 use mp::StorageConfig;
 use percentile::percentile;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -151,20 +153,16 @@ impl Variant {
                 // Microseconds each successful request took.
                 let mut took = Vec::new();
                 // Each client draws its keys at random, uniformly and independently of the others
-                // (xorshift64*, seeded by the client). A fixed stride would have every client walk
-                // one sequence a step behind the next, so each key's requests would come in a burst
-                // on a freshly cached value, whatever the number of keys.
-                let mut state =
-                    0x9E37_79B9_7F4A_7C15u64 ^ (client as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                // (seeded by the client, so runs repeat). A fixed stride would have every client
+                // walk one sequence a step behind the next, so each key's requests would come in a
+                // burst on a freshly cached value, whatever the number of keys.
+                let mut rng = StdRng::seed_from_u64(client as u64);
                 loop {
                     let sent = Instant::now();
                     if sent >= until {
                         break;
                     }
-                    state ^= state >> 12;
-                    state ^= state << 25;
-                    state ^= state >> 27;
-                    let key = state.wrapping_mul(0x2545_F491_4F6C_DD1D) % KEYS;
+                    let key = rng.random_range(0..KEYS);
                     if app.call_value(SERVICE, &json!({ "key": key })).await.is_ok() {
                         took.push(sent.elapsed().as_micros() as u32);
                     }
