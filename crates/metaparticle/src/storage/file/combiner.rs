@@ -5,7 +5,7 @@ use std::path::Path;
 
 use rusqlite::Connection;
 
-use super::sql_error;
+use super::{execute_cached, sql_error};
 use crate::storage::StorageError;
 
 /// Most operations one transaction carries; the rest wait for the next.
@@ -38,7 +38,7 @@ pub(super) fn serve_jobs(db: Connection, path: &Path, queue: std::sync::mpsc::Re
         // and then writes could fail at once where another process wrote in between, without
         // waiting for the lock as the busy timeout promises.
         let writes = batch.iter().any(|job| job.writes);
-        let begun = run_cached(&db, if writes { "BEGIN IMMEDIATE" } else { "BEGIN" });
+        let begun = execute_cached(&db, if writes { "BEGIN IMMEDIATE" } else { "BEGIN" }, []);
         if let Err(e) = begun {
             let failed = sql_error(path, e);
             for job in batch {
@@ -48,7 +48,7 @@ pub(super) fn serve_jobs(db: Connection, path: &Path, queue: std::sync::mpsc::Re
             continue;
         }
         let delivers: Vec<Deliver> = batch.into_iter().map(|job| (job.run)(Ok(&db), path)).collect();
-        let committed = run_cached(&db, "COMMIT").map_err(|e| sql_error(path, e));
+        let committed = execute_cached(&db, "COMMIT", []).map(drop).map_err(|e| sql_error(path, e));
         if committed.is_err() {
             let _ = db.execute_batch("ROLLBACK");
         }
@@ -56,9 +56,4 @@ pub(super) fn serve_jobs(db: Connection, path: &Path, queue: std::sync::mpsc::Re
             deliver(committed.clone());
         }
     }
-}
-
-/// Runs a statement without parameters, compiled once per connection.
-fn run_cached(db: &Connection, sql: &str) -> rusqlite::Result<()> {
-    db.prepare_cached(sql)?.execute([]).map(drop)
 }

@@ -123,6 +123,12 @@ fn make_private(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Runs `sql` with `params` on a statement compiled once per connection and kept (see the module
+/// documentation); how many rows it changed.
+fn execute_cached(db: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    db.prepare_cached(sql)?.execute(params)
+}
+
 fn sql_error(path: &Path, e: rusqlite::Error) -> StorageError {
     StorageError::Unavailable { backend: "file", address: path.display().to_string(), detail: e.to_string() }
 }
@@ -175,13 +181,17 @@ impl Store for FileStore {
                 detail: "the version counter overflowed".into(),
             })?;
             let changed = if expected == 0 {
-                db.prepare_cached(
+                execute_cached(
+                    db,
                     "INSERT INTO scopes (key, version, value) VALUES (?1, 1, ?2) ON CONFLICT (key) DO NOTHING",
+                    params![key, value],
                 )
-                .and_then(|mut insert| insert.execute(params![key, value]))
             } else {
-                db.prepare_cached("UPDATE scopes SET version = ?3, value = ?2 WHERE key = ?1 AND version = ?4")
-                    .and_then(|mut update| update.execute(params![key, value, next, next - 1]))
+                execute_cached(
+                    db,
+                    "UPDATE scopes SET version = ?3, value = ?2 WHERE key = ?1 AND version = ?4",
+                    params![key, value, next, next - 1],
+                )
             }
             .map_err(|e| sql_error(path, e))?;
             Ok(changed == 1)
