@@ -453,7 +453,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = file_storage(&dir);
         let app = std::sync::Arc::new(launch(vec![counter("c")], storage.clone()).await);
+        // Another process holds the file's write lock while the requests arrive, so the first
+        // commit waits and the others queue behind it. Without it, grouping was a matter of
+        // timing: a store fast enough finished each commit before the next request reached the
+        // key, and about one run in thirty saw no group at all.
+        let holder = rusqlite::Connection::open(dir.path().join("app.sqlite")).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            holder.execute_batch("COMMIT").unwrap();
+        });
         let answers = concurrently(&app, "c", vec![json!(1); 64]).await;
+        release.await.unwrap();
         let mut seen: Vec<u64> = answers.into_iter().map(|a| a.unwrap().as_u64().unwrap()).collect();
         seen.sort_unstable();
         // One after another: every request saw the count the ones before it left.
