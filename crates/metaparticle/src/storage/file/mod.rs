@@ -13,21 +13,23 @@
 //! once per connection and kept: compiling it on every call took an eighth of the store thread's
 //! time under `bench_state`.
 //!
-//! SQLite calls block, so the one connection of a store lives on a thread of its own, which takes
-//! the operations callers queue and runs every operation waiting at that moment inside one
+//! A process keeps one connection per database file, shared by every service of the process that
+//! uses it. Operations queue for it, and every operation waiting at one moment runs inside one
 //! transaction (a write combiner, as databases batch their log writes): under load, many keys'
-//! loads and compare-and-swaps cost one commit instead of one each, and no call waits for a slot
-//! on tokio's blocking pool. Each operation's answer is sent once the transaction has committed.
+//! loads and compare-and-swaps cost one commit instead of one each. The caller that finds the
+//! connection free runs the queue itself, on its own thread, as long as that needs no waiting;
+//! waiting for another process's lock, and checkpoints, are left to a thread of the store's own
+//! ([`combiner`]). Each operation's answer is sent once the transaction has committed.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
 
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{StorageError, Store, Versioned};
 use crate::future::BoxFuture;
-use combiner::{serve_jobs, Deliver, Job};
-use lock::wait_for_lock;
+use combiner::{Combiner, Deliver, Job};
 
 mod combiner;
 mod lock;
@@ -36,23 +38,34 @@ mod lock;
 #[derive(Clone)]
 pub(crate) struct FileStore {
     path: PathBuf,
-    jobs: std::sync::mpsc::Sender<Job>,
+    combiner: Arc<Combiner>,
 }
 
+/// The stores open in this process, by database file: services of one process that share a file
+/// share its connection and its transactions, rather than contend for its write lock.
+static OPEN: Mutex<Vec<(PathBuf, Weak<Combiner>)>> = Mutex::new(Vec::new());
+
 impl FileStore {
-    /// Opens (creating if needed, with a private parent folder) the database at `path`.
+    /// The store on the database at `path`, creating it (with a private parent folder) if needed.
+    /// A store already open in this process on the same file is shared.
     pub(crate) fn open(path: &Path) -> Result<Self, StorageError> {
-        let unavailable = |detail: String| StorageError::Unavailable {
-            backend: "file",
-            address: path.display().to_string(),
-            detail,
-        };
-        if let Some(dir) = path.parent() {
-            create_private_dir(dir).map_err(|e| unavailable(e.to_string()))?;
+        prepare(path)?;
+        let file = path.canonicalize().map_err(|e| unavailable(path, e.to_string()))?;
+        let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+        open.retain(|(_, combiner)| combiner.strong_count() > 0);
+        if let Some(combiner) = open.iter().find(|(p, _)| *p == file).and_then(|(_, c)| c.upgrade()) {
+            return Ok(Self { path: path.to_path_buf(), combiner });
         }
-        make_private(path).map_err(|e| unavailable(e.to_string()))?;
-        let mut connection = Connection::open(path).map_err(|e| unavailable(e.to_string()))?;
-        connection.busy_handler(Some(wait_for_lock)).map_err(|e| unavailable(e.to_string()))?;
+        let store = Self::connect(path)?;
+        open.push((file, Arc::downgrade(&store.combiner)));
+        Ok(store)
+    }
+
+    /// A store with a connection of its own on `path`, never shared; as another process would
+    /// have. `path` must exist ([`prepare`]).
+    fn connect(path: &Path) -> Result<Self, StorageError> {
+        let unavailable = |e: String| unavailable(path, e);
+        let connection = Connection::open(path).map_err(|e| unavailable(e.to_string()))?;
         // `journal_mode` answers with a row, so it is a query, not an execute.
         connection
             .query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
@@ -67,30 +80,20 @@ impl FileStore {
                 )
             })
             .map_err(|e| unavailable(e.to_string()))?;
-        let (jobs, queue) = std::sync::mpsc::channel();
-        let owned = path.to_path_buf();
-        std::thread::Builder::new()
-            .name("file-store".into())
-            .spawn(move || serve_jobs(connection, &owned, queue))
-            .map_err(|e| unavailable(e.to_string()))?;
-        Ok(Self { path: path.to_path_buf(), jobs })
+        let combiner = Combiner::start(connection, path).map_err(|e| unavailable(e.to_string()))?;
+        Ok(Self { path: path.to_path_buf(), combiner })
     }
 
-    /// Queues `op` for the store's thread when the future is first polled, not before (a future
-    /// never awaited does nothing, as [`Store::swap_or_load`] expects); its answer comes once its
-    /// transaction committed.
+    /// Queues `op` for the store's connection when the future is first polled, not before (a
+    /// future never awaited does nothing, as [`Store::swap_or_load`] expects); its answer comes
+    /// once its transaction committed.
     fn run<T: Send + 'static>(
         &self,
         writes: bool,
         op: impl FnOnce(&Connection, &Path) -> Result<T, StorageError> + Send + 'static,
     ) -> BoxFuture<Result<T, StorageError>> {
-        let (jobs, address) = (self.jobs.clone(), self.path.display().to_string());
+        let (combiner, address) = (self.combiner.clone(), self.path.display().to_string());
         Box::pin(async move {
-            let gone = |detail: &str| StorageError::Unavailable {
-                backend: "file",
-                address: address.clone(),
-                detail: detail.into(),
-            };
             let (answer, answered) = tokio::sync::oneshot::channel();
             let run = Box::new(move |db: Result<&Connection, StorageError>, path: &Path| -> Deliver {
                 let outcome = db.and_then(|db| op(db, path));
@@ -98,10 +101,28 @@ impl FileStore {
                     let _ = answer.send(committed.and(outcome));
                 })
             });
-            jobs.send(Job { writes, run }).map_err(|_| gone("the store's thread has stopped"))?;
-            answered.await.unwrap_or_else(|_| Err(gone("the store's thread stopped before answering")))
+            combiner.submit(Job { writes, run });
+            answered.await.unwrap_or_else(|_| {
+                Err(StorageError::Unavailable {
+                    backend: "file",
+                    address,
+                    detail: "the store stopped before answering".into(),
+                })
+            })
         })
     }
+}
+
+/// Creates the database's folder and file, both private, if they are missing.
+fn prepare(path: &Path) -> Result<(), StorageError> {
+    if let Some(dir) = path.parent() {
+        create_private_dir(dir).map_err(|e| unavailable(path, e.to_string()))?;
+    }
+    make_private(path).map_err(|e| unavailable(path, e.to_string()))
+}
+
+fn unavailable(path: &Path, detail: String) -> StorageError {
+    StorageError::Unavailable { backend: "file", address: path.display().to_string(), detail }
 }
 
 /// Makes the database file readable by its owner only, creating it empty if absent: the state it
@@ -303,19 +324,82 @@ mod tests {
         release.join().unwrap();
     }
 
+    #[test]
+    fn a_write_that_must_wait_for_another_process_does_not_block_its_callers_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        let holder = Connection::open(dir.path().join("storage/app.sqlite")).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            holder.execute_batch("COMMIT").unwrap();
+        });
+        // One thread runs both the write and a ticker: had the write waited for the lock on it,
+        // the ticker could not have ticked until the lock was free.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let ticks = runtime.block_on(async {
+            let ticks = Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let ticking = ticks.clone();
+            let ticker = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    ticking.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+            assert!(
+                s.compare_and_swap("k", 0, b"1".to_vec()).await.unwrap(),
+                "it wrote once the lock was free"
+            );
+            ticker.abort();
+            ticks.load(std::sync::atomic::Ordering::Relaxed)
+        });
+        release.join().unwrap();
+        assert!(
+            ticks >= 5,
+            "the caller's thread was blocked while the write waited: {ticks} ticks of 10 ms in 200 ms"
+        );
+    }
+
+    #[tokio::test]
+    async fn stores_opened_on_one_file_in_one_process_share_its_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (store(&dir), store(&dir));
+        assert!(Arc::ptr_eq(&a.combiner, &b.combiner));
+        let other = FileStore::open(&dir.path().join("storage/other.sqlite")).unwrap();
+        assert!(!Arc::ptr_eq(&a.combiner, &other.combiner), "another file, another connection");
+        assert!(a.compare_and_swap("k", 0, b"1".to_vec()).await.unwrap());
+        assert!(!b.compare_and_swap("k", 0, b"2".to_vec()).await.unwrap(), "b sees a's write");
+    }
+
+    #[tokio::test]
+    async fn the_log_is_checkpointed_as_commits_go_on_so_it_stays_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        // 3,000 commits of a 4 KiB value write at least 12 MiB of log; checkpoints every few
+        // hundred commits let SQLite start the log over again and again.
+        let value = vec![b'x'; 4096];
+        for version in 0..3000 {
+            assert!(s.compare_and_swap("k", version, value.clone()).await.unwrap());
+        }
+        let log = std::fs::metadata(dir.path().join("storage/app.sqlite-wal")).unwrap().len();
+        assert!(log < 6 << 20, "the log grew to {log} bytes: it was not checkpointed");
+    }
+
     /// Separate connections behave like separate processes: SQLite locks the file, not the handle.
     #[test]
     fn concurrent_increments_from_separate_connections_are_never_lost() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("storage/app.sqlite");
         let (threads, increments) = (8, 50);
+        prepare(&path).unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
         let wins: u64 = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads)
                 .map(|_| {
                     let (path, runtime) = (&path, &runtime);
                     scope.spawn(move || {
-                        let s = FileStore::open(path).unwrap();
+                        // A connection of its own, as each process of a deployment has.
+                        let s = FileStore::connect(path).unwrap();
                         runtime.block_on(async {
                             let mut done = 0;
                             while done < increments {
