@@ -132,27 +132,38 @@ async fn a_callers_trace_runs_through_the_balancer_to_the_replica_as_one_tree() 
 #[tokio::test]
 async fn a_retry_is_a_second_attempt_span_and_the_balancer_counts_it() {
     let (app, collected) = traced(vec![service("echo", spread(2, |r: Value| r)).expose()]).await;
-    // The balancer probes its replicas once as it starts, then every 500 ms: stopped while that
-    // first probe is under way, the replica would leave rotation before any call met it. Once it
-    // is done, the calls below come well before the next one.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    app.stop_replica("echo.replica", 0);
-    tokio::task::yield_now().await;
-    // Replica choice alternates, so one of the first two calls goes to the stopped replica first
-    // (which then leaves rotation).
-    let traces: Vec<String> = (0..4).map(|i| format!("{:032x}", 0xabc0 + i)).collect();
-    for trace in &traces {
-        call_with_trace(&app, "echo", &format!("00-{trace}-{CALLER_SPAN}-01")).await;
-    }
     let mut retried = None;
-    for trace in &traces {
-        // The balancer records its attempts before its own span, and exports in order: once its
-        // span is in, so are all of its attempts.
-        let spans = spans_of(&collected, trace, 3).await;
-        let balancer_done = |spans: &[SpanRecord]| spans.iter().any(|s| &*s.name == "echo");
-        let spans = if balancer_done(&spans) { spans } else { spans_of(&collected, trace, 4).await };
-        if spans.len() == 4 {
-            retried = Some(spans);
+    // A call meets the stopped replica only while the balancer still has it in rotation. The
+    // balancer probes its replicas as it starts, then every 500 ms; on a loaded machine a probe
+    // can still be under way when the replica stops, and take it out of rotation before any call
+    // meets it. Then the replica is started again, and the scenario runs once more.
+    for round in 0..5u32 {
+        if round > 0 {
+            app.restart_replica("echo.replica", 0).await;
+            // Out of rotation, it is probed every 50 ms: this is long enough to be back.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        app.stop_replica("echo.replica", 0);
+        tokio::task::yield_now().await;
+        // Replica choice alternates, so one of the first two calls goes to the stopped replica
+        // first (which then leaves rotation).
+        let traces: Vec<String> = (0..4).map(|i| format!("{:032x}", 0xabc0 + round * 16 + i)).collect();
+        for trace in &traces {
+            call_with_trace(&app, "echo", &format!("00-{trace}-{CALLER_SPAN}-01")).await;
+        }
+        for trace in &traces {
+            // The balancer records its attempts before its own span, and exports in order: once
+            // its span is in, so are all of its attempts.
+            let spans = spans_of(&collected, trace, 3).await;
+            let balancer_done = |spans: &[SpanRecord]| spans.iter().any(|s| &*s.name == "echo");
+            let spans = if balancer_done(&spans) { spans } else { spans_of(&collected, trace, 4).await };
+            if spans.len() == 4 {
+                retried = Some(spans);
+            }
+        }
+        if retried.is_some() {
+            break;
         }
     }
     let spans = retried.expect("no call met the stopped replica");
