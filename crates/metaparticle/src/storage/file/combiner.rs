@@ -33,8 +33,8 @@ use crate::storage::StorageError;
 /// Most operations one transaction carries; the rest wait for the next.
 const MAX_BATCH: usize = 256;
 
-/// Most batches an inline lead runs before the store's thread takes over, so that a caller never
-/// stays leading for others while its own answer is ready.
+/// Most batches an inline lead runs before the store's thread takes over: its own answer is ready
+/// after the first, so a caller leads for others only briefly.
 const MAX_INLINE_BATCHES: usize = 4;
 
 /// Commits between two checkpoints. About SQLite's default (1,000 pages of log) for commits of a
