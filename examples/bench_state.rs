@@ -18,12 +18,20 @@
 //! for each successful request: a ratio says what state costs in throughput, the tail says what a
 //! contended key costs the unlucky requests.
 //!
+//! With `deployed`, the group-commit variants run as a user runs them instead: each deployed with
+//! the local runner (one process per replica, the file store shared by the processes through its
+//! file), and called from this process over loopback. Which topology a deployed process builds is
+//! chosen by `MP_BENCH_SHAPE`, which every process of an app inherits from the command that
+//! deployed it; the apps are deleted, with their state, at the end. Deployed nodes keep their
+//! counters to themselves, so the group and retry columns read 0 there.
+//!
 //! Bounded: every round runs for a fixed time, on loopback only.
 //!
 //! ```console
 //! $ cargo run --release --example bench_state
 //! $ cargo run --release --example bench_state -- keys 64   # only the rows whose topology and clients match
 //! $ cargo run --release --example bench_state -- keys 64 redis   # and of their variants, only Redis
+//! $ cargo run --release --example bench_state -- deployed keys 64   # deployed with the local runner
 //! ```
 #[path = "support/percentile.rs"]
 mod percentile;
@@ -46,6 +54,8 @@ const WARM_UP: Duration = Duration::from_millis(300);
 const CLIENTS: [usize; 2] = [8, 64];
 const KEYS: u64 = 10_000;
 const SERVICE: &str = "counter";
+/// With `deployed`: the ports of the stateless app, then the file and the Redis one.
+const DEPLOYED_PORT: u16 = 3940;
 
 #[derive(Serialize, Deserialize, Default)]
 struct Count {
@@ -96,6 +106,22 @@ impl Topology {
         vec![service.expose()]
     }
 
+    /// Its name in `MP_BENCH_SHAPE`, which tells a deployed process what to build.
+    fn shape(self) -> &'static str {
+        match self {
+            Topology::OneKey => "one",
+            Topology::OneKeyStateless => "one-none",
+            Topology::ManyKeys => "keys",
+            Topology::ManyKeysStateless => "keys-none",
+        }
+    }
+
+    fn from_shape(shape: &str) -> Option<Self> {
+        [Topology::OneKey, Topology::OneKeyStateless, Topology::ManyKeys, Topology::ManyKeysStateless]
+            .into_iter()
+            .find(|t| t.shape() == shape)
+    }
+
     /// The node whose replicas keep the state (their counters are what the bench reports).
     fn stateful_node(self) -> &'static str {
         match self {
@@ -121,8 +147,64 @@ struct Measured {
 struct Variant {
     label: String,
     topology: Topology,
-    app: Arc<mp::testing::TestApp>,
+    target: Arc<Target>,
     rounds: Vec<Measured>,
+}
+
+/// Where a variant runs.
+enum Target {
+    /// Every node in this process (`mp::testing::launch_with`).
+    InProcess(mp::testing::TestApp),
+    /// Deployed with the local runner as app `app`, its service at `address`.
+    Deployed {
+        app: String,
+        address: String,
+        storage: Option<String>,
+        client: mp::client::RpcClient,
+        topology: Topology,
+    },
+}
+
+impl Drop for Target {
+    /// A deployed app is deleted, with its state, when its variant is done.
+    fn drop(&mut self) {
+        if let Target::Deployed { app, storage, topology, .. } = self {
+            let _ = deployer("delete", app, *topology, storage.as_deref()).arg("--purge").status();
+        }
+    }
+}
+
+/// This program, run as `command` (`up` or `delete`) of bench app `app` of `topology`, on the
+/// Redis server at `storage` or, without one, the file store.
+fn deployer(command: &str, app: &str, topology: Topology, storage: Option<&str>) -> std::process::Command {
+    let me = std::env::current_exe().unwrap_or_else(|_| "bench_state".into());
+    let mut deployer = std::process::Command::new(me);
+    deployer
+        .args([command, "--app", app])
+        .env("MP_BENCH_SHAPE", topology.shape())
+        .env_remove("CARGO")
+        .stdout(std::process::Stdio::null());
+    match storage {
+        Some(url) => deployer.args(["--storage", "redis"]).env("REDIS_URL", url),
+        None => deployer.args(["--storage", "file"]),
+    };
+    deployer
+}
+
+impl Target {
+    async fn call(&self, request: &Value) -> bool {
+        match self {
+            Target::InProcess(app) => app.call_value(SERVICE, request).await.is_ok(),
+            Target::Deployed { address, client, .. } => client.call(address, SERVICE, request).await.is_ok(),
+        }
+    }
+
+    fn state_stats(&self, node: &str) -> mp::testing::StateStats {
+        match self {
+            Target::InProcess(app) => app.state_stats(node),
+            Target::Deployed { .. } => mp::testing::StateStats::default(),
+        }
+    }
 }
 
 impl Variant {
@@ -136,19 +218,46 @@ impl Variant {
         // An app name of its own: variants sharing a store never touch each other's keys.
         let app = Some(format!("bench-{}", label.replace([',', ' ', '(', ')'], "")));
         let options = mp::testing::Options { storage, limits, app, ..Default::default() };
-        let app = Arc::new(mp::testing::launch_with(topology.services(), options).await?);
-        Ok(Self { label, topology, app, rounds: Vec::new() })
+        let app = mp::testing::launch_with(topology.services(), options).await?;
+        Ok(Self { label, topology, target: Arc::new(Target::InProcess(app)), rounds: Vec::new() })
+    }
+
+    /// Deploys `topology` with the local runner as app `app` on `port`, on `storage` (a Redis URL,
+    /// or `None` for the file store).
+    fn deploy(
+        label: String,
+        topology: Topology,
+        app: String,
+        port: u16,
+        storage: Option<String>,
+    ) -> mp::Result<Self> {
+        let status = deployer("up", &app, topology, storage.as_deref())
+            .args(["--port", &port.to_string()])
+            .status()
+            .map_err(|e| mp::Error::io("deploying a bench app", e))?;
+        if !status.success() {
+            return Err(mp::Error::io(
+                format!("deploying {app}"),
+                std::io::Error::other("the deploy command failed"),
+            ));
+        }
+        // Bounded: a deployed app that stops answering fails calls after 5 s, not 30.
+        let client = mp::client::RpcClient::new().with_timeout(Duration::from_secs(5));
+        let address = format!("127.0.0.1:{port}");
+        let target = Arc::new(Target::Deployed { app, address, storage, client, topology });
+        Ok(Self { label, topology, target, rounds: Vec::new() })
     }
 
     /// Runs `clients` closed-loop clients for `time` and counts successful requests.
     async fn measure(&self, clients: usize, time: Duration) -> Measured {
         let node = self.topology.stateful_node();
-        let before = self.app.state_stats(node);
+        let before = self.target.state_stats(node);
         let started = Instant::now();
         let until = started + time;
         let mut tasks = tokio::task::JoinSet::new();
+        let target = self.target.clone();
         for client in 0..clients {
-            let app = self.app.clone();
+            let target = target.clone();
             tasks.spawn(async move {
                 // Microseconds each successful request took.
                 let mut took = Vec::new();
@@ -163,7 +272,7 @@ impl Variant {
                         break;
                     }
                     let key = rng.random_range(0..KEYS);
-                    if app.call_value(SERVICE, &json!({ "key": key })).await.is_ok() {
+                    if target.call(&json!({ "key": key })).await {
                         took.push(sent.elapsed().as_micros() as u32);
                     }
                 }
@@ -174,7 +283,7 @@ impl Variant {
         let elapsed = started.elapsed().as_secs_f64();
         took.sort_unstable();
         let percentile_ms = |q: f64| percentile(&took, q).map_or(0.0, |us| f64::from(us) / 1000.0);
-        let after = self.app.state_stats(node);
+        let after = self.target.state_stats(node);
         let commits = (after.commits - before.commits).max(1) as f64;
         Measured {
             per_second: took.len() as f64 / elapsed,
@@ -195,7 +304,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// Measures every variant in turn, round after round, so that whatever else the machine does
 /// weighs on all of them alike; the first variant is the stateless ceiling.
-async fn compare(variants: &mut [Variant], clients: usize) {
+async fn compare(variants: &mut [Variant], clients: usize, width: usize) {
     for variant in variants.iter() {
         variant.measure(clients, WARM_UP).await;
     }
@@ -212,7 +321,7 @@ async fn compare(variants: &mut [Variant], clients: usize) {
         let (low, high) = ratios.iter().fold((f64::MAX, 0.0f64), |(l, h), r| (l.min(*r), h.max(*r)));
         let pick = |f: fn(&Measured) -> f64| median(variant.rounds.iter().map(f).collect());
         println!(
-            "{:<40} {clients:>7} {:>12.0} {:>8.2} {:>11} {:>7.2} {:>7.2} {:>7.1} {:>9.3} {:>7}",
+            "{:<width$} {clients:>7} {:>12.0} {:>8.2} {:>11} {:>7.2} {:>7.2} {:>7.1} {:>9.3} {:>7}",
             variant.label,
             pick(|m| m.per_second),
             median(ratios),
@@ -239,15 +348,32 @@ fn redis_benchmark(port: u16, clients: usize) -> Option<f64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() -> mp::Result<()> {
+fn main() -> mp::Result<()> {
+    // A process of an app this bench deployed, or the bench's own `up` and `delete` of one: it
+    // builds the topology its shape names.
+    if let Some(topology) = std::env::var("MP_BENCH_SHAPE").ok().and_then(|s| Topology::from_shape(&s)) {
+        return mp::serve(topology.services());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| mp::Error::io("starting a runtime", e))?;
+    runtime.block_on(bench())
+}
+
+async fn bench() -> mp::Result<()> {
+    // Optional filters: a word of the topology's name, and a client count (to profile one row).
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let deployed = args.iter().any(|a| a == "deployed");
+    // Room for the longest label, ", deployed" included.
+    let width = if deployed { 50 } else { 40 };
     println!(
         "state through the data plane, {ROUNDS} rounds of {}s per row, interleaved, {} cores; ratio = requests/s over the same topology without state in the same round (median, and its range over the rounds)",
         ROUND.as_secs_f64(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
     println!(
-        "{:<40} {:>7} {:>12} {:>8} {:>11} {:>7} {:>7} {:>7} {:>9} {:>7}",
+        "{:<width$} {:>7} {:>12} {:>8} {:>11} {:>7} {:>7} {:>7} {:>9} {:>7}",
         "topology / store / commit",
         "clients",
         "requests/s",
@@ -265,10 +391,9 @@ async fn main() -> mp::Result<()> {
         .transpose()
         .map_err(|e| mp::Error::io("starting redis-server", std::io::Error::other(e)))?;
     let mut ours_on_redis = Vec::new();
-    // Optional filters: a word of the topology's name, and a client count (to profile one row).
-    let args: Vec<String> = std::env::args().skip(1).collect();
     let only_clients: Option<usize> = args.iter().find_map(|a| a.parse().ok());
-    let words: Vec<&String> = args.iter().filter(|a| a.parse::<usize>().is_err()).collect();
+    let words: Vec<&String> =
+        args.iter().filter(|a| a.parse::<usize>().is_err() && *a != "deployed").collect();
     let only_topology = words.first();
     // Further words keep only the stateful variants whose label has them all (the stateless
     // ceiling always runs): `keys 64 redis` measures one variant against its ceiling.
@@ -284,22 +409,42 @@ async fn main() -> mp::Result<()> {
             if only_clients.is_some_and(|n| n != clients) {
                 continue;
             }
-            let mut variants = vec![Variant::launch(format!("{name}, no state"), stateless, None, 1).await?];
-            let commits: &[(&str, usize)] =
-                if topology == Topology::OneKey { &[("group", 64), ("each", 1)] } else { &[("group", 64)] };
-            for (commit, limit) in commits {
-                let file = StorageConfig::File(dir.join(format!("bench-{clients}-{commit}.sqlite")));
-                let label = format!("{name}, file, {commit}");
+            let mut variants = Vec::new();
+            if deployed {
+                // Deployed nodes commit in groups (the default); 'each' needs the testing limits.
+                let app = |store: &str| format!("bench-state-{}-{store}", topology.shape());
+                let label = format!("{name}, no state, deployed");
+                variants.push(Variant::deploy(label, stateless, app("none"), DEPLOYED_PORT, None)?);
+                let label = format!("{name}, file, group, deployed");
                 if wanted(&label) {
-                    variants.push(Variant::launch(label, topology, Some(file), *limit).await?);
+                    variants.push(Variant::deploy(label, topology, app("file"), DEPLOYED_PORT + 1, None)?);
                 }
-                let label = format!("{name}, redis, {commit}");
+                let label = format!("{name}, redis, group, deployed");
                 if let Some(redis) = redis.as_ref().filter(|_| wanted(&label)) {
-                    let store = Some(StorageConfig::Redis(redis.url()));
-                    variants.push(Variant::launch(label, topology, store, *limit).await?);
+                    let (app, port) = (app("redis"), DEPLOYED_PORT + 2);
+                    variants.push(Variant::deploy(label, topology, app, port, Some(redis.url()))?);
+                }
+            } else {
+                variants.push(Variant::launch(format!("{name}, no state"), stateless, None, 1).await?);
+                let commits: &[(&str, usize)] = if topology == Topology::OneKey {
+                    &[("group", 64), ("each", 1)]
+                } else {
+                    &[("group", 64)]
+                };
+                for (commit, limit) in commits {
+                    let file = StorageConfig::File(dir.join(format!("bench-{clients}-{commit}.sqlite")));
+                    let label = format!("{name}, file, {commit}");
+                    if wanted(&label) {
+                        variants.push(Variant::launch(label, topology, Some(file), *limit).await?);
+                    }
+                    let label = format!("{name}, redis, {commit}");
+                    if let Some(redis) = redis.as_ref().filter(|_| wanted(&label)) {
+                        let store = Some(StorageConfig::Redis(redis.url()));
+                        variants.push(Variant::launch(label, topology, store, *limit).await?);
+                    }
                 }
             }
-            compare(&mut variants, clients).await;
+            compare(&mut variants, clients, width).await;
             if topology == Topology::OneKey {
                 if let Some(v) = variants.iter().find(|v| v.label.ends_with("redis, group")) {
                     ours_on_redis.push((clients, median(v.rounds.iter().map(|m| m.per_second).collect())));
