@@ -131,13 +131,15 @@ impl Combiner {
         let mut batches = 0;
         loop {
             if batch.is_empty() {
-                if leader == Leader::Inline && batches == MAX_INLINE_BATCHES {
-                    return self.hand_over(connection, Vec::new());
-                }
                 let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
                 if slot.queue.is_empty() {
                     slot.connection = Some(connection);
                     return;
+                }
+                if leader == Leader::Inline && batches == MAX_INLINE_BATCHES {
+                    // Only when work is left: waking the thread to find nothing costs a switch.
+                    drop(slot);
+                    return self.hand_over(connection, Vec::new());
                 }
                 let take = slot.queue.len().min(MAX_BATCH);
                 batch = slot.queue.drain(..take).collect();
@@ -221,7 +223,7 @@ fn serve(combiner: Weak<Combiner>, path: &Path, work: Receiver<ThreadWork>) {
     while let Ok(next) = work.recv() {
         match next {
             ThreadWork::Lead(connection, batch) => {
-                // A job in the batch holds the store, so it is still there.
+                // Work was handed over, so a caller waits on it and holds the store.
                 let Some(combiner) = combiner.upgrade() else { return };
                 combiner.lead(connection, batch, Leader::Thread);
             }
