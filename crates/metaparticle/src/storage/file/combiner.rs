@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, Weak};
 use rusqlite::Connection;
 
 use super::lock::wait_for_lock;
-use super::{execute_cached, sql_error};
+use super::{execute_cached, sql_error, unavailable};
 use crate::storage::StorageError;
 
 /// Most operations one transaction carries; the rest wait for the next.
@@ -111,6 +111,11 @@ impl Combiner {
         Ok(combiner)
     }
 
+    /// The database file, as the store that opened it named it.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Queues `job`, and leads if nobody else is: the job's answer may be ready on return.
     pub(super) fn submit(&self, job: Job) {
         let connection = {
@@ -157,11 +162,8 @@ impl Combiner {
             // The thread is gone (it panicked): nothing may wait for the lock now. The batch fails
             // rather than blocking this thread, and the next caller leads inline again.
             let ThreadWork::Lead(connection, batch) = refused.0 else { unreachable!() };
-            let gone = StorageError::Unavailable {
-                backend: "file",
-                address: self.path.display().to_string(),
-                detail: "another process holds the write lock, and the store's thread has stopped".into(),
-            };
+            let detail = "another process holds the write lock, and the store's thread has stopped";
+            let gone = unavailable(&self.path, detail.into());
             fail(batch, &gone, &self.path);
             self.slot.lock().unwrap_or_else(|e| e.into_inner()).connection = Some(connection);
         }

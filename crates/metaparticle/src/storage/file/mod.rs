@@ -37,7 +37,6 @@ mod lock;
 /// A [`Store`] in one SQLite database file.
 #[derive(Clone)]
 pub(crate) struct FileStore {
-    path: PathBuf,
     combiner: Arc<Combiner>,
 }
 
@@ -54,7 +53,7 @@ impl FileStore {
         let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
         open.retain(|(_, combiner)| combiner.strong_count() > 0);
         if let Some(combiner) = open.iter().find(|(p, _)| *p == file).and_then(|(_, c)| c.upgrade()) {
-            return Ok(Self { path: path.to_path_buf(), combiner });
+            return Ok(Self { combiner });
         }
         let store = Self::connect(path)?;
         open.push((file, Arc::downgrade(&store.combiner)));
@@ -81,7 +80,7 @@ impl FileStore {
             })
             .map_err(|e| unavailable(e.to_string()))?;
         let combiner = Combiner::start(connection, path).map_err(|e| unavailable(e.to_string()))?;
-        Ok(Self { path: path.to_path_buf(), combiner })
+        Ok(Self { combiner })
     }
 
     /// Queues `op` for the store's connection when the future is first polled, not before (a
@@ -92,7 +91,7 @@ impl FileStore {
         writes: bool,
         op: impl FnOnce(&Connection, &Path) -> Result<T, StorageError> + Send + 'static,
     ) -> BoxFuture<Result<T, StorageError>> {
-        let (combiner, address) = (self.combiner.clone(), self.path.display().to_string());
+        let combiner = self.combiner.clone();
         Box::pin(async move {
             let (answer, answered) = tokio::sync::oneshot::channel();
             let run = Box::new(move |db: Result<&Connection, StorageError>, path: &Path| -> Deliver {
@@ -103,11 +102,7 @@ impl FileStore {
             });
             combiner.submit(Job { writes, run });
             answered.await.unwrap_or_else(|_| {
-                Err(StorageError::Unavailable {
-                    backend: "file",
-                    address,
-                    detail: "the store stopped before answering".into(),
-                })
+                Err(unavailable(combiner.path(), "the store stopped before answering".into()))
             })
         })
     }
@@ -151,7 +146,7 @@ fn execute_cached(db: &Connection, sql: &str, params: impl rusqlite::Params) -> 
 }
 
 fn sql_error(path: &Path, e: rusqlite::Error) -> StorageError {
-    StorageError::Unavailable { backend: "file", address: path.display().to_string(), detail: e.to_string() }
+    unavailable(path, e.to_string())
 }
 
 impl Store for FileStore {
@@ -226,7 +221,7 @@ impl Store for FileStore {
     }
 
     fn describe(&self) -> String {
-        format!("file {}", self.path.display())
+        format!("file {}", self.combiner.path().display())
     }
 }
 
