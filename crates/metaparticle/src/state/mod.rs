@@ -457,14 +457,10 @@ mod tests {
         // commit waits and the others queue behind it. Without it, grouping was a matter of
         // timing: a store fast enough finished each commit before the next request reached the
         // key, and about one run in thirty saw no group at all.
-        let holder = rusqlite::Connection::open(dir.path().join("app.sqlite")).unwrap();
-        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let release = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            holder.execute_batch("COMMIT").unwrap();
-        });
+        let release =
+            crate::storage::file::hold_write_lock(&dir.path().join("app.sqlite"), Duration::from_millis(200));
         let answers = concurrently(&app, "c", vec![json!(1); 64]).await;
-        release.await.unwrap();
+        release.join().unwrap();
         let mut seen: Vec<u64> = answers.into_iter().map(|a| a.unwrap().as_u64().unwrap()).collect();
         seen.sort_unstable();
         // One after another: every request saw the count the ones before it left.

@@ -225,6 +225,18 @@ impl Store for FileStore {
     }
 }
 
+/// Takes the write lock of the database at `path` from another connection, as another process
+/// would, and releases it after `held`, on a thread of its own.
+#[cfg(test)]
+pub(crate) fn hold_write_lock(path: &Path, held: std::time::Duration) -> std::thread::JoinHandle<()> {
+    let holder = Connection::open(path).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    std::thread::spawn(move || {
+        std::thread::sleep(held);
+        holder.execute_batch("COMMIT").unwrap();
+    })
+}
+
 /// Creates the store's folder (and parents) readable only by this user, as the data is theirs.
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
@@ -302,22 +314,11 @@ mod tests {
         assert_eq!(s.load("k").await.unwrap().unwrap(), Versioned { value: b"2".to_vec(), version: 2 });
     }
 
-    /// Takes the store's write lock from another connection, as another process would, and
-    /// releases it after `held` on a thread of its own.
-    fn hold_the_write_lock(dir: &tempfile::TempDir, held: Duration) -> std::thread::JoinHandle<()> {
-        let holder = Connection::open(dir.path().join("storage/app.sqlite")).unwrap();
-        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
-        std::thread::spawn(move || {
-            std::thread::sleep(held);
-            holder.execute_batch("COMMIT").unwrap();
-        })
-    }
-
     #[test]
     fn a_write_waits_for_another_connections_lock_and_then_succeeds() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir);
-        let release = hold_the_write_lock(&dir, Duration::from_millis(50));
+        let release = hold_write_lock(&dir.path().join("storage/app.sqlite"), Duration::from_millis(50));
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let started = std::time::Instant::now();
         assert!(runtime.block_on(s.compare_and_swap("k", 0, b"1".to_vec())).unwrap());
@@ -329,7 +330,7 @@ mod tests {
     fn a_write_that_must_wait_for_another_process_does_not_block_its_callers_thread() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir);
-        let release = hold_the_write_lock(&dir, Duration::from_millis(200));
+        let release = hold_write_lock(&dir.path().join("storage/app.sqlite"), Duration::from_millis(200));
         // One thread runs both the write and a ticker: had the write waited for the lock on it,
         // the ticker could not have ticked until the lock was free.
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
