@@ -35,6 +35,8 @@
 //! ```
 #[path = "support/percentile.rs"]
 mod percentile;
+#[path = "support/self_deploy.rs"]
+mod self_deploy;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -169,7 +171,9 @@ impl Drop for Target {
     /// A deployed app is deleted, with its state, when its variant is done.
     fn drop(&mut self) {
         if let Target::Deployed { app, storage, topology, .. } = self {
-            let _ = deployer("delete", app, *topology, storage.as_deref()).arg("--purge").status();
+            let mut delete = deployer("delete", app, *topology, storage.as_deref());
+            delete.arg("--purge");
+            self_deploy::delete(delete);
         }
     }
 }
@@ -177,13 +181,8 @@ impl Drop for Target {
 /// This program, run as `command` (`up` or `delete`) of bench app `app` of `topology`, on the
 /// Redis server at `storage` or, without one, the file store.
 fn deployer(command: &str, app: &str, topology: Topology, storage: Option<&str>) -> std::process::Command {
-    let me = std::env::current_exe().unwrap_or_else(|_| "bench_state".into());
-    let mut deployer = std::process::Command::new(me);
-    deployer
-        .args([command, "--app", app])
-        .env("MP_BENCH_SHAPE", topology.shape())
-        .env_remove("CARGO")
-        .stdout(std::process::Stdio::null());
+    let mut deployer = self_deploy::this_program(command, app);
+    deployer.env("MP_BENCH_SHAPE", topology.shape());
     match storage {
         Some(url) => deployer.args(["--storage", "redis"]).env("REDIS_URL", url),
         None => deployer.args(["--storage", "file"]),
@@ -231,16 +230,9 @@ impl Variant {
         port: u16,
         storage: Option<String>,
     ) -> mp::Result<Self> {
-        let status = deployer("up", &app, topology, storage.as_deref())
-            .args(["--port", &port.to_string()])
-            .status()
-            .map_err(|e| mp::Error::io("deploying a bench app", e))?;
-        if !status.success() {
-            return Err(mp::Error::io(
-                format!("deploying {app}"),
-                std::io::Error::other("the deploy command failed"),
-            ));
-        }
+        let mut up = deployer("up", &app, topology, storage.as_deref());
+        up.args(["--port", &port.to_string()]);
+        self_deploy::up(up, &app)?;
         // Bounded: a deployed app that stops answering fails calls after 5 s, not 30.
         let client = mp::client::RpcClient::new().with_timeout(Duration::from_secs(5));
         let address = format!("127.0.0.1:{port}");

@@ -23,8 +23,9 @@ mod nginx;
 #[path = "../support/percentile.rs"]
 mod percentile;
 mod report;
+#[path = "../support/self_deploy.rs"]
+mod self_deploy;
 
-use std::process::Command;
 use std::time::Duration;
 
 use metaparticle as mp;
@@ -66,22 +67,13 @@ const APPS: [(&str, u16, &str); 4] = [
 ];
 
 fn bench(connections: usize, duration: Duration, rounds: usize) -> mp::Result<()> {
-    let me = std::env::current_exe().map_err(|e| mp::Error::io("finding this binary", e))?;
     let mut deployed = Vec::new();
     let mut result = Ok(());
     for (app, port, shape) in APPS {
-        let status = Command::new(&me)
-            .args(["up", "--app", app, "--port", &port.to_string()])
-            .env("MP_BENCH_SHAPE", shape)
-            .env_remove("CARGO")
-            .stdout(std::process::Stdio::null())
-            .status()
-            .map_err(|e| mp::Error::io("deploying the bench apps", e))?;
-        if !status.success() {
-            result = Err(mp::Error::io(
-                format!("deploying {app}"),
-                std::io::Error::other("the deploy command failed"),
-            ));
+        let mut up = self_deploy::this_program("up", app);
+        up.args(["--port", &port.to_string()]).env("MP_BENCH_SHAPE", shape);
+        if let Err(e) = self_deploy::up(up, app) {
+            result = Err(e);
             break;
         }
         deployed.push(app);
@@ -90,7 +82,7 @@ fn bench(connections: usize, duration: Duration, rounds: usize) -> mp::Result<()
         result = measure(connections, duration, rounds);
     }
     for app in deployed {
-        let _ = Command::new(&me).args(["delete", "--app", app]).stdout(std::process::Stdio::null()).status();
+        self_deploy::delete(self_deploy::this_program("delete", app));
     }
     result
 }

@@ -26,8 +26,9 @@ mod fixed_rate;
 mod loadgen;
 #[path = "../support/percentile.rs"]
 mod percentile;
+#[path = "../support/self_deploy.rs"]
+mod self_deploy;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use metaparticle as mp;
@@ -106,21 +107,11 @@ fn main() -> mp::Result<()> {
 const APP: &str = "mp-bench-calls";
 
 fn bench(settings: &Settings) -> mp::Result<()> {
-    let me = std::env::current_exe().map_err(|e| mp::Error::io("finding this binary", e))?;
-    let deployed = Command::new(&me)
-        .args(["up", "--app", APP, "--port", &settings.port.to_string()])
-        .env_remove("CARGO")
-        .stdout(Stdio::null())
-        .status()
-        .map_err(|e| mp::Error::io("deploying the bench app", e))?;
-    if !deployed.success() {
-        return Err(mp::Error::io(
-            format!("deploying {APP}"),
-            std::io::Error::other("the deploy command failed"),
-        ));
-    }
+    let mut up = self_deploy::this_program("up", APP);
+    up.args(["--port", &settings.port.to_string()]);
+    self_deploy::up(up, APP)?;
     let result = measure(settings);
-    let _ = Command::new(&me).args(["delete", "--app", APP]).stdout(Stdio::null()).status();
+    self_deploy::delete(self_deploy::this_program("delete", APP));
     result
 }
 
