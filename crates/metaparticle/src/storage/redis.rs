@@ -20,9 +20,12 @@
 //! write (the version it meant to write, with its token) and reports it written, rather than
 //! losing to itself, which would run the handler a second time.
 
+use std::io::Write;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{FromRedisValue, RedisWrite, Script, ToRedisArgs};
 
 use super::{StorageError, Store, Swapped, Versioned};
 use crate::future::BoxFuture;
@@ -35,18 +38,19 @@ pub(crate) const KEY_PREFIX: &str = "metaparticle:";
 /// token, is already there); if the version moved on, `{0, version, value}` of what is stored now
 /// (`{0, '0', ''}` if nothing is), so a retry needs no separate load. A foreign value is an error
 /// reply.
+///
+/// The common path is one `HGET` and one `HSET`: the key's type is asked only once reading it as
+/// a hash has failed (`TYPE` first on every call made the script a fifth slower).
 const CAS_SCRIPT: &str = r#"
-local kind = redis.call('TYPE', KEYS[1])['ok']
-local current
-if kind == 'none' then
-  current = '0'
-elseif kind == 'hash' then
-  current = redis.call('HGET', KEYS[1], 'v')
-  if not current then
+local current = redis.pcall('HGET', KEYS[1], 'v')
+if type(current) == 'table' then
+  return redis.error_reply('MPFOREIGN a ' .. redis.call('TYPE', KEYS[1])['ok'] .. ', not a hash')
+end
+if not current then
+  if redis.call('EXISTS', KEYS[1]) == 1 then
     return redis.error_reply('MPFOREIGN a hash without a version field')
   end
-else
-  return redis.error_reply('MPFOREIGN a ' .. kind .. ', not a hash')
+  current = '0'
 end
 if current == ARGV[2] and redis.call('HGET', KEYS[1], 'w') == ARGV[4] then
   return {1, '', ''}
@@ -64,18 +68,17 @@ return {1, '', ''}
 /// Load: `KEYS[1]` is the key. Returns nil when absent, `[version, value]` for a scope, and an
 /// error reply for anything else (so that a foreign key is never mistaken for an empty scope).
 const LOAD_SCRIPT: &str = r#"
-local kind = redis.call('TYPE', KEYS[1])['ok']
-if kind == 'none' then
+local fields = redis.pcall('HMGET', KEYS[1], 'v', 'd')
+if fields.err then
+  return redis.error_reply('MPFOREIGN a ' .. redis.call('TYPE', KEYS[1])['ok'] .. ', not a hash')
+end
+if fields[1] and fields[2] then
+  return fields
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
   return false
 end
-if kind ~= 'hash' then
-  return redis.error_reply('MPFOREIGN a ' .. kind .. ', not a hash')
-end
-local fields = redis.call('HMGET', KEYS[1], 'v', 'd')
-if not fields[1] or not fields[2] then
-  return redis.error_reply('MPFOREIGN a hash without the fields v and d')
-end
-return fields
+return redis.error_reply('MPFOREIGN a hash without the fields v and d')
 "#;
 
 /// How long one command may take before the request fails with `-32003` (a hung server must not
@@ -83,13 +86,32 @@ return fields
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The scripts, hashed once per process: every command names its script by that hash.
+static CAS: LazyLock<Script> = LazyLock::new(|| Script::new(CAS_SCRIPT));
+static LOAD: LazyLock<Script> = LazyLock::new(|| Script::new(LOAD_SCRIPT));
+
 /// A [`Store`] on a Redis server.
+///
+/// Cloned for every operation (its futures own what they use), so a clone is two reference counts.
 #[derive(Clone)]
 pub(crate) struct RedisStore {
-    address: String,
+    address: Arc<str>,
     connection: ConnectionManager,
-    cas: redis::Script,
-    load: redis::Script,
+}
+
+/// A script's arguments when it has none (`None` writes no argument).
+const NO_ARGUMENTS: Option<u64> = None;
+
+/// A scope's key as Redis names it, `metaparticle:<key>`, written straight into the command.
+struct RedisKey<'a>(&'a str);
+
+impl ToRedisArgs for RedisKey<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        let mut arg = out.writer_for_next_arg();
+        // Writing into the command's buffer cannot fail.
+        let _ = arg.write_all(KEY_PREFIX.as_bytes());
+        let _ = arg.write_all(self.0.as_bytes());
+    }
 }
 
 impl RedisStore {
@@ -100,7 +122,7 @@ impl RedisStore {
     pub(crate) fn open(url: &str) -> Result<Self, StorageError> {
         let client = redis::Client::open(url)
             .map_err(|e| StorageError::Config(format!("'{}' is not a Redis URL: {e}", super::redact(url))))?;
-        let address = client.get_connection_info().addr().to_string();
+        let address: Arc<str> = client.get_connection_info().addr().to_string().into();
         // Few quick reconnect attempts: while the server is down, requests should fail fast with a
         // clear error rather than queue; the next request starts a new attempt.
         let config = ConnectionManagerConfig::new()
@@ -110,14 +132,13 @@ impl RedisStore {
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(100));
         let connection = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
-            StorageError::Unavailable { backend: "redis", address: address.clone(), detail: e.to_string() }
+            StorageError::Unavailable {
+                backend: "redis",
+                address: address.to_string(),
+                detail: e.to_string(),
+            }
         })?;
-        Ok(Self {
-            address,
-            connection,
-            cas: redis::Script::new(CAS_SCRIPT),
-            load: redis::Script::new(LOAD_SCRIPT),
-        })
+        Ok(Self { address, connection })
     }
 
     /// Deletes every scope of `app` (`delete --purge --storage redis`); how many keys went.
@@ -178,6 +199,30 @@ impl RedisStore {
         }
     }
 
+    /// Runs `script` on `key` with `args`, as `EVALSHA` (and, on a stale connection, again; see
+    /// [`Self::retrying`]). The command is built once, straight from the arguments.
+    async fn run_script<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        key: &str,
+        args: impl ToRedisArgs,
+    ) -> redis::RedisResult<T> {
+        let mut command = redis::cmd("EVALSHA");
+        command.arg(script.get_hash()).arg(1).arg(RedisKey(key)).arg(args);
+        let command = &command;
+        self.retrying(|mut c| async move {
+            match command.query_async(&mut c).await {
+                // The server does not know the script yet (first use, or it restarted): load it.
+                Err(e) if e.code() == Some("NOSCRIPT") => {
+                    script.load_async(&mut c).await?;
+                    command.query_async(&mut c).await
+                }
+                outcome => outcome,
+            }
+        })
+        .await
+    }
+
     /// One compare-and-swap of `value` under `key` from version `expected`, identified by `token`.
     /// Sent again after a stale connection: the token makes the second send find the first.
     async fn swap_once(
@@ -185,17 +230,10 @@ impl RedisStore {
         key: &str,
         expected: u64,
         value: &[u8],
-        token: &str,
+        token: u64,
     ) -> Result<Swapped, StorageError> {
-        let (redis_key, expected_text, next_text) =
-            (Self::key(key), expected.to_string(), (expected + 1).to_string());
-        // EVALSHA first; the script is loaded only when the server does not know it yet.
         let (written, version, current): (i64, String, Vec<u8>) = self
-            .retrying(|mut c| {
-                let mut invocation = self.cas.key(&redis_key);
-                invocation.arg(&expected_text).arg(&next_text).arg(value).arg(token);
-                async move { invocation.invoke_async(&mut c).await }
-            })
+            .run_script(&CAS, key, (expected, expected + 1, value, token))
             .await
             .map_err(|e| self.error(key, e))?;
         if written == 1 {
@@ -209,23 +247,26 @@ impl RedisStore {
     }
 
     fn error(&self, key: &str, e: redis::RedisError) -> StorageError {
-        let foreign = e.code() == Some("WRONGTYPE") || e.to_string().contains("MPFOREIGN");
-        if foreign {
-            let detail = e.to_string().replace("MPFOREIGN", "it holds");
-            return StorageError::Corrupt {
-                backend: "redis",
-                address: self.address.clone(),
-                key: Self::key(key),
-                detail,
-            };
+        let detail = match e.code() {
+            // The scripts' own error replies say what the key holds.
+            Some("MPFOREIGN") => Some(format!("it holds {}", e.detail().unwrap_or("something else"))),
+            Some("WRONGTYPE") => Some("it holds another type than a hash".to_string()),
+            _ => None,
+        };
+        if let Some(detail) = detail {
+            return self.corrupt(key, detail);
         }
-        StorageError::Unavailable { backend: "redis", address: self.address.clone(), detail: e.to_string() }
+        StorageError::Unavailable {
+            backend: "redis",
+            address: self.address.to_string(),
+            detail: e.to_string(),
+        }
     }
 
     fn corrupt(&self, key: &str, detail: impl Into<String>) -> StorageError {
         StorageError::Corrupt {
             backend: "redis",
-            address: self.address.clone(),
+            address: self.address.to_string(),
             key: Self::key(key),
             detail: detail.into(),
         }
@@ -243,14 +284,8 @@ impl Store for RedisStore {
     fn load(&self, key: &str) -> BoxFuture<Result<Option<Versioned>, StorageError>> {
         let (this, key) = (self.clone(), key.to_string());
         Box::pin(async move {
-            let redis_key = Self::key(&key);
-            let found: Option<(String, Vec<u8>)> = this
-                .retrying(|mut c| {
-                    let invocation = this.load.key(&redis_key);
-                    async move { invocation.invoke_async(&mut c).await }
-                })
-                .await
-                .map_err(|e| this.error(&key, e))?;
+            let found: Option<(String, Vec<u8>)> =
+                this.run_script(&LOAD, &key, NO_ARGUMENTS).await.map_err(|e| this.error(&key, e))?;
             let Some((version, value)) = found else { return Ok(None) };
             match version.parse::<u64>() {
                 Ok(version) if version >= 1 => Ok(Some(Versioned { value, version })),
@@ -276,10 +311,7 @@ impl Store for RedisStore {
         value: Vec<u8>,
     ) -> BoxFuture<Result<Swapped, StorageError>> {
         let (this, key) = (self.clone(), key.to_string());
-        Box::pin(async move {
-            let token = format!("{:016x}", rand::random::<u64>());
-            this.swap_once(&key, expected, &value, &token).await
-        })
+        Box::pin(async move { this.swap_once(&key, expected, &value, rand::random::<u64>()).await })
     }
 
     fn check(&self) -> BoxFuture<Result<(), StorageError>> {
@@ -294,7 +326,7 @@ impl Store for RedisStore {
             } else {
                 Err(StorageError::Unavailable {
                     backend: "redis",
-                    address: this.address.clone(),
+                    address: this.address.to_string(),
                     detail: format!("PING answered '{pong}'"),
                 })
             }
@@ -329,6 +361,10 @@ mod tests {
         assert_eq!(lost, Swapped::Lost(Some(Versioned { value: b"2".to_vec(), version: 2 })));
         assert_eq!(s.swap_or_load("absent", 3, b"x".to_vec()).await.unwrap(), Swapped::Lost(None));
         assert_eq!(s.swap_or_load("k", 2, b"3".to_vec()).await.unwrap(), Swapped::Written);
+        // A server that forgot the scripts (flushed, or restarted with the data kept) is taught them again.
+        server.command(&["SCRIPT", "FLUSH"]);
+        assert_eq!(s.swap_or_load("k", 3, b"4".to_vec()).await.unwrap(), Swapped::Written);
+        assert_eq!(s.load("k").await.unwrap().map(|v| v.version), Some(4));
     }
 
     #[tokio::test]
@@ -387,12 +423,13 @@ mod tests {
         let s = RedisStore::open(&server.url()).unwrap();
         server.command(&["SET", "metaparticle:k", "hello"]);
         server.command(&["HSET", "metaparticle:h", "name", "bob"]);
-        for key in ["k", "h"] {
+        for (key, holds) in [("k", "it holds a string, not a hash"), ("h", "it holds a hash without")] {
             let load = s.load(key).await;
             let cas = s.compare_and_swap(key, 0, b"{}".to_vec()).await;
             for e in [load.map(|_| ()).unwrap_err(), cas.map(|_| ()).unwrap_err()] {
                 assert!(matches!(e, StorageError::Corrupt { .. }), "{key}: {e}");
                 assert!(e.to_string().contains(&format!("metaparticle:{key}")), "{e}");
+                assert!(e.to_string().contains(holds), "{key}: {e}");
             }
         }
         assert_eq!(server.command(&["GET", "metaparticle:k"]), "hello");
@@ -449,11 +486,11 @@ mod tests {
         let s = RedisStore::open(&server.url()).unwrap();
         // The same write twice, as a retry after a lost answer sends it: the second finds its own
         // write and reports it, rather than losing to it (which would run the handler again).
-        assert_eq!(s.swap_once("k", 0, b"1", "token-a").await, Ok(Swapped::Written));
-        assert_eq!(s.swap_once("k", 0, b"1", "token-a").await, Ok(Swapped::Written));
+        assert_eq!(s.swap_once("k", 0, b"1", 1).await, Ok(Swapped::Written));
+        assert_eq!(s.swap_once("k", 0, b"1", 1).await, Ok(Swapped::Written));
         assert_eq!(s.load("k").await.unwrap(), Some(Versioned { value: b"1".to_vec(), version: 1 }));
         // Another writer's identical bytes are still another writer's.
-        let lost = s.swap_once("k", 0, b"1", "token-b").await.unwrap();
+        let lost = s.swap_once("k", 0, b"1", 2).await.unwrap();
         assert_eq!(lost, Swapped::Lost(Some(Versioned { value: b"1".to_vec(), version: 1 })));
     }
 }
