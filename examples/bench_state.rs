@@ -16,7 +16,10 @@
 //! from elsewhere on the machine weighs on both sides alike. Each ratio printed is the median of
 //! the rounds', with its range. Beside it, the median and 99th percentile of what a client waited
 //! for each successful request: a ratio says what state costs in throughput, the tail says what a
-//! contended key costs the unlucky requests.
+//! contended key costs the unlucky requests. And what each request cost in CPU: the machine's busy
+//! CPU time per successful request, with the Redis server's part of it. The clients, the nodes
+//! and Redis share these cores, so when all are busy a ratio says how the CPU was shared out,
+//! and the CPU per request says where it went.
 //!
 //! With `deployed`, the group-commit variants run as a user runs them instead: each deployed with
 //! the local runner (one process per replica, the file store shared by the processes through its
@@ -33,6 +36,8 @@
 //! $ cargo run --release --example bench_state -- keys 64 redis   # and of their variants, only Redis
 //! $ cargo run --release --example bench_state -- deployed keys 64   # deployed with the local runner
 //! ```
+#[path = "support/cpu.rs"]
+mod cpu;
 #[path = "support/percentile.rs"]
 mod percentile;
 #[path = "support/self_deploy.rs"]
@@ -42,6 +47,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metaparticle as mp;
+use mp::testing::RedisServer;
 use mp::StorageConfig;
 use percentile::percentile;
 use rand::rngs::StdRng;
@@ -143,6 +149,12 @@ struct Measured {
     retries_per_commit: f64,
     mean_group: f64,
     gave_up: u64,
+    /// Share of the machine's cores busy during the round, in percent (anything on the machine).
+    busy_percent: f64,
+    /// Busy CPU time of the whole machine per successful request, in microseconds.
+    cpu_us: f64,
+    /// Of which the Redis server's, in microseconds per successful request.
+    redis_us: f64,
 }
 
 /// One topology on one store, launched once and measured round after round.
@@ -240,10 +252,13 @@ impl Variant {
         Ok(Self { label, topology, target, rounds: Vec::new() })
     }
 
-    /// Runs `clients` closed-loop clients for `time` and counts successful requests.
-    async fn measure(&self, clients: usize, time: Duration) -> Measured {
+    /// Runs `clients` closed-loop clients for `time` and counts successful requests, and the CPU
+    /// time the machine and `redis` spent meanwhile.
+    async fn measure(&self, clients: usize, time: Duration, redis: Option<&RedisServer>) -> Measured {
         let node = self.topology.stateful_node();
         let before = self.target.state_stats(node);
+        let redis_before = redis_cpu(redis);
+        let busy_before = cpu::machine_busy();
         let started = Instant::now();
         let until = started + time;
         let mut tasks = tokio::task::JoinSet::new();
@@ -273,6 +288,10 @@ impl Variant {
         }
         let mut took: Vec<u32> = tasks.join_all().await.into_iter().flatten().collect();
         let elapsed = started.elapsed().as_secs_f64();
+        let busy = seconds_between(busy_before, cpu::machine_busy());
+        let redis_busy = seconds_between(redis_before, redis_cpu(redis));
+        let successes = took.len().max(1) as f64;
+        let per_request_us = |seconds: f64| seconds * 1e6 / successes;
         took.sort_unstable();
         let percentile_ms = |q: f64| percentile(&took, q).map_or(0.0, |us| f64::from(us) / 1000.0);
         let after = self.target.state_stats(node);
@@ -284,8 +303,28 @@ impl Variant {
             retries_per_commit: (after.retries - before.retries) as f64 / commits,
             mean_group: (after.requests - before.requests) as f64 / commits,
             gave_up: after.gave_up - before.gave_up,
+            busy_percent: 100.0 * busy / (elapsed * cores() as f64),
+            cpu_us: per_request_us(busy),
+            redis_us: per_request_us(redis_busy),
         }
     }
+}
+
+/// CPU time `redis` has used so far, if there is one and it says.
+fn redis_cpu(redis: Option<&RedisServer>) -> Option<Duration> {
+    cpu::redis_used(&redis?.command(&["INFO", "cpu"]))
+}
+
+/// Seconds from `before` to `after`; 0 when either is unknown.
+fn seconds_between(before: Option<Duration>, after: Option<Duration>) -> f64 {
+    match (before, after) {
+        (Some(before), Some(after)) => after.saturating_sub(before).as_secs_f64(),
+        _ => 0.0,
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// The median of `values` (the upper one of an even count).
@@ -296,13 +335,13 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// Measures every variant in turn, round after round, so that whatever else the machine does
 /// weighs on all of them alike; the first variant is the stateless ceiling.
-async fn compare(variants: &mut [Variant], clients: usize, width: usize) {
+async fn compare(variants: &mut [Variant], clients: usize, width: usize, redis: Option<&RedisServer>) {
     for variant in variants.iter() {
-        variant.measure(clients, WARM_UP).await;
+        variant.measure(clients, WARM_UP, redis).await;
     }
     for _ in 0..ROUNDS {
         for variant in variants.iter_mut() {
-            let measured = variant.measure(clients, ROUND).await;
+            let measured = variant.measure(clients, ROUND, redis).await;
             variant.rounds.push(measured);
         }
     }
@@ -313,7 +352,7 @@ async fn compare(variants: &mut [Variant], clients: usize, width: usize) {
         let (low, high) = ratios.iter().fold((f64::MAX, 0.0f64), |(l, h), r| (l.min(*r), h.max(*r)));
         let pick = |f: fn(&Measured) -> f64| median(variant.rounds.iter().map(f).collect());
         println!(
-            "{:<width$} {clients:>7} {:>12.0} {:>8.2} {:>11} {:>7.2} {:>7.2} {:>7.1} {:>9.3} {:>7}",
+            "{:<width$} {clients:>7} {:>12.0} {:>8.2} {:>11} {:>7.2} {:>7.2} {:>7.1} {:>9.3} {:>7} {:>6.0} {:>7.1} {:>8.1}",
             variant.label,
             pick(|m| m.per_second),
             median(ratios),
@@ -323,6 +362,9 @@ async fn compare(variants: &mut [Variant], clients: usize, width: usize) {
             pick(|m| m.mean_group),
             pick(|m| m.retries_per_commit),
             variant.rounds.iter().map(|m| m.gave_up).sum::<u64>(),
+            pick(|m| m.busy_percent),
+            pick(|m| m.cpu_us),
+            pick(|m| m.redis_us),
         );
     }
 }
@@ -362,10 +404,10 @@ async fn bench() -> mp::Result<()> {
     println!(
         "state through the data plane, {ROUNDS} rounds of {}s per row, interleaved, {} cores; ratio = requests/s over the same topology without state in the same round (median, and its range over the rounds)",
         ROUND.as_secs_f64(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        cores()
     );
     println!(
-        "{:<width$} {:>7} {:>12} {:>8} {:>11} {:>7} {:>7} {:>7} {:>9} {:>7}",
+        "{:<width$} {:>7} {:>12} {:>8} {:>11} {:>7} {:>7} {:>7} {:>9} {:>7} {:>6} {:>7} {:>8}",
         "topology / store / commit",
         "clients",
         "requests/s",
@@ -375,7 +417,10 @@ async fn bench() -> mp::Result<()> {
         "p99 ms",
         "group",
         "retries",
-        "gave up"
+        "gave up",
+        "busy %",
+        "cpu µs",
+        "redis µs"
     );
     let dir = std::env::temp_dir().join(format!("mp-bench-{}", std::process::id()));
     let redis = mp::testing::RedisServer::installed()
@@ -436,7 +481,7 @@ async fn bench() -> mp::Result<()> {
                     }
                 }
             }
-            compare(&mut variants, clients, width).await;
+            compare(&mut variants, clients, width, redis.as_ref()).await;
             if topology == Topology::OneKey {
                 if let Some(v) = variants.iter().find(|v| v.label.ends_with("redis, group")) {
                     ours_on_redis.push((clients, median(v.rounds.iter().map(|m| m.per_second).collect())));
@@ -449,6 +494,7 @@ async fn bench() -> mp::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     println!("(p50/p99: latency of the successful requests, median over the rounds; group: requests per commit; retries: per commit; 'each' commits every request on its own)");
+    println!("(busy %: of the machine's cores, by anything; cpu µs: the machine's busy CPU time per successful request; redis µs: the Redis server's part of it)");
     let Some(redis) = redis else {
         println!("redis: skipped (redis-server not installed)");
         return Ok(());
