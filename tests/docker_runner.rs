@@ -132,6 +132,20 @@ fn port_0_is_refused_before_anything_is_built_or_started() {
 }
 
 #[test]
+fn a_unix_socket_redis_is_refused_before_anything_is_built_or_started() {
+    let Some(bins) = binaries_or_skip() else { return };
+    let mut app = Deployed::new(bins, "server5");
+    app.env.push(("REDIS_URL".into(), "redis+unix:///run/redis/redis.sock".into()));
+    let output = app.run_unchecked(&["up", "--storage", "redis"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "up succeeded with a Unix-socket Redis");
+    assert!(stderr.contains("redis+unix:///run/redis/redis.sock") && stderr.contains("redis://"), "{stderr}");
+    for kind in ["ps", "network", "volume"] {
+        assert_eq!(app.labelled(kind), 0, "{kind}: a refused up left objects of the app");
+    }
+}
+
+#[test]
 fn a_node_that_cannot_start_fails_up_at_once_naming_the_cause() {
     let Some(bins) = binaries_or_skip() else { return };
     let app = Deployed::new(bins, "server5");

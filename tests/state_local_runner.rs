@@ -131,10 +131,26 @@ async fn three_replica_processes_share_one_file_store_and_it_survives_delete_unt
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replica_processes_share_one_redis() {
     let Some(redis) = RedisServer::start_or_skip("three_replica_processes_share_one_redis") else { return };
-    let app = Deployed::new(&[("REDIS_URL", &redis.url())]);
+    share_one_redis(&redis.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replica_processes_share_one_redis_over_its_unix_socket() {
+    let Some(redis) =
+        RedisServer::start_or_skip("three_replica_processes_share_one_redis_over_its_unix_socket")
+    else {
+        return;
+    };
+    share_one_redis(&redis.unix_url().expect("the test server's folder fits in a socket path")).await;
+}
+
+/// Three replica processes deployed on the Redis at `url` store every update, and `delete
+/// --purge` removes the app's keys.
+async fn share_one_redis(url: &str) {
+    let app = Deployed::new(&[("REDIS_URL", url)]);
     app.up(&["--storage", "redis"]);
     let ok = hammer(&app.address(), 8, 25).await;
-    let storage = StorageConfig::Redis(redis.url());
+    let storage = StorageConfig::Redis(url.to_string());
     assert_eq!(stored_count(&storage).await, ok);
 
     // delete --purge removes the app's keys from Redis too.

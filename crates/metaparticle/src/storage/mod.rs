@@ -122,7 +122,8 @@ pub enum StorageError {
 pub enum StorageConfig {
     /// An SQLite database file (absolute path).
     File(PathBuf),
-    /// A Redis server, as a `redis://` URL.
+    /// A Redis server, as a `redis://host:port` URL or, on its own host, a
+    /// `redis+unix:///path/to/redis.sock` URL.
     Redis(String),
 }
 

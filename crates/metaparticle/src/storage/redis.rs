@@ -368,6 +368,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_server_on_a_unix_socket_is_reached_by_its_redis_unix_url() {
+        let Some(mut server) = RedisServer::start_or_skip("a_server_on_a_unix_socket") else { return };
+        let url = server.unix_url().expect("the test server's folder fits in a socket path");
+        let s = RedisStore::open(&url).unwrap();
+        let path = url.trim_start_matches("redis+unix://").to_string();
+        assert!(s.describe().contains(&path), "{}", s.describe());
+        assert!(s.compare_and_swap("k", 0, b"1".to_vec()).await.unwrap());
+        assert!(!s.compare_and_swap("k", 0, b"lost".to_vec()).await.unwrap());
+        // The same key as over TCP: one server, whichever way it is reached.
+        assert_eq!(server.command(&["HGET", "metaparticle:k", "d"]), "1");
+        server.stop();
+        let e = s.load("k").await.unwrap_err();
+        assert!(matches!(e, StorageError::Unavailable { .. }) && e.to_string().contains(&path), "{e}");
+        server.restart();
+        assert_eq!(s.load("k").await, Ok(None), "the store did not recover after the server came back");
+    }
+
+    #[tokio::test]
     async fn purging_an_app_removes_its_scopes_and_nothing_else() {
         let Some(server) = RedisServer::start_or_skip("purging_an_app_removes_its_scopes") else { return };
         let s = RedisStore::open(&server.url()).unwrap();

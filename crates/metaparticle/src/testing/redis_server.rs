@@ -1,10 +1,12 @@
-//! A real `redis-server` for tests: started on 127.0.0.1 on a free port, stopped when dropped.
+//! A real `redis-server` for tests: started on 127.0.0.1 on a free port (and on a Unix socket in
+//! its own folder), stopped when dropped.
 //!
 //! Tests of the Redis backend use the real server (the Debian package `redis-server`), never a
 //! mock. On a machine without it, a test calling [`RedisServer::start_or_skip`] prints
 //! `skipped: redis-server not installed` and passes, unless `MP_REQUIRE_REDIS=1` is set (as CI
 //! sets it), in which case it fails.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -85,6 +87,15 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(&self.dir)
+            .args(
+                self.unix_socket()
+                    .map(|path| {
+                        // Only its owner may connect, as a deployment's socket would be set up.
+                        [OsString::from("--unixsocket"), path.into(), "--unixsocketperm".into(), "700".into()]
+                    })
+                    .into_iter()
+                    .flatten(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -109,6 +120,24 @@ impl RedisServer {
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://{}", self.address())
+    }
+
+    /// `redis+unix://<path>` of the server's Unix socket, for a Redis on the nodes' own host;
+    /// `None` where the temporary folder's path is too long for a socket's (about 100 bytes).
+    ///
+    /// ```no_run
+    /// let server = metaparticle::testing::RedisServer::start().unwrap();
+    /// let storage = server.unix_url().map(metaparticle::StorageConfig::Redis);
+    /// ```
+    pub fn unix_url(&self) -> Option<String> {
+        Some(format!("redis+unix://{}", self.unix_socket()?.display()))
+    }
+
+    /// Where the server listens for Unix-socket connections, if the path fits in a socket address.
+    fn unix_socket(&self) -> Option<PathBuf> {
+        let path = self.dir.join("redis.sock");
+        // sun_path holds 108 bytes on Linux, 104 on macOS, with its terminating NUL.
+        (path.as_os_str().len() < 100).then_some(path)
     }
 
     /// `127.0.0.1:<port>`.

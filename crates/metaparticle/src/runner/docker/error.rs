@@ -64,6 +64,11 @@ pub enum DockerError {
     /// `--port 0` asks for ports the engine would choose, after the record and probes are decided.
     #[error("--port 0 (any free port) is for the local runner; the docker runner publishes on a port you choose: deploy with --port <port>")]
     AnyPort,
+    /// A Redis URL containers cannot follow: a Unix socket on the host is not inside them.
+    #[error(
+        "--storage redis at {0} cannot work with the docker runner: containers reach Redis over TCP (a redis:// address on the app's network, see docs/docker.md)"
+    )]
+    StorageNotTcp(String),
     /// `--attach` is for the local runner.
     #[error(
         "--attach is not supported by the docker runner; deploy, then follow the logs with `logs --follow`"

@@ -43,6 +43,7 @@ pub use error::DockerError;
 type Result<T, E = DockerError> = std::result::Result<T, E>;
 use crate::model::Plan;
 use crate::runner::{connect_address, random_secret, Deploy};
+use crate::storage::StorageConfig;
 use bollard::models::ContainerSummary;
 use containers::Replica;
 use history::{History, Release};
@@ -58,6 +59,7 @@ pub(crate) async fn up(deploy: &Deploy, plan: &Plan) -> Result<()> {
         return Err(DockerError::AttachUnsupported);
     }
     check_ports(deploy, plan)?;
+    check_storage(deploy, plan)?;
     // One deploy of an app at a time: a racing `up` or `delete` would remove what this one starts.
     let _lock = crate::runner::lock::DeployLock::acquire(&deploy.app)?;
     let started = Instant::now();
@@ -128,6 +130,16 @@ fn check_ports(deploy: &Deploy, plan: &Plan) -> Result<()> {
     // Refuse a port range past 65535 before any image is built.
     deploy.exposed_addresses(plan)?;
     Ok(())
+}
+
+/// Refuses, before anything is built, a store the containers could not reach.
+fn check_storage(deploy: &Deploy, plan: &Plan) -> Result<()> {
+    match &deploy.storage {
+        StorageConfig::Redis(url) if plan.uses_state() && url.starts_with("redis+unix://") => {
+            Err(DockerError::StorageNotTcp(crate::storage::redact(url)))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// What of the app runs when a deploy begins.
