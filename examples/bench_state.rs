@@ -11,6 +11,10 @@
 //! 3. For scale, `redis-benchmark -t incr` on the same Redis server (one server-side INCR per
 //!    request: no HTTP, no read-modify-write).
 //!
+//! Redis is reached over loopback TCP, and with group commit also over its Unix socket
+//! (`redis+unix://`, as nodes on Redis's own host can): the difference is what TCP costs the round
+//! trip on this machine.
+//!
 //! The variants of a row (no state, each store, each way of committing) are launched side by side
 //! and measured in turn, round after round: a ratio compares rounds run moments apart, so load
 //! from elsewhere on the machine weighs on both sides alike. Each ratio printed is the median of
@@ -400,7 +404,7 @@ async fn bench() -> mp::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let deployed = args.iter().any(|a| a == "deployed");
     // Room for the longest label, ", deployed" included.
-    let width = if deployed { 50 } else { 40 };
+    let width = if deployed { 54 } else { 44 };
     println!(
         "state through the data plane, {ROUNDS} rounds of {}s per row, interleaved, {} cores; ratio = requests/s over the same topology without state in the same round (median, and its range over the rounds)",
         ROUND.as_secs_f64(),
@@ -461,6 +465,11 @@ async fn bench() -> mp::Result<()> {
                     let (app, port) = (app("redis"), DEPLOYED_PORT + 2);
                     variants.push(Variant::deploy(label, topology, app, port, Some(redis.url()))?);
                 }
+                let label = format!("{name}, redis unix, group, deployed");
+                if let Some(url) = redis.as_ref().and_then(RedisServer::unix_url).filter(|_| wanted(&label)) {
+                    let (app, port) = (app("redis-unix"), DEPLOYED_PORT + 3);
+                    variants.push(Variant::deploy(label, topology, app, port, Some(url))?);
+                }
             } else {
                 variants.push(Variant::launch(format!("{name}, no state"), stateless, None, 1).await?);
                 let commits: &[(&str, usize)] = if topology == Topology::OneKey {
@@ -479,6 +488,13 @@ async fn bench() -> mp::Result<()> {
                         let store = Some(StorageConfig::Redis(redis.url()));
                         variants.push(Variant::launch(label, topology, store, *limit).await?);
                     }
+                }
+                // The same server reached over its Unix socket, as nodes on Redis's own host can:
+                // what the loopback TCP of the Redis round trip costs.
+                let label = format!("{name}, redis unix, group");
+                if let Some(url) = redis.as_ref().and_then(RedisServer::unix_url).filter(|_| wanted(&label)) {
+                    let store = Some(StorageConfig::Redis(url));
+                    variants.push(Variant::launch(label, topology, store, 64).await?);
                 }
             }
             compare(&mut variants, clients, width, redis.as_ref()).await;
