@@ -14,10 +14,13 @@
 //! [`MAX_INLINE_BATCHES`] batches, the connection and the work go to the store's thread, which may
 //! wait (see [`super::lock`]) and leads until the queue is empty. WAL checkpoints, which write the
 //! log back into the database and sync both, never run inline either: the store's thread runs them
-//! on a connection of its own every [`CHECKPOINT_EVERY`] commits. It checkpoints in `RESTART`
-//! mode, which holds writers off until the log is copied, so that the next writer starts the log
-//! over; a `PASSIVE` checkpoint never catches up with writers that keep appending, and the log
-//! grew without bound. Writers held off meanwhile find the lock taken and queue on the thread.
+//! on a connection of its own every [`CHECKPOINT_EVERY`] commits. It copies the log in `PASSIVE`
+//! mode, which writers do not wait for. That alone never catches up with writers that keep
+//! appending, so the log would grow without bound: once it holds [`RESTART_LOG_PAGES`], a
+//! `RESTART` checkpoint follows, which holds writers off while it copies what came during the
+//! passive pass and syncs, so that the next writer starts the log over. Writers held off meanwhile
+//! find the lock taken and queue on the thread. (`RESTART` every time held writers off for 2-3 ms
+//! forty times a second with 64 clients on 10,000 keys: an eighth of the time, cores idle.)
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -40,6 +43,10 @@ const MAX_INLINE_BATCHES: usize = 4;
 /// Commits between two checkpoints. About SQLite's default (1,000 pages of log) for commits of a
 /// few pages each.
 const CHECKPOINT_EVERY: u32 = 300;
+
+/// Pages of log past which a checkpoint also starts the log over (SQLite's own default size for
+/// its automatic checkpoints): 4 MiB with the default page size.
+const RESTART_LOG_PAGES: i64 = 1000;
 
 /// One queued operation: runs inside the batch's transaction and returns how to deliver its
 /// answer once the transaction's fate is known.
@@ -240,8 +247,8 @@ fn serve(combiner: Weak<Combiner>, path: &Path, work: Receiver<ThreadWork>) {
     }
 }
 
-/// Writes the log back into the database, so that the next writer starts it over (`RESTART`), on
-/// a connection of the thread's own, opened on first use.
+/// Writes the log back into the database, and starts it over once it is long, on a connection of
+/// the thread's own, opened on first use.
 fn checkpoint(checkpointer: &mut Option<Connection>, path: &Path) -> rusqlite::Result<()> {
     if checkpointer.is_none() {
         let mut opened = Connection::open(path)?;
@@ -249,5 +256,12 @@ fn checkpoint(checkpointer: &mut Option<Connection>, path: &Path) -> rusqlite::R
         *checkpointer = Some(opened);
     }
     let db = checkpointer.as_ref().expect("opened above");
-    db.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
+    // Copy the log into the database while writers go on appending to it.
+    let log_pages: i64 = db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))?;
+    if log_pages >= RESTART_LOG_PAGES {
+        // What is left to copy is what came during the passive pass: writers wait only for that
+        // and the syncs, and the next one starts the log over.
+        db.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))?;
+    }
+    Ok(())
 }
