@@ -253,14 +253,14 @@ impl RedisStore {
             Some("WRONGTYPE") => Some("it holds another type than a hash".to_string()),
             _ => None,
         };
-        if let Some(detail) = detail {
-            return self.corrupt(key, detail);
+        match detail {
+            Some(detail) => self.corrupt(key, detail),
+            None => self.unavailable(e.to_string()),
         }
-        StorageError::Unavailable {
-            backend: "redis",
-            address: self.address.to_string(),
-            detail: e.to_string(),
-        }
+    }
+
+    fn unavailable(&self, detail: String) -> StorageError {
+        StorageError::Unavailable { backend: "redis", address: self.address.to_string(), detail }
     }
 
     fn corrupt(&self, key: &str, detail: impl Into<String>) -> StorageError {
@@ -324,11 +324,7 @@ impl Store for RedisStore {
             if pong == "PONG" {
                 Ok(())
             } else {
-                Err(StorageError::Unavailable {
-                    backend: "redis",
-                    address: this.address.to_string(),
-                    detail: format!("PING answered '{pong}'"),
-                })
+                Err(this.unavailable(format!("PING answered '{pong}'")))
             }
         })
     }

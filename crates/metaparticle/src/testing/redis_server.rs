@@ -6,7 +6,6 @@
 //! `skipped: redis-server not installed` and passes, unless `MP_REQUIRE_REDIS=1` is set (as CI
 //! sets it), in which case it fails.
 
-use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -74,7 +73,8 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -87,20 +87,14 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(&self.dir)
-            .args(
-                self.unix_socket()
-                    .map(|path| {
-                        // Only its owner may connect, as a deployment's socket would be set up.
-                        [OsString::from("--unixsocket"), path.into(), "--unixsocketperm".into(), "700".into()]
-                    })
-                    .into_iter()
-                    .flatten(),
-            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("running redis-server: {e}"))?;
+            .stderr(Stdio::null());
+        if let Some(path) = self.unix_socket() {
+            // Only its owner may connect, as a deployment's socket would be set up.
+            command.arg("--unixsocket").arg(path).args(["--unixsocketperm", "700"]);
+        }
+        let child = command.spawn().map_err(|e| format!("running redis-server: {e}"))?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
