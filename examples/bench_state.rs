@@ -29,8 +29,9 @@
 //! the local runner (one process per replica, the file store shared by the processes through its
 //! file), and called from this process over loopback. Which topology a deployed process builds is
 //! chosen by `MP_BENCH_SHAPE`, which every process of an app inherits from the command that
-//! deployed it; the apps are deleted, with their state, at the end. Deployed nodes keep their
-//! counters to themselves, so the group and retry columns read 0 there.
+//! deployed it; the apps are deleted, with their state, at the end. The group and retry columns
+//! of deployed rows come from each stateful replica's `GET /metrics`, read before and after
+//! every round.
 //!
 //! Bounded: every round runs for a fixed time, on loopback only.
 //!
@@ -44,6 +45,8 @@
 mod cpu;
 #[path = "support/percentile.rs"]
 mod percentile;
+#[path = "support/scrape.rs"]
+mod scrape;
 #[path = "support/self_deploy.rs"]
 mod self_deploy;
 
@@ -214,10 +217,12 @@ impl Target {
         }
     }
 
-    fn state_stats(&self, node: &str) -> mp::testing::StateStats {
+    /// The state counters of every replica of `node` so far: handed over in-process, scraped
+    /// from each deployed replica's `/metrics` (zeros if a replica did not answer).
+    async fn state_stats(&self, node: &str) -> mp::testing::StateStats {
         match self {
             Target::InProcess(app) => app.state_stats(node),
-            Target::Deployed { .. } => mp::testing::StateStats::default(),
+            Target::Deployed { app, .. } => scrape::deployed_state_stats(app, node).await.unwrap_or_default(),
         }
     }
 }
@@ -260,7 +265,7 @@ impl Variant {
     /// time the machine and `redis` spent meanwhile.
     async fn measure(&self, clients: usize, time: Duration, redis: Option<&RedisServer>) -> Measured {
         let node = self.topology.stateful_node();
-        let before = self.target.state_stats(node);
+        let before = self.target.state_stats(node).await;
         let redis_before = redis_cpu(redis);
         let busy_before = cpu::machine_busy();
         let started = Instant::now();
@@ -298,7 +303,7 @@ impl Variant {
         let per_request_us = |seconds: f64| seconds * 1e6 / successes;
         took.sort_unstable();
         let percentile_ms = |q: f64| percentile(&took, q).map_or(0.0, |us| f64::from(us) / 1000.0);
-        let after = self.target.state_stats(node);
+        let after = self.target.state_stats(node).await;
         let commits = (after.commits - before.commits).max(1) as f64;
         Measured {
             per_second: took.len() as f64 / elapsed,
