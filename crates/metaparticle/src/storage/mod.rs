@@ -60,8 +60,8 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// [`Store::compare_and_swap`] that, when the write loses, also returns the value that beat
     /// it, so the caller can retry without a separate load. Backends that can do both in one
-    /// round trip override it (Redis does); the default swaps, then loads only if it lost
-    /// (backends' futures are lazy, so the load does not start before it is awaited).
+    /// round trip override it (Redis and the file store do); the default swaps, then loads only if
+    /// it lost (backends' futures are lazy, so the load does not start before it is awaited).
     fn swap_or_load(
         &self,
         key: &str,

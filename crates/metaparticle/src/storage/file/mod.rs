@@ -9,9 +9,10 @@
 //!
 //! Compare-and-swap is a single conditional statement (`UPDATE ... WHERE version = ?`), which
 //! SQLite runs atomically across processes; no explicit transaction or lock is held between the
-//! read and the write, so a slow handler never blocks other processes. Each statement is compiled
-//! once per connection and kept: compiling it on every call took an eighth of the store thread's
-//! time under `bench_state`.
+//! read and the write, so a slow handler never blocks other processes. A swap that loses reads
+//! the value that beat it in the same transaction, so a retry costs no second commit. Each
+//! statement is compiled once per connection and kept: compiling it on every call took an eighth
+//! of the store thread's time under `bench_state`.
 //!
 //! A process keeps one connection per database file, shared by every service of the process that
 //! uses it. Operations queue for it, and every operation waiting at one moment runs inside one
@@ -27,7 +28,7 @@ use std::sync::{Arc, Mutex, Weak};
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{StorageError, Store, Versioned};
+use super::{StorageError, Store, Swapped, Versioned};
 use crate::future::BoxFuture;
 use combiner::{Combiner, Deliver, Job};
 
@@ -149,37 +150,66 @@ fn sql_error(path: &Path, e: rusqlite::Error) -> StorageError {
     unavailable(path, e.to_string())
 }
 
+/// The value under `key` with its version, or `None` if nothing was ever written there.
+fn select(db: &Connection, path: &Path, key: &str) -> Result<Option<Versioned>, StorageError> {
+    let row = db
+        .prepare_cached("SELECT version, value FROM scopes WHERE key = ?1")
+        .and_then(|mut select| {
+            select.query_row(params![key], |row| {
+                let version: Result<u64, String> = match row.get_ref(0)? {
+                    ValueRef::Integer(v) if v >= 1 => Ok(v as u64),
+                    other => Err(format!("version is {other:?}, not a positive integer")),
+                };
+                // Accept text as well as blobs: someone editing the file by hand writes text.
+                let value = match row.get_ref(1)? {
+                    ValueRef::Blob(b) | ValueRef::Text(b) => Ok(b.to_vec()),
+                    other => Err(format!("value is {other:?}, not bytes")),
+                };
+                Ok((version, value))
+            })
+        })
+        .optional()
+        .map_err(|e| sql_error(path, e))?;
+    let Some((version, value)) = row else { return Ok(None) };
+    let corrupt = |detail: String| StorageError::Corrupt {
+        backend: "file",
+        address: path.display().to_string(),
+        key: key.to_string(),
+        detail,
+    };
+    Ok(Some(Versioned { version: version.map_err(corrupt)?, value: value.map_err(corrupt)? }))
+}
+
+/// Writes `value` under `key` as version `expected + 1` if it is still at `expected` (0: absent);
+/// whether it did.
+fn swap(db: &Connection, path: &Path, key: &str, expected: u64, value: &[u8]) -> Result<bool, StorageError> {
+    let next = i64::try_from(expected + 1).map_err(|_| StorageError::Corrupt {
+        backend: "file",
+        address: path.display().to_string(),
+        key: key.to_string(),
+        detail: "the version counter overflowed".into(),
+    })?;
+    let changed = if expected == 0 {
+        execute_cached(
+            db,
+            "INSERT INTO scopes (key, version, value) VALUES (?1, 1, ?2) ON CONFLICT (key) DO NOTHING",
+            params![key, value],
+        )
+    } else {
+        execute_cached(
+            db,
+            "UPDATE scopes SET version = ?3, value = ?2 WHERE key = ?1 AND version = ?4",
+            params![key, value, next, next - 1],
+        )
+    }
+    .map_err(|e| sql_error(path, e))?;
+    Ok(changed == 1)
+}
+
 impl Store for FileStore {
     fn load(&self, key: &str) -> BoxFuture<Result<Option<Versioned>, StorageError>> {
         let key = key.to_string();
-        self.run(false, move |db, path| {
-            let row = db
-                .prepare_cached("SELECT version, value FROM scopes WHERE key = ?1")
-                .and_then(|mut select| {
-                    select.query_row(params![key], |row| {
-                        let version: Result<u64, String> = match row.get_ref(0)? {
-                            ValueRef::Integer(v) if v >= 1 => Ok(v as u64),
-                            other => Err(format!("version is {other:?}, not a positive integer")),
-                        };
-                        // Accept text as well as blobs: someone editing the file by hand writes text.
-                        let value = match row.get_ref(1)? {
-                            ValueRef::Blob(b) | ValueRef::Text(b) => Ok(b.to_vec()),
-                            other => Err(format!("value is {other:?}, not bytes")),
-                        };
-                        Ok((version, value))
-                    })
-                })
-                .optional()
-                .map_err(|e| sql_error(path, e))?;
-            let Some((version, value)) = row else { return Ok(None) };
-            let corrupt = |detail: String| StorageError::Corrupt {
-                backend: "file",
-                address: path.display().to_string(),
-                key: key.clone(),
-                detail,
-            };
-            Ok(Some(Versioned { version: version.map_err(corrupt)?, value: value.map_err(corrupt)? }))
-        })
+        self.run(false, move |db, path| select(db, path, &key))
     }
 
     fn compare_and_swap(
@@ -189,28 +219,24 @@ impl Store for FileStore {
         value: Vec<u8>,
     ) -> BoxFuture<Result<bool, StorageError>> {
         let key = key.to_string();
+        self.run(true, move |db, path| swap(db, path, &key, expected, &value))
+    }
+
+    /// The swap and, if it lost, the read of the value that won, in one transaction: one commit
+    /// instead of two for a loser, and the value read is the one that beat it.
+    fn swap_or_load(
+        &self,
+        key: &str,
+        expected: u64,
+        value: Vec<u8>,
+    ) -> BoxFuture<Result<Swapped, StorageError>> {
+        let key = key.to_string();
         self.run(true, move |db, path| {
-            let next = i64::try_from(expected + 1).map_err(|_| StorageError::Corrupt {
-                backend: "file",
-                address: path.display().to_string(),
-                key: key.clone(),
-                detail: "the version counter overflowed".into(),
-            })?;
-            let changed = if expected == 0 {
-                execute_cached(
-                    db,
-                    "INSERT INTO scopes (key, version, value) VALUES (?1, 1, ?2) ON CONFLICT (key) DO NOTHING",
-                    params![key, value],
-                )
+            if swap(db, path, &key, expected, &value)? {
+                Ok(Swapped::Written)
             } else {
-                execute_cached(
-                    db,
-                    "UPDATE scopes SET version = ?3, value = ?2 WHERE key = ?1 AND version = ?4",
-                    params![key, value, next, next - 1],
-                )
+                select(db, path, &key).map(Swapped::Lost)
             }
-            .map_err(|e| sql_error(path, e))?;
-            Ok(changed == 1)
         })
     }
 
@@ -311,6 +337,19 @@ mod tests {
         );
         assert!(s.compare_and_swap("k", 1, b"2".to_vec()).await.unwrap());
         assert!(!s.compare_and_swap("k", 1, b"lost".to_vec()).await.unwrap(), "a stale version must lose");
+        assert_eq!(s.load("k").await.unwrap().unwrap(), Versioned { value: b"2".to_vec(), version: 2 });
+    }
+
+    #[tokio::test]
+    async fn a_lost_swap_hands_back_the_value_that_beat_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        assert_eq!(s.swap_or_load("k", 0, b"1".to_vec()).await.unwrap(), Swapped::Written);
+        assert_eq!(s.swap_or_load("k", 1, b"2".to_vec()).await.unwrap(), Swapped::Written);
+        let lost = s.swap_or_load("k", 1, b"lost".to_vec()).await.unwrap();
+        assert_eq!(lost, Swapped::Lost(Some(Versioned { value: b"2".to_vec(), version: 2 })));
+        assert_eq!(s.swap_or_load("absent", 3, b"x".to_vec()).await.unwrap(), Swapped::Lost(None));
+        assert_eq!(s.load("absent").await.unwrap(), None, "a lost swap writes nothing");
         assert_eq!(s.load("k").await.unwrap().unwrap(), Versioned { value: b"2".to_vec(), version: 2 });
     }
 
