@@ -40,6 +40,7 @@
 //! $ cargo run --release --example bench_state -- keys 64   # only the rows whose topology and clients match
 //! $ cargo run --release --example bench_state -- keys 64 redis   # and of their variants, only Redis
 //! $ cargo run --release --example bench_state -- deployed keys 64   # deployed with the local runner
+//! $ cargo run --release --example bench_state -- keys 64 rounds=15   # 15 rounds a row instead of 5
 //! ```
 #[path = "support/cpu.rs"]
 mod cpu;
@@ -64,6 +65,7 @@ use serde_json::{json, Value};
 
 /// Each variant runs this long per round, in turn with the others, for this many rounds.
 const ROUND: Duration = Duration::from_millis(1500);
+/// Rounds per row unless `rounds=N` says otherwise: more rounds, a steadier median.
 const ROUNDS: usize = 5;
 const WARM_UP: Duration = Duration::from_millis(300);
 const CLIENTS: [usize; 2] = [8, 64];
@@ -344,11 +346,17 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// Measures every variant in turn, round after round, so that whatever else the machine does
 /// weighs on all of them alike; the first variant is the stateless ceiling.
-async fn compare(variants: &mut [Variant], clients: usize, width: usize, redis: Option<&RedisServer>) {
+async fn compare(
+    variants: &mut [Variant],
+    rounds: usize,
+    clients: usize,
+    width: usize,
+    redis: Option<&RedisServer>,
+) {
     for variant in variants.iter() {
         variant.measure(clients, WARM_UP, redis).await;
     }
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         for variant in variants.iter_mut() {
             let measured = variant.measure(clients, ROUND, redis).await;
             variant.rounds.push(measured);
@@ -408,10 +416,11 @@ async fn bench() -> mp::Result<()> {
     // Optional filters: a word of the topology's name, and a client count (to profile one row).
     let args: Vec<String> = std::env::args().skip(1).collect();
     let deployed = args.iter().any(|a| a == "deployed");
+    let rounds = args.iter().find_map(|a| a.strip_prefix("rounds=")?.parse().ok()).unwrap_or(ROUNDS).max(1);
     // Room for the longest label, ", deployed" included.
     let width = if deployed { 54 } else { 44 };
     println!(
-        "state through the data plane, {ROUNDS} rounds of {}s per row, interleaved, {} cores; ratio = requests/s over the same topology without state in the same round (median, and its range over the rounds)",
+        "state through the data plane, {rounds} rounds of {}s per row, interleaved, {} cores; ratio = requests/s over the same topology without state in the same round (median, and its range over the rounds)",
         ROUND.as_secs_f64(),
         cores()
     );
@@ -438,8 +447,10 @@ async fn bench() -> mp::Result<()> {
         .map_err(|e| mp::Error::io("starting redis-server", std::io::Error::other(e)))?;
     let mut ours_on_redis = Vec::new();
     let only_clients: Option<usize> = args.iter().find_map(|a| a.parse().ok());
-    let words: Vec<&String> =
-        args.iter().filter(|a| a.parse::<usize>().is_err() && *a != "deployed").collect();
+    let words: Vec<&String> = args
+        .iter()
+        .filter(|a| a.parse::<usize>().is_err() && *a != "deployed" && !a.starts_with("rounds="))
+        .collect();
     let only_topology = words.first();
     // Further words keep only the stateful variants whose label has them all (the stateless
     // ceiling always runs): `keys 64 redis` measures one variant against its ceiling.
@@ -502,7 +513,7 @@ async fn bench() -> mp::Result<()> {
                     variants.push(Variant::launch(label, topology, store, 64).await?);
                 }
             }
-            compare(&mut variants, clients, width, redis.as_ref()).await;
+            compare(&mut variants, rounds, clients, width, redis.as_ref()).await;
             if topology == Topology::OneKey {
                 if let Some(v) = variants.iter().find(|v| v.label.ends_with("redis, group")) {
                     ours_on_redis.push((clients, median(v.rounds.iter().map(|m| m.per_second).collect())));
