@@ -182,6 +182,8 @@ enum Target {
     Deployed {
         app: String,
         address: String,
+        /// Where the replicas of the topology's stateful node listen (from the app's record).
+        stateful_replicas: Vec<String>,
         storage: Option<String>,
         client: mp::client::RpcClient,
         topology: Topology,
@@ -219,14 +221,33 @@ impl Target {
         }
     }
 
-    /// The state counters of every replica of `node` so far: handed over in-process, scraped
-    /// from each deployed replica's `/metrics` (zeros if a replica did not answer).
+    /// The state counters of every replica of `node` so far: handed over in-process, read from
+    /// each deployed replica's `/metrics` (zeros if a replica did not answer).
     async fn state_stats(&self, node: &str) -> mp::testing::StateStats {
         match self {
             Target::InProcess(app) => app.state_stats(node),
-            Target::Deployed { app, .. } => scrape::deployed_state_stats(app, node).await.unwrap_or_default(),
+            Target::Deployed { stateful_replicas, .. } => {
+                scraped_state_stats(stateful_replicas).await.unwrap_or_default()
+            }
         }
     }
+}
+
+/// The state counters of the replicas at `addresses`, summed; `None` if one did not answer.
+async fn scraped_state_stats(addresses: &[String]) -> Option<mp::testing::StateStats> {
+    let mut sum = mp::testing::StateStats::default();
+    for address in addresses {
+        let text = scrape::metrics(address).await?;
+        let count = |name: &str| scrape::total(&text, name).unwrap_or(0.0) as u64;
+        sum = sum
+            + mp::testing::StateStats {
+                requests: count("metaparticle_state_updates_total"),
+                commits: count("metaparticle_state_commits_total"),
+                retries: count("metaparticle_state_retries_total"),
+                gave_up: count("metaparticle_state_conflicts_total"),
+            };
+    }
+    Some(sum)
 }
 
 impl Variant {
@@ -259,7 +280,13 @@ impl Variant {
         // Bounded: a deployed app that stops answering fails calls after 5 s, not 30.
         let client = mp::client::RpcClient::new().with_timeout(Duration::from_secs(5));
         let address = format!("127.0.0.1:{port}");
-        let target = Arc::new(Target::Deployed { app, address, storage, client, topology });
+        let stateful_replicas = mp::deployments::Deployment::load(&app)
+            .ok()
+            .flatten()
+            .and_then(|record| Some(record.book.addresses(topology.stateful_node())?.to_vec()))
+            .unwrap_or_default();
+        let target =
+            Arc::new(Target::Deployed { app, address, stateful_replicas, storage, client, topology });
         Ok(Self { label, topology, target, rounds: Vec::new() })
     }
 

@@ -29,6 +29,8 @@ mod loadgen;
 mod percentile;
 #[path = "bench_balancer/report.rs"]
 mod report;
+#[path = "support/scrape.rs"]
+mod scrape;
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -246,20 +248,10 @@ fn cpu_seconds(app: &str) -> f64 {
 
 /// The front's exported and dropped span counts, from its `/metrics`.
 fn span_counts(runtime: &tokio::runtime::Runtime, port: u16) -> Option<(f64, f64)> {
-    let text = runtime.block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.ok()?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).await.ok()?;
-        Some(text)
-    })?;
-    let value = |name: &str| {
-        text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-    };
+    let text = runtime.block_on(scrape::metrics(&format!("127.0.0.1:{port}")))?;
     Some((
-        value("metaparticle_trace_spans_exported_total")?,
-        value("metaparticle_trace_spans_dropped_total")?,
+        scrape::total(&text, "metaparticle_trace_spans_exported_total")?,
+        scrape::total(&text, "metaparticle_trace_spans_dropped_total")?,
     ))
 }
 
