@@ -121,6 +121,16 @@ fn unavailable(path: &Path, detail: String) -> StorageError {
     StorageError::Unavailable { backend: "file", address: path.display().to_string(), detail }
 }
 
+/// The row of `key` in the database at `path` is not a scope this store wrote.
+fn corrupt(path: &Path, key: &str, detail: String) -> StorageError {
+    StorageError::Corrupt {
+        backend: "file",
+        address: path.display().to_string(),
+        key: key.to_string(),
+        detail,
+    }
+}
+
 /// Makes the database file readable by its owner only, creating it empty if absent: the state it
 /// holds is the app's, even where the folder is not private. SQLite gives the `-wal` and `-shm`
 /// files it creates the database's permissions; those an older version left are tightened too.
@@ -171,24 +181,15 @@ fn select(db: &Connection, path: &Path, key: &str) -> Result<Option<Versioned>, 
         .optional()
         .map_err(|e| sql_error(path, e))?;
     let Some((version, value)) = row else { return Ok(None) };
-    let corrupt = |detail: String| StorageError::Corrupt {
-        backend: "file",
-        address: path.display().to_string(),
-        key: key.to_string(),
-        detail,
-    };
+    let corrupt = |detail| corrupt(path, key, detail);
     Ok(Some(Versioned { version: version.map_err(corrupt)?, value: value.map_err(corrupt)? }))
 }
 
 /// Writes `value` under `key` as version `expected + 1` if it is still at `expected` (0: absent);
 /// whether it did.
 fn swap(db: &Connection, path: &Path, key: &str, expected: u64, value: &[u8]) -> Result<bool, StorageError> {
-    let next = i64::try_from(expected + 1).map_err(|_| StorageError::Corrupt {
-        backend: "file",
-        address: path.display().to_string(),
-        key: key.to_string(),
-        detail: "the version counter overflowed".into(),
-    })?;
+    let next = i64::try_from(expected + 1)
+        .map_err(|_| corrupt(path, key, "the version counter overflowed".into()))?;
     let changed = if expected == 0 {
         execute_cached(
             db,
