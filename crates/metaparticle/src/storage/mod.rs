@@ -257,6 +257,14 @@ pub(crate) fn purge_file(path: &Path) -> std::io::Result<bool> {
     Ok(removed)
 }
 
+/// What follows the scheme of a Redis URL reached over TCP (`redis://` or `rediss://`), or `None`
+/// for one that is not (`redis+unix://`): the runners whose nodes run elsewhere than the server's
+/// host (containers, pods) accept only those.
+#[cfg(any(feature = "docker", feature = "kubernetes"))]
+pub(crate) fn redis_tcp_authority(url: &str) -> Option<&str> {
+    url.strip_prefix("redis://").or_else(|| url.strip_prefix("rediss://"))
+}
+
 /// A URL with any password replaced by `***`, for messages and logs.
 pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

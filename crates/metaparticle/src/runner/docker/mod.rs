@@ -135,7 +135,9 @@ fn check_ports(deploy: &Deploy, plan: &Plan) -> Result<()> {
 /// Refuses, before anything is built, a store the containers could not reach.
 fn check_storage(deploy: &Deploy, plan: &Plan) -> Result<()> {
     match &deploy.storage {
-        StorageConfig::Redis(url) if plan.uses_state() && url.starts_with("redis+unix://") => {
+        StorageConfig::Redis(url)
+            if plan.uses_state() && crate::storage::redis_tcp_authority(url).is_none() =>
+        {
             Err(DockerError::StorageNotTcp(crate::storage::redact(url)))
         }
         _ => Ok(()),

@@ -422,7 +422,7 @@ fn pod_storage(plan: &Plan, settings: &Settings) -> Result<Option<PodState>, Man
 /// Refuses a Redis address that cannot mean the same server inside a pod.
 fn check_reachable_from_pods(url: &str) -> Result<(), ManifestError> {
     let (shown, _) = split_password(url);
-    let Some(rest) = url.strip_prefix("redis://").or_else(|| url.strip_prefix("rediss://")) else {
+    let Some(rest) = crate::storage::redis_tcp_authority(url) else {
         return Err(ManifestError::StorageNotTcp(shown));
     };
     let authority = rest.split('/').next().unwrap_or_default();
