@@ -18,7 +18,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use hyper::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -71,9 +71,19 @@ impl std::fmt::Display for SendError {
     }
 }
 
+/// A connection to a peer and the buffer its answers are read into, reused for every answer it
+/// carries: a buffer of its own per answer was an 8 KiB allocation per hop, too large for the
+/// allocator's per-thread cache, and freed on whichever thread dropped the answer, which made
+/// the allocator's locks the most contended in the process (`perf` on `futex` under
+/// `bench_state`).
+struct Connection {
+    stream: TcpStream,
+    buffer: BytesMut,
+}
+
 /// A connection waiting for its next request.
 struct Idle {
-    stream: TcpStream,
+    connection: Connection,
     since: Instant,
 }
 
@@ -93,43 +103,43 @@ impl Http1Pool {
         body: &[u8],
     ) -> Result<Answer, SendError> {
         let request = encode_request(peer, headers, body);
-        let (mut stream, reused) = match self.checkout(peer) {
-            Some(stream) => (stream, true),
+        let (mut connection, reused) = match self.checkout(peer) {
+            Some(connection) => (connection, true),
             None => (connect(peer).await?, false),
         };
-        let mut outcome = exchange(&mut stream, &request).await;
+        let mut outcome = exchange(&mut connection, &request).await;
         if reused && matches!(outcome, Err(SendError::NotSent(_))) {
             // The peer closed a kept-alive connection before this request reached its
             // application (a node that was just killed or shed the connection): nothing ran, so
             // a fresh connection may carry it.
-            stream = connect(peer).await?;
-            outcome = exchange(&mut stream, &request).await;
+            connection = connect(peer).await?;
+            outcome = exchange(&mut connection, &request).await;
         }
         let (answer, keep_alive) = outcome?;
         if keep_alive {
-            self.checkin(peer, stream);
+            self.checkin(peer, connection);
         }
         Ok(answer)
     }
 
     /// A kept-alive connection to `peer` that is still open and not about to be closed.
-    fn checkout(&self, peer: &Arc<str>) -> Option<TcpStream> {
+    fn checkout(&self, peer: &Arc<str>) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let connections = idle.get_mut(peer)?;
-        while let Some(Idle { stream, since }) = connections.pop() {
+        while let Some(Idle { connection, since }) = connections.pop() {
             let idle_for = since.elapsed();
-            if idle_for < IDLE_LIMIT && is_open(&stream, idle_for) {
-                return Some(stream);
+            if idle_for < IDLE_LIMIT && is_open(&connection.stream, idle_for) {
+                return Some(connection);
             }
         }
         None
     }
 
-    fn checkin(&self, peer: &Arc<str>, stream: TcpStream) {
+    fn checkin(&self, peer: &Arc<str>, connection: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let connections = idle.entry(peer.clone()).or_default();
         if connections.len() < MAX_IDLE_PER_PEER {
-            connections.push(Idle { stream, since: Instant::now() });
+            connections.push(Idle { connection, since: Instant::now() });
         }
     }
 }
@@ -160,7 +170,7 @@ fn is_open(stream: &TcpStream, idle_for: Duration) -> bool {
 /// How long a connection may sit idle before its reuse asks the kernel whether it is still open.
 const KERNEL_CHECK_AFTER: Duration = Duration::from_millis(2);
 
-async fn connect(peer: &str) -> Result<TcpStream, SendError> {
+async fn connect(peer: &str) -> Result<Connection, SendError> {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(SendError::NotSent(format!("cannot connect to {peer}: {e}"))),
@@ -173,7 +183,7 @@ async fn connect(peer: &str) -> Result<TcpStream, SendError> {
     };
     // Requests are written whole; waiting to coalesce them would only add latency.
     let _ = stream.set_nodelay(true);
-    Ok(stream)
+    Ok(Connection { stream, buffer: BytesMut::new() })
 }
 
 fn encode_request(peer: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
@@ -217,21 +227,27 @@ struct Head {
 }
 
 /// Writes `request` and reads its answer, and whether the connection may carry another request.
-async fn exchange(stream: &mut TcpStream, request: &[u8]) -> Result<(Answer, bool), SendError> {
-    stream.write_all(request).await.map_err(|e| SendError::NotSent(e.to_string()))?;
-    read_response(stream).await
+async fn exchange(connection: &mut Connection, request: &[u8]) -> Result<(Answer, bool), SendError> {
+    connection.stream.write_all(request).await.map_err(|e| SendError::NotSent(e.to_string()))?;
+    read_response(connection).await
 }
 
-/// Reads one response, and whether the connection may carry another request.
+/// Reads one response into the connection's buffer, and whether the connection may carry
+/// another request.
+///
+/// A body of up to [`COPY_LIMIT`] bytes is copied out, so the buffer stays the connection's for
+/// the next answer; a larger one is handed over as it lies in the buffer, and the connection
+/// starts a new buffer.
 ///
 /// A reset before the first byte of the answer means the peer's socket was closed when the
 /// request arrived, or closed with the request still unread: its application never had the
 /// whole request, so it cannot have run it. (A peer that read the request and then died closes
 /// with nothing unread, which arrives as an end of stream, and may have run it.)
-async fn read_response(stream: &mut TcpStream) -> Result<(Answer, bool), SendError> {
-    let mut buffer = BytesMut::with_capacity(8 * 1024);
+async fn read_response(connection: &mut Connection) -> Result<(Answer, bool), SendError> {
+    let Connection { stream, buffer } = connection;
+    buffer.clear();
     let head = loop {
-        let read = match read_more(stream, &mut buffer).await {
+        let read = match read_more(stream, buffer).await {
             Err(e) if buffer.is_empty() && e.kind() == io::ErrorKind::ConnectionReset => {
                 return Err(SendError::NotSent(format!("the peer reset the connection: {e}")))
             }
@@ -240,47 +256,69 @@ async fn read_response(stream: &mut TcpStream) -> Result<(Answer, bool), SendErr
         if read == 0 {
             return Err(SendError::Broken("the connection closed before an answer".into()));
         }
-        if let Some(head) = parse_head(&buffer)? {
+        if let Some(head) = parse_head(buffer)? {
             break head;
         }
         if buffer.len() > MAX_HEAD {
             return Err(SendError::Broken(format!("the answer's head is over {MAX_HEAD} bytes")));
         }
     };
-    let _ = buffer.split_to(head.length);
     match head.content_length {
         Some(length) if length > MAX_BODY => Err(SendError::TooLarge(Some(length))),
         Some(length) => {
-            while buffer.len() < length {
-                buffer.reserve(length - buffer.len());
-                if read_more(stream, &mut buffer).await.map_err(broken)? == 0 {
+            let end = head.length + length;
+            while buffer.len() < end {
+                buffer.reserve(end - buffer.len());
+                if read_more(stream, buffer).await.map_err(broken)? == 0 {
                     return Err(SendError::Broken(format!(
                         "the connection closed after {} of {length} body bytes",
-                        buffer.len()
+                        buffer.len() - head.length
                     )));
                 }
             }
             // Anything after the body would be an answer nobody asked for: do not reuse.
-            let keep_alive = head.keep_alive && buffer.len() == length;
-            let answer =
-                Answer { status: head.status, body: buffer.split_to(length).freeze(), error: head.error };
-            Ok((answer, keep_alive))
+            let keep_alive = head.keep_alive && buffer.len() == end;
+            let body = if length <= COPY_LIMIT {
+                let body = Bytes::copy_from_slice(&buffer[head.length..end]);
+                if buffer.capacity() > MAX_KEPT_BUFFER {
+                    // An unusually large head: do not keep its buffer for every answer after it.
+                    *buffer = BytesMut::new();
+                }
+                body
+            } else {
+                let mut lent = std::mem::take(buffer);
+                lent.advance(head.length);
+                lent.split_to(length).freeze()
+            };
+            Ok((Answer { status: head.status, body, error: head.error }, keep_alive))
         }
         None => {
             // Delimited by the peer closing the connection.
-            while read_more(stream, &mut buffer).await.map_err(broken)? > 0 {
-                if buffer.len() > MAX_BODY {
+            while read_more(stream, buffer).await.map_err(broken)? > 0 {
+                if buffer.len() > MAX_BODY + head.length {
                     return Err(SendError::TooLarge(None));
                 }
             }
-            Ok((Answer { status: head.status, body: buffer.freeze(), error: head.error }, false))
+            let mut body = std::mem::take(buffer);
+            body.advance(head.length);
+            Ok((Answer { status: head.status, body: body.freeze(), error: head.error }, false))
         }
     }
 }
 
+/// The largest answer body copied out of its connection's read buffer rather than lent from it:
+/// copying a few KiB costs less than the fresh buffer the connection would need otherwise.
+const COPY_LIMIT: usize = 16 * 1024;
+
+/// The largest read buffer a connection keeps between answers.
+const MAX_KEPT_BUFFER: usize = 64 * 1024;
+
+/// How much a read asks for at least: a typical answer, head and body, in one system call.
+const READ_CHUNK: usize = 8 * 1024;
+
 async fn read_more(stream: &mut TcpStream, buffer: &mut BytesMut) -> io::Result<usize> {
     if buffer.capacity() - buffer.len() < 1024 {
-        buffer.reserve(8 * 1024);
+        buffer.reserve(READ_CHUNK);
     }
     stream.read_buf(buffer).await
 }
@@ -406,6 +444,37 @@ mod tests {
             assert!(pool.post(&peer, &[], b"{}").await.is_ok());
             let answer = pool.post(&peer, &[], b"{}").await;
             assert!(answer.is_ok(), "a request the peer never read was not carried again: {answer:?}");
+        });
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn answers_small_and_large_come_back_whole_on_one_kept_alive_connection() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer: Arc<str> = listener.local_addr().unwrap().to_string().into();
+        let large = "x".repeat(COPY_LIMIT + 1);
+        let bodies = ["{\"n\":1}".to_string(), large.clone(), "{}".to_string(), large, "[2]".to_string()];
+        let answers = bodies.clone();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            for body in answers {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request);
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+                // The head and the body in separate writes, as a slow peer might send them.
+                stream.write_all(head.as_bytes()).unwrap();
+                stream.write_all(body.as_bytes()).unwrap();
+            }
+            // One connection carried them all: a second accept would block the join below.
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let pool = Http1Pool::default();
+            for expected in &bodies {
+                let answer = pool.post(&peer, &[], b"{}").await.expect("answered");
+                assert_eq!(answer.body, expected.as_bytes(), "an answer of {} bytes", expected.len());
+            }
         });
         server.join().unwrap();
     }
