@@ -350,6 +350,7 @@ async fn remove_new(docker: &Docker, app: &str, generation: u32, old: &[Containe
 
 /// Builds this program's image and pushes it to `DOCKER_REGISTRY`, for runners whose nodes run
 /// elsewhere (Kubernetes); returns the reference pushed.
+#[cfg(feature = "kubernetes")]
 pub(crate) async fn publish_image(app: &str) -> Result<String> {
     let docker = engine::connect().await?;
     let progress = Progress::new();
