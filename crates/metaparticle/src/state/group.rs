@@ -28,24 +28,32 @@ pub(super) struct Pending {
 /// What the members of one group are answered.
 type Outcomes = Vec<Result<Value, RpcError>>;
 
+/// Where a group finds the requests that queued on its key since it was taken: given the group's
+/// size, as many as it has room for.
+pub(super) type Latecomers<'a> = dyn FnMut(usize) -> Vec<Pending> + Send + 'a;
+
 /// Runs `group` on `key` until its changes are stored (or nothing changed), then answers every
 /// member. The store is read only when the cache cannot vouch for the value (a write is checked
 /// by the compare-and-swap itself; a group that only reads must see the stored value).
+///
+/// A group whose swap lost takes in the requests that queued on the key meanwhile before it runs
+/// again: the round trip that lost bought nothing, and the next one can carry them too, where
+/// they would otherwise wait for this group to win and then race again as a group of their own.
+/// A request taken in shares the group's remaining attempts (`MAX_ATTEMPTS` counts the group's).
 pub(super) async fn commit(
     store: &dyn Store,
     cache: &Cache,
     counters: &StateCounters,
     key: &str,
-    group: Vec<Pending>,
+    mut group: Vec<Pending>,
+    latecomers: &mut Latecomers<'_>,
 ) {
+    let outcomes = run(store, cache, counters, key, &mut group, latecomers).await;
     counters.requests.inc_by(group.len() as u64);
     counters.group_size.observe(group.len() as f64);
-    let (mut attempts, answers): (Vec<Attempt>, Vec<_>) =
-        group.into_iter().map(|p| (p.attempt, p.done)).unzip();
-    let outcomes = run(store, cache, counters, key, &mut attempts).await;
-    for (answer, outcome) in answers.into_iter().zip(outcomes) {
+    for (member, outcome) in group.into_iter().zip(outcomes) {
         // A caller that gave up no longer listens; its update is stored all the same.
-        let _ = answer.send(outcome);
+        let _ = member.done.send(outcome);
     }
 }
 
@@ -54,10 +62,10 @@ async fn run(
     cache: &Cache,
     counters: &StateCounters,
     key: &str,
-    attempts: &mut [Attempt],
+    group: &mut Vec<Pending>,
+    latecomers: &mut Latecomers<'_>,
 ) -> Outcomes {
-    let members = attempts.len();
-    let failed = |e: RpcError| vec![Err(e); members];
+    let failed = |e: RpcError, group: &[Pending]| vec![Err(e); group.len()];
     let mut fresh = false;
     let mut loaded = match cache.get(key) {
         Some(cached) => Some(cached),
@@ -66,14 +74,14 @@ async fn run(
                 fresh = true;
                 value
             }
-            Err(e) => return failed(e),
+            Err(e) => return failed(e, group),
         },
     };
     for tries in 1..=MAX_ATTEMPTS {
         let version = loaded.as_ref().map_or(0, |v| v.version);
-        let applied = match apply(attempts, loaded.as_ref().map(|v| v.value.as_slice())) {
+        let applied = match apply(group, loaded.as_ref().map(|v| v.value.as_slice())) {
             Ok(applied) => applied,
-            Err(why) => return failed(undecodable(store, key, &why)),
+            Err(why) => return failed(undecodable(store, key, &why), group),
         };
         let Some(write) = applied.write else {
             if fresh {
@@ -84,7 +92,7 @@ async fn run(
             // stored, so read it and run the group again.
             match load(store, key).await {
                 Ok(value) => (loaded, fresh) = (value, true),
-                Err(e) => return failed(e),
+                Err(e) => return failed(e, group),
             }
             continue;
         };
@@ -98,7 +106,7 @@ async fn run(
             Ok(Swapped::Lost(current)) => (loaded, fresh) = (current, true),
             Err(e) => {
                 cache.forget(key);
-                return failed(storage_error(e));
+                return failed(storage_error(e), group);
             }
         }
         if tries == MAX_ATTEMPTS {
@@ -113,10 +121,11 @@ async fn run(
         // millisecond either, the time of several commits.) Retries at once spend attempts
         // faster, hence the size of MAX_ATTEMPTS.
         counters.retries.inc();
+        group.extend(latecomers(group.len()));
     }
     cache.forget(key);
-    counters.gave_up.inc_by(attempts.len() as u64);
-    failed(RpcError::conflict(key, MAX_ATTEMPTS))
+    counters.gave_up.inc_by(group.len() as u64);
+    failed(RpcError::conflict(key, MAX_ATTEMPTS), group)
 }
 
 /// The group applied to one value of the scope.
@@ -128,12 +137,12 @@ struct Applied {
 
 /// Runs every attempt in order, each on the scope the previous ones left. `Err` if the stored
 /// value does not decode (no attempt can run on it).
-fn apply(attempts: &mut [Attempt], stored: Option<&[u8]>) -> Result<Applied, String> {
+fn apply(group: &mut [Pending], stored: Option<&[u8]>) -> Result<Applied, String> {
     let mut current: Option<Vec<u8>> = stored.map(<[u8]>::to_vec);
     let mut changed = false;
-    let mut outcomes = Vec::with_capacity(attempts.len());
-    for attempt in attempts.iter_mut() {
-        match attempt(current.as_deref()) {
+    let mut outcomes = Vec::with_capacity(group.len());
+    for member in group.iter_mut() {
+        match (member.attempt)(current.as_deref()) {
             Ok(attempted) => {
                 if let Some(write) = attempted.write {
                     current = Some(write);

@@ -8,8 +8,9 @@
 //!    [`Limits::max_state_group`](crate::testing::Limits::max_state_group));
 //! 2. the group's attempts run one after another on the scope, each seeing the changes of the
 //!    ones before it, and the result is stored with one compare-and-swap ([`group`]);
-//! 3. if another writer came first, the group runs again at once on the value that won (at most
-//!    `MAX_ATTEMPTS` times), then fails with `-32002`. Storage that cannot be reached, or a scope
+//! 3. if another writer came first, the group runs again at once on the value that won, taking in
+//!    the requests that queued on the key meanwhile (at most `MAX_ATTEMPTS` times), then fails
+//!    with `-32002`. Storage that cannot be reached, or a scope
 //!    that does not decode, is `-32003`; nothing is written.
 //!
 //! The first request to queue on a key runs the key's commits inside its own future, and hands
@@ -85,7 +86,8 @@ impl StateRuntime {
     async fn lead(self: Arc<Self>, key: String) {
         let mut leading = Leading { runtime: &self, key: &key, released: false };
         while let Some(group) = leading.next_group() {
-            group::commit(&*self.store, &self.cache, &self.counters, &key, group).await;
+            let mut latecomers = |members| leading.latecomers(members);
+            group::commit(&*self.store, &self.cache, &self.counters, &key, group, &mut latecomers).await;
         }
     }
 }
@@ -116,6 +118,16 @@ impl Leading<'_> {
         }
         let take = waiting.len().min(self.runtime.max_group);
         Some(waiting.drain(..take).collect())
+    }
+
+    /// The requests that queued on the key since its group of `members` was taken, as many as
+    /// the group has room for, for it to take in when it runs again (the key keeps its queue,
+    /// and this task, while it commits).
+    fn latecomers(&mut self, members: usize) -> Vec<Pending> {
+        let mut queues = self.runtime.queues.lock().expect("state queues");
+        let Some(waiting) = queues.get_mut(self.key) else { return Vec::new() };
+        let take = waiting.len().min(self.runtime.max_group.saturating_sub(members));
+        waiting.drain(..take).collect()
     }
 }
 
@@ -281,6 +293,90 @@ mod tests {
         let inner = file_storage(dir).open().unwrap();
         let store = Arc::new(Rivals { inner: inner.clone(), rivals: rivals.into() });
         (StateRuntime::new(store, "app", "c", StateCounters::default(), 64), inner)
+    }
+
+    /// A store whose first compare-and-swap waits for `release`, then loses to another writer
+    /// that adds one to the count; it counts the swaps it is asked for.
+    struct HeldThenBeaten {
+        inner: Arc<dyn Store>,
+        release: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+        swaps: std::sync::atomic::AtomicU32,
+    }
+
+    impl Store for HeldThenBeaten {
+        fn load(&self, key: &str) -> BoxFuture<Result<Option<Versioned>, StorageError>> {
+            self.inner.load(key)
+        }
+        fn compare_and_swap(
+            &self,
+            key: &str,
+            expected: u64,
+            value: Vec<u8>,
+        ) -> BoxFuture<Result<bool, StorageError>> {
+            self.swaps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let held = self.release.lock().unwrap().take();
+            let (inner, key) = (self.inner.clone(), key.to_string());
+            Box::pin(async move {
+                if let Some(release) = held {
+                    release.await.expect("the test releases the swap");
+                    let rival_won = inner.compare_and_swap(&key, 0, b"1".to_vec());
+                    assert!(rival_won.await?, "nobody else writes this key");
+                }
+                inner.compare_and_swap(&key, expected, value).await
+            })
+        }
+        fn check(&self) -> BoxFuture<Result<(), StorageError>> {
+            self.inner.check()
+        }
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_whose_swap_lost_takes_in_the_requests_that_queued_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = file_storage(&dir).open().unwrap();
+        let (release, held) = tokio::sync::oneshot::channel();
+        let store = Arc::new(HeldThenBeaten {
+            inner: inner.clone(),
+            release: Mutex::new(Some(held)),
+            swaps: Default::default(),
+        });
+        let runtime = StateRuntime::new(store.clone(), "app", "c", StateCounters::default(), 64);
+        let first = tokio::spawn(runtime.clone().transact(ScopeId::Global, add_one()));
+        let swaps = || store.swaps.load(std::sync::atomic::Ordering::SeqCst);
+        let queued = || runtime.queues.lock().unwrap().get("app/c/global").map_or(0, Vec::len);
+        for _ in 0..500 {
+            if swaps() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(swaps(), 1, "the first request's swap is on its way");
+        let later: Vec<_> =
+            (0..3).map(|_| tokio::spawn(runtime.clone().transact(ScopeId::Global, add_one()))).collect();
+        for _ in 0..500 {
+            if queued() == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(queued(), 3, "three requests wait on the key behind the held swap");
+        release.send(()).unwrap();
+        let mut replies = vec![first.await.unwrap().unwrap()];
+        for request in later {
+            replies.push(request.await.unwrap().unwrap());
+        }
+        replies.sort_by_key(|r| r.as_u64());
+        // The rival's write is 1; the four requests count on top of it, each seeing the others.
+        assert_eq!(replies, vec![json!(2), json!(3), json!(4), json!(5)]);
+        assert_eq!(inner.load("app/c/global").await.unwrap().unwrap().value, b"5");
+        // One lost swap and one that stored all four: the three that queued during the lost
+        // round trip rode on the retry rather than waiting for a commit of their own.
+        assert_eq!(swaps(), 2);
+        let stats = runtime.counters.stats();
+        assert_eq!((stats.requests, stats.commits, stats.retries), (4, 1, 1));
     }
 
     #[tokio::test]
