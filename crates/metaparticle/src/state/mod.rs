@@ -250,10 +250,13 @@ mod tests {
     }
 
     /// A store where, just before each of the next `rivals` compare-and-swaps, another writer adds
-    /// one to the count (decimal text) first, so that swap loses.
+    /// one to the count (decimal text) first, so that swap loses. If `hold` is set, the first swap
+    /// waits for it before anything else. It counts the swaps it is asked for.
     struct Rivals {
         inner: Arc<dyn Store>,
         rivals: std::sync::atomic::AtomicU32,
+        hold: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+        swaps: std::sync::atomic::AtomicU32,
     }
 
     impl Store for Rivals {
@@ -267,9 +270,14 @@ mod tests {
             value: Vec<u8>,
         ) -> BoxFuture<Result<bool, StorageError>> {
             use std::sync::atomic::Ordering::SeqCst;
+            self.swaps.fetch_add(1, SeqCst);
+            let held = self.hold.lock().unwrap().take();
             let rival = self.rivals.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok();
             let (inner, key) = (self.inner.clone(), key.to_string());
             Box::pin(async move {
+                if let Some(held) = held {
+                    held.await.expect("the test releases the swap");
+                }
                 if rival {
                     let stored = inner.load(&key).await?;
                     let version = stored.as_ref().map_or(0, |v| v.version);
@@ -291,46 +299,13 @@ mod tests {
     /// A runtime on a file store where the next `rivals` swaps lose to another writer.
     fn runtime_with_rivals(dir: &tempfile::TempDir, rivals: u32) -> (Arc<StateRuntime>, Arc<dyn Store>) {
         let inner = file_storage(dir).open().unwrap();
-        let store = Arc::new(Rivals { inner: inner.clone(), rivals: rivals.into() });
+        let store = Arc::new(Rivals {
+            inner: inner.clone(),
+            rivals: rivals.into(),
+            hold: Mutex::new(None),
+            swaps: Default::default(),
+        });
         (StateRuntime::new(store, "app", "c", StateCounters::default(), 64), inner)
-    }
-
-    /// A store whose first compare-and-swap waits for `release`, then loses to another writer
-    /// that adds one to the count; it counts the swaps it is asked for.
-    struct HeldThenBeaten {
-        inner: Arc<dyn Store>,
-        release: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
-        swaps: std::sync::atomic::AtomicU32,
-    }
-
-    impl Store for HeldThenBeaten {
-        fn load(&self, key: &str) -> BoxFuture<Result<Option<Versioned>, StorageError>> {
-            self.inner.load(key)
-        }
-        fn compare_and_swap(
-            &self,
-            key: &str,
-            expected: u64,
-            value: Vec<u8>,
-        ) -> BoxFuture<Result<bool, StorageError>> {
-            self.swaps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let held = self.release.lock().unwrap().take();
-            let (inner, key) = (self.inner.clone(), key.to_string());
-            Box::pin(async move {
-                if let Some(release) = held {
-                    release.await.expect("the test releases the swap");
-                    let rival_won = inner.compare_and_swap(&key, 0, b"1".to_vec());
-                    assert!(rival_won.await?, "nobody else writes this key");
-                }
-                inner.compare_and_swap(&key, expected, value).await
-            })
-        }
-        fn check(&self) -> BoxFuture<Result<(), StorageError>> {
-            self.inner.check()
-        }
-        fn describe(&self) -> String {
-            self.inner.describe()
-        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,9 +313,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let inner = file_storage(&dir).open().unwrap();
         let (release, held) = tokio::sync::oneshot::channel();
-        let store = Arc::new(HeldThenBeaten {
+        // The first swap waits for the release, then loses to a rival's write of 1.
+        let store = Arc::new(Rivals {
             inner: inner.clone(),
-            release: Mutex::new(Some(held)),
+            rivals: 1.into(),
+            hold: Mutex::new(Some(held)),
             swaps: Default::default(),
         });
         let runtime = StateRuntime::new(store.clone(), "app", "c", StateCounters::default(), 64);
