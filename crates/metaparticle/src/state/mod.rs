@@ -10,8 +10,8 @@
 //!    ones before it, and the result is stored with one compare-and-swap ([`group`]);
 //! 3. if another writer came first, the group runs again at once on the value that won, taking in
 //!    the requests that queued on the key meanwhile (at most `MAX_ATTEMPTS` times), then fails
-//!    with `-32002`. Storage that cannot be reached, or a scope
-//!    that does not decode, is `-32003`; nothing is written.
+//!    with `-32002`. Storage that cannot be reached, or a scope that does not decode, is
+//!    `-32003`; nothing is written.
 //!
 //! The first request to queue on a key runs the key's commits inside its own future, and hands
 //! them to a task of their own once its answer is ready or its caller hangs up ([`waiting`]), so
