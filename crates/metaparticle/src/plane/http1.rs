@@ -18,7 +18,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use hyper::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -286,9 +286,7 @@ async fn read_response(connection: &mut Connection) -> Result<(Answer, bool), Se
                 }
                 body
             } else {
-                let mut lent = std::mem::take(buffer);
-                lent.advance(head.length);
-                lent.split_to(length).freeze()
+                lend(buffer, head.length..end)
             };
             Ok((Answer { status: head.status, body, error: head.error }, keep_alive))
         }
@@ -299,11 +297,19 @@ async fn read_response(connection: &mut Connection) -> Result<(Answer, bool), Se
                     return Err(SendError::TooLarge(None));
                 }
             }
-            let mut body = std::mem::take(buffer);
-            body.advance(head.length);
-            Ok((Answer { status: head.status, body: body.freeze(), error: head.error }, false))
+            let end = buffer.len();
+            Ok((
+                Answer { status: head.status, body: lend(buffer, head.length..end), error: head.error },
+                false,
+            ))
         }
     }
+}
+
+/// Hands over the bytes `range` of a connection's read buffer without copying them; the
+/// connection starts a new buffer for its next answer.
+fn lend(buffer: &mut BytesMut, range: std::ops::Range<usize>) -> Bytes {
+    std::mem::take(buffer).freeze().slice(range)
 }
 
 /// The largest answer body copied out of its connection's read buffer rather than lent from it:
