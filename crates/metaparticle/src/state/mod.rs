@@ -107,17 +107,13 @@ impl Leading<'_> {
     /// the next request for it starts a new commit task).
     fn next_group(&mut self) -> Option<Vec<Pending>> {
         let mut queues = self.runtime.queues.lock().expect("state queues");
-        let Some(waiting) = queues.get_mut(self.key) else {
-            self.released = true;
-            return None;
-        };
-        if waiting.is_empty() {
+        let group = self.take(&mut queues, self.runtime.max_group);
+        if group.is_empty() {
             queues.remove(self.key);
             self.released = true;
             return None;
         }
-        let take = waiting.len().min(self.runtime.max_group);
-        Some(waiting.drain(..take).collect())
+        Some(group)
     }
 
     /// The requests that queued on the key since its group of `members` was taken, as many as
@@ -125,8 +121,13 @@ impl Leading<'_> {
     /// and this task, while it commits).
     fn latecomers(&mut self, members: usize) -> Vec<Pending> {
         let mut queues = self.runtime.queues.lock().expect("state queues");
+        self.take(&mut queues, self.runtime.max_group.saturating_sub(members))
+    }
+
+    /// Up to `room` of the requests waiting on the key, first come first; none if it has no queue.
+    fn take(&self, queues: &mut HashMap<String, Vec<Pending>>, room: usize) -> Vec<Pending> {
         let Some(waiting) = queues.get_mut(self.key) else { return Vec::new() };
-        let take = waiting.len().min(self.runtime.max_group.saturating_sub(members));
+        let take = waiting.len().min(room);
         waiting.drain(..take).collect()
     }
 }
