@@ -412,14 +412,16 @@ mod tests {
     async fn the_log_is_checkpointed_as_commits_go_on_so_it_stays_small() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir);
-        // 3,000 commits of a 4 KiB value write at least 12 MiB of log; checkpoints every few
-        // hundred commits let SQLite start the log over again and again.
+        // 6,000 commits of a 4 KiB value write about 24 MiB of log without checkpoints. With
+        // them, writers that never pause keep a passive checkpoint from catching up, so the log
+        // starts over once it reaches 1,000 pages (4 MiB), plus what writers append while the
+        // checkpoint thread gets to run: 5-6 MiB on a quiet machine, more on a loaded one.
         let value = vec![b'x'; 4096];
-        for version in 0..3000 {
+        for version in 0..6000 {
             assert!(s.compare_and_swap("k", version, value.clone()).await.unwrap());
         }
         let log = std::fs::metadata(dir.path().join("storage/app.sqlite-wal")).unwrap().len();
-        assert!(log < 6 << 20, "the log grew to {log} bytes: it was not checkpointed");
+        assert!(log < 10 << 20, "the log grew to {log} bytes: it was not checkpointed");
     }
 
     /// Separate connections behave like separate processes: SQLite locks the file, not the handle.
