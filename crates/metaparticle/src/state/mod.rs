@@ -11,7 +11,9 @@
 //! 3. if another writer came first, the group runs again at once on the value that won, taking in
 //!    the requests that queued on the key meanwhile (at most `MAX_ATTEMPTS` times), then fails
 //!    with `-32002`. Storage that cannot be reached, or a scope that does not decode, is
-//!    `-32003`; nothing is written.
+//!    `-32003`; nothing is written;
+//! 4. a replica that keeps losing swaps says in its log which key, and what in the topology would
+//!    give each key one writer ([`contention`]).
 //!
 //! The first request to queue on a key runs the key's commits inside its own future, and hands
 //! them to a task of their own once its answer is ready or its caller hangs up ([`waiting`]), so
@@ -20,6 +22,7 @@
 //! connections were dealt.
 
 mod cache;
+mod contention;
 pub(crate) mod counters;
 mod group;
 mod waiting;
@@ -34,6 +37,7 @@ use crate::model::transactions::{Attempt, ScopeId, Transactions};
 use crate::storage::Store;
 use crate::wire::jsonrpc::RpcError;
 use cache::Cache;
+use contention::Contention;
 use counters::StateCounters;
 use group::Pending;
 use waiting::Waiting;
@@ -48,6 +52,8 @@ pub(crate) struct StateRuntime {
     queues: Mutex<HashMap<String, Vec<Pending>>>,
     cache: Cache,
     counters: StateCounters,
+    /// Lost swaps, to warn when the topology spreads a key's requests over replicas.
+    contention: Contention,
     max_group: usize,
 }
 
@@ -68,6 +74,7 @@ impl StateRuntime {
             queues: Mutex::default(),
             cache: Cache::default(),
             counters,
+            contention: Contention::default(),
             max_group: max_group.max(1),
         })
     }
@@ -86,7 +93,13 @@ impl StateRuntime {
     async fn lead(self: Arc<Self>, key: String) {
         let mut leading = Leading { runtime: &self, key: &key, released: false };
         while let Some(group) = leading.next_group() {
-            let mut latecomers = |members| leading.latecomers(members);
+            // Asked for latecomers only after a swap lost: the moment to note the contention.
+            let mut latecomers = |members| {
+                if let Some(warning) = self.contention.lost(&key) {
+                    tracing::warn!("{warning}");
+                }
+                leading.latecomers(members)
+            };
             group::commit(&*self.store, &self.cache, &self.counters, &key, group, &mut latecomers).await;
         }
     }
@@ -357,8 +370,33 @@ mod tests {
         assert_eq!((stats.requests, stats.commits, stats.retries), (4, 1, 1));
     }
 
+    /// What the tracing subscriber of the current thread logs while it is set.
+    #[derive(Clone, Default)]
+    struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for CapturedLog {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl CapturedLog {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
     #[tokio::test]
     async fn a_request_that_keeps_losing_runs_again_on_each_winners_value_until_it_wins() {
+        let log = CapturedLog::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).finish();
+        // A current-thread runtime: the whole test runs on this thread, under this subscriber.
+        let _logging = tracing::subscriber::set_default(subscriber);
         let dir = tempfile::tempdir().unwrap();
         // More losses in a row than the 32 attempts requests once had.
         let (runtime, store) = runtime_with_rivals(&dir, 40);
@@ -367,6 +405,11 @@ mod tests {
         assert_eq!(store.load("app/c/global").await.unwrap().unwrap().value, b"41");
         let stats = runtime.counters.stats();
         assert_eq!((stats.retries, stats.gave_up, stats.commits), (40, 0, 1));
+        // 40 lost races on one key: the replica said once which key, and what would stop them.
+        let log = log.text();
+        assert_eq!(log.matches("compare-and-swaps lost to other writers").count(), 1, "{log}");
+        assert!(log.contains("WARN") && log.contains("'app/c/global'"), "{log}");
+        assert!(log.contains("every replica writes"), "{log}");
     }
 
     #[tokio::test]
