@@ -117,7 +117,8 @@ impl RpcError {
             Self::CONFLICT,
             format!(
                 "state conflict: the scope '{key}' was changed by other requests on each of {attempts} attempts; \
-                 nothing was written, retry the request"
+                 nothing was written, retry the request (its requests reach more than one replica; \
+                 the replica's log says how to give each scope one writer)"
             ),
         )
     }
