@@ -17,8 +17,8 @@ pub(crate) struct Reading {
     pub(crate) in_flight: f64,
     /// The latency histogram's cumulative buckets: (upper bound in seconds, count).
     pub(crate) buckets: Vec<(f64, f64)>,
-    /// State updates run again after losing a compare-and-swap.
-    pub(crate) state_retries: f64,
+    /// State updates run again after losing a compare-and-swap (only stateful nodes count them).
+    pub(crate) state_retries: Option<f64>,
     /// Failed attempts of hops to other nodes.
     pub(crate) upstream_errors: f64,
     /// When the process started (seconds since the epoch).
@@ -70,7 +70,7 @@ pub(crate) fn parse(text: &str) -> Option<Reading> {
                 };
                 reading.buckets.push((bound, value));
             }
-            "metaparticle_state_retries_total" => reading.state_retries = value,
+            "metaparticle_state_retries_total" => reading.state_retries = Some(value),
             "metaparticle_upstream_errors_total" => reading.upstream_errors += value,
             "process_start_time_seconds" => reading.started = Some(value),
             _ => {}
@@ -98,8 +98,8 @@ pub(crate) struct Rates {
     pub(crate) p50_ms: Option<f64>,
     /// 99th percentile latency.
     pub(crate) p99_ms: Option<f64>,
-    /// State updates retried per second.
-    pub(crate) state_retries_per_s: f64,
+    /// State updates retried per second (`None` for a node without state).
+    pub(crate) state_retries_per_s: Option<f64>,
     /// Failed hop attempts per second.
     pub(crate) upstream_errors_per_s: f64,
 }
@@ -123,7 +123,7 @@ pub(crate) fn rates(old: &Reading, new: &Reading, elapsed: Duration) -> Rates {
         errors_per_s: delta(new.errors, old.errors) / seconds,
         p50_ms: quantile(&buckets, 0.50).map(|s| s * 1e3),
         p99_ms: quantile(&buckets, 0.99).map(|s| s * 1e3),
-        state_retries_per_s: delta(new.state_retries, old.state_retries) / seconds,
+        state_retries_per_s: new.state_retries.map(|n| delta(n, old.state_retries.unwrap_or(0.0)) / seconds),
         upstream_errors_per_s: delta(new.upstream_errors, old.upstream_errors) / seconds,
     }
 }
@@ -220,6 +220,18 @@ process_start_time_seconds{app="a",node="n",replica="0"} 1700000000
         assert!((1.0..=2.0).contains(&p50), "all 20 new requests took 1-2 ms: {p50}");
         let restarted = Reading { started: Some(1.8e9), requests: 5.0, ..Reading::default() };
         assert_eq!(rates(&old, &restarted, Duration::from_secs(1)).requests_per_s, 5.0);
+    }
+
+    #[test]
+    fn only_a_stateful_node_has_a_rate_of_state_retries() {
+        let stateless = parse(TEXT).unwrap();
+        assert_eq!(rates(&stateless, &stateless, Duration::from_secs(1)).state_retries_per_s, None);
+        let stateful =
+            format!("{TEXT}metaparticle_state_retries_total{{app=\"a\",node=\"n\",replica=\"0\"}} 30\n");
+        let old = parse(&stateful).unwrap();
+        assert_eq!(old.state_retries, Some(30.0));
+        let new = Reading { state_retries: Some(36.0), ..old.clone() };
+        assert_eq!(rates(&old, &new, Duration::from_secs(2)).state_retries_per_s, Some(3.0));
     }
 
     #[test]

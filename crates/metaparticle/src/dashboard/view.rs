@@ -103,7 +103,7 @@ pub(crate) struct ReplicaView {
     pub(crate) requests_total: Option<f64>,
     /// ...
     pub(crate) errors_total: Option<f64>,
-    /// State updates retried per second (stateful nodes).
+    /// State updates retried per second (stateful nodes; `None` for the others).
     pub(crate) state_retries_per_s: Option<f64>,
     /// Failed hop attempts per second.
     pub(crate) upstream_errors_per_s: Option<f64>,
@@ -219,7 +219,7 @@ fn replica_view(fact: &ReplicaFacts, healthy: bool, history: &History) -> Replic
         in_flight: latest.map(|r| r.in_flight),
         requests_total: latest.map(|r| r.requests),
         errors_total: latest.map(|r| r.errors),
-        state_retries_per_s: rates.as_ref().map(|r| r.state_retries_per_s),
+        state_retries_per_s: rates.as_ref().and_then(|r| r.state_retries_per_s),
         upstream_errors_per_s: rates.as_ref().map(|r| r.upstream_errors_per_s),
     }
 }
