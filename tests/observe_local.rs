@@ -308,6 +308,70 @@ fn the_dashboard_shows_every_replica_with_its_traffic_in_a_real_browser() {
 }
 
 #[test]
+fn replicas_racing_for_one_key_show_their_retries_on_the_dashboard_and_name_the_cure_in_their_logs() {
+    let Some(chromium_path) = support::observe::chromium_or_skip() else { return };
+    // server6: three replicas behind a balancer, all writing one global counter.
+    let sandbox = Sandbox::new("server6");
+    sandbox.up();
+    let (_dashboard, address) = dashboard(&sandbox);
+    // Six concurrent callers for 3 s (at most 2,000 calls each): the balancer spreads them over
+    // the replicas, which race for the counter's key.
+    let method = "replicated-storage-service";
+    let calls = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..6 {
+            scope.spawn(|| {
+                let started = std::time::Instant::now();
+                for _ in 0..2_000 {
+                    if started.elapsed() > Duration::from_secs(3) {
+                        break;
+                    }
+                    let answer = call_traced(sandbox.port, method, json!({}), None, None);
+                    assert!(answer["result"]["requests"].is_u64(), "{answer}");
+                    calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let calls = calls.into_inner();
+    let stored: Value = call_traced(sandbox.port, method, json!({}), None, None);
+    assert_eq!(stored["result"]["requests"], calls + 1, "no update was lost to the races");
+
+    let dom = chromium(&chromium_path, &format!("http://{address}/"), &["--dump-dom"]);
+    let retries: Vec<f64> = (0..3)
+        .map(|replica| {
+            // The balancer is node `{method}`; the stateful replicas are node `{method}.replica`.
+            let name = format!("{method}.replica-{replica}");
+            let at =
+                dom.find(&format!("data-replica=\"{name}\"")).unwrap_or_else(|| panic!("no {name}:\n{dom}"));
+            let row = &dom[at..at + 300];
+            let value = row.split("data-state-retries=\"").nth(1).unwrap().split('"').next().unwrap();
+            value.parse().unwrap_or_else(|_| panic!("no retry rate for {name}: {row}"))
+        })
+        .collect();
+    assert!(retries.iter().sum::<f64>() > 0.0, "{calls} concurrent calls raced without a retry: {retries:?}");
+    assert!(dom.contains("class=\"raced\"") && dom.contains("retries/s"), "the node shows its races:\n{dom}");
+    assert!(dom.contains("<th>state retries/s</th>"), "the table has the column");
+
+    // Each replica that lost enough races says so once, with the key and the cure.
+    let mut warned = 0;
+    for replica in 0..3 {
+        let (status, logs) =
+            support::try_http_get(&address, &format!("/api/logs?replica={method}.replica-{replica}"))
+                .unwrap();
+        assert_eq!(status, 200);
+        let said = logs.matches("compare-and-swaps lost to other writers").count();
+        assert!(said <= 1, "at most once a minute:\n{logs}");
+        if said == 1 {
+            assert!(logs.contains("server6/replicated-storage-service/global"), "{logs}");
+            assert!(logs.contains("every replica writes"), "{logs}");
+        }
+        warned += said;
+    }
+    assert!(warned >= 1, "{calls} calls over three replicas, and no replica warned of its races");
+}
+
+#[test]
 fn the_kubernetes_manifests_carry_the_deployers_opentelemetry_settings_but_not_its_headers() {
     let mut sandbox = Sandbox::new("shop");
     sandbox
