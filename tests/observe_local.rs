@@ -314,16 +314,20 @@ fn replicas_racing_for_one_key_show_their_retries_on_the_dashboard_and_name_the_
     let sandbox = Sandbox::new("server6");
     sandbox.up();
     let (_dashboard, address) = dashboard(&sandbox);
-    // Six concurrent callers for 3 s (at most 2,000 calls each): the balancer spreads them over
-    // the replicas, which race for the counter's key.
+    // Six concurrent callers, which the balancer spreads over the replicas, racing for the
+    // counter's key: for 3 s, and on while Chromium reads the page, so that its rates (over the
+    // last 5 s) hold the races however slowly Chromium starts. Bounded: 2,000 calls or 60 s each.
     let method = "replicated-storage-service";
     let calls = std::sync::atomic::AtomicU64::new(0);
-    std::thread::scope(|scope| {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let dom = std::thread::scope(|scope| {
         for _ in 0..6 {
             scope.spawn(|| {
                 let started = std::time::Instant::now();
                 for _ in 0..2_000 {
-                    if started.elapsed() > Duration::from_secs(3) {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed)
+                        || started.elapsed() > Duration::from_secs(60)
+                    {
                         break;
                     }
                     let answer = call_traced(sandbox.port, method, json!({}), None, None);
@@ -332,12 +336,15 @@ fn replicas_racing_for_one_key_show_their_retries_on_the_dashboard_and_name_the_
                 }
             });
         }
+        std::thread::sleep(Duration::from_secs(3));
+        let dom = chromium(&chromium_path, &format!("http://{address}/"), &["--dump-dom"]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        dom
     });
     let calls = calls.into_inner();
     let stored: Value = call_traced(sandbox.port, method, json!({}), None, None);
     assert_eq!(stored["result"]["requests"], calls + 1, "no update was lost to the races");
 
-    let dom = chromium(&chromium_path, &format!("http://{address}/"), &["--dump-dom"]);
     let retries: Vec<f64> = (0..3)
         .map(|replica| {
             // The balancer is node `{method}`; the stateful replicas are node `{method}.replica`.
