@@ -244,6 +244,15 @@ fn dashboard(sandbox: &Sandbox) -> (support::observe::Reaped, String) {
     (child, address)
 }
 
+/// A rate the page drew on `replica`'s row, from its `attribute` (`data-rps`, ...).
+fn drawn_rate(dom: &str, replica: &str, attribute: &str) -> f64 {
+    let at =
+        dom.find(&format!("data-replica=\"{replica}\"")).unwrap_or_else(|| panic!("no {replica}:\n{dom}"));
+    let row = &dom[at..(at + 300).min(dom.len())];
+    let value = row.split(&format!("{attribute}=\"")).nth(1).and_then(|rest| rest.split('"').next());
+    value.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {attribute} for {replica}: {row}"))
+}
+
 #[test]
 fn the_dashboard_shows_every_replica_with_its_traffic_in_a_real_browser() {
     let Some(chromium_path) = support::observe::chromium_or_skip() else { return };
@@ -281,12 +290,7 @@ fn the_dashboard_shows_every_replica_with_its_traffic_in_a_real_browser() {
     }
     assert!(dom.contains("spread x2") && dom.contains("shard x4") && dom.contains("scatter x4"), "patterns");
     // The front's requests per second, as the page drew them.
-    let rps = |replica: &str| -> f64 {
-        let at = dom.find(&format!("data-replica=\"{replica}\"")).unwrap();
-        let row = &dom[at..at + 300];
-        let value = row.split("data-rps=\"").nth(1).unwrap().split('"').next().unwrap();
-        value.parse().unwrap_or_else(|_| panic!("no rate for {replica}: {row}"))
-    };
+    let rps = |replica: &str| drawn_rate(&dom, replica, "data-rps");
     assert!(rps("frontend-0") > 1.0, "the front served {calls} calls in ~3 s");
     assert!(rps("catalog.leaf-3") > 1.0, "every search reaches every leaf");
     assert_eq!(dom.matches("data-health=\"healthy\"").count(), 13, "{dom}");
@@ -345,17 +349,9 @@ fn replicas_racing_for_one_key_show_their_retries_on_the_dashboard_and_name_the_
     let stored: Value = call_traced(sandbox.port, method, json!({}), None, None);
     assert_eq!(stored["result"]["requests"], calls + 1, "no update was lost to the races");
 
-    let retries: Vec<f64> = (0..3)
-        .map(|replica| {
-            // The balancer is node `{method}`; the stateful replicas are node `{method}.replica`.
-            let name = format!("{method}.replica-{replica}");
-            let at =
-                dom.find(&format!("data-replica=\"{name}\"")).unwrap_or_else(|| panic!("no {name}:\n{dom}"));
-            let row = &dom[at..at + 300];
-            let value = row.split("data-state-retries=\"").nth(1).unwrap().split('"').next().unwrap();
-            value.parse().unwrap_or_else(|_| panic!("no retry rate for {name}: {row}"))
-        })
-        .collect();
+    // The balancer is node `{method}`; the stateful replicas are node `{method}.replica`.
+    let retries: Vec<f64> =
+        (0..3).map(|i| drawn_rate(&dom, &format!("{method}.replica-{i}"), "data-state-retries")).collect();
     assert!(retries.iter().sum::<f64>() > 0.0, "{calls} concurrent calls raced without a retry: {retries:?}");
     assert!(dom.contains("class=\"raced\"") && dom.contains("retries/s"), "the node shows its races:\n{dom}");
     assert!(dom.contains("<th>state retries/s</th>"), "the table has the column");
