@@ -57,20 +57,29 @@ impl Contention {
 
 /// What the log says: which key, how often, why it matters and what to change.
 fn warning(key: &str, lost: u64, within: Duration) -> String {
-    // Keys are `<app>/<service>/<kind>[/<name>]` (see `StateRuntime::key`); names are escaped.
-    let cure = match key.split('/').nth(2) {
-        Some("key") => {
+    // Keys are `<app>/<service>/<kind>[/<name>]` (see `StateRuntime::key`); names are escaped,
+    // so the kind is always the third part.
+    let mut parts = key.splitn(4, '/');
+    let (app, service, kind) = (parts.next(), parts.next(), parts.next());
+    let (shown, cure) = match kind {
+        Some("key") => (
+            key.to_string(),
             "Route each key's requests to one replica: put the service behind `shard` on the same \
-             key as its `stateful_keyed` (`shard(n, |r| r.id.clone(), stateful_keyed(|r| r.id.clone(), ..))`)."
-        }
-        Some("user") => "Route each user's requests to one replica: `shard_by_user(n, stateful_user(..))`.",
-        _ => {
+             key as its `stateful_keyed` (`shard(n, |r| r.id.clone(), stateful_keyed(|r| r.id.clone(), ..))`).",
+        ),
+        // A user scope's name is the caller's identity: it stays out of the log.
+        Some("user") => (
+            format!("{}/{}/user/…", app.unwrap_or_default(), service.unwrap_or_default()),
+            "Route each user's requests to one replica: `shard_by_user(n, stateful_user(..))`.",
+        ),
+        _ => (
+            key.to_string(),
             "A `stateful` scope is one key that every replica writes: keep the state per key \
-             (`stateful_keyed`) behind `shard` on that key, or run this service as one replica."
-        }
+             (`stateful_keyed`) behind `shard` on that key, or run this service as one replica.",
+        ),
     };
     format!(
-        "state: {lost} compare-and-swaps lost to other writers in {} ms (last on '{key}'): this \
+        "state: {lost} compare-and-swaps lost to other writers in {} ms (last on '{shown}'): this \
          key's requests reach more than one replica, and each lost race costs a round trip to the \
          store and a re-run of the handlers (no update is lost). {cure}",
         within.as_millis()
@@ -106,7 +115,9 @@ mod tests {
         }
         let warned = warned.expect("20 lost in the new window warn again");
         assert!(warned.contains("every replica writes") && warned.contains("stateful_keyed"), "{warned}");
-        assert!(warning("app/c/user/ann", 20, WINDOW).contains("shard_by_user"));
+        let user = warning("app/c/user/ann-q7", 20, WINDOW);
+        assert!(user.contains("shard_by_user") && user.contains("'app/c/user/…'"), "{user}");
+        assert!(!user.contains("ann-q7"), "a user's name stays out of the log: {user}");
         // A service may be called "key": the kind is the third part of the path, not any part.
         assert!(warning("app/key/global", 20, WINDOW).contains("every replica writes"));
     }
