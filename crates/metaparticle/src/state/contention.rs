@@ -20,8 +20,10 @@ const WINDOW: Duration = Duration::from_secs(60);
 const LOST_TO_WARN: u64 = 20;
 
 /// The lost swaps of one replica's state runtime in the current window.
+#[derive(Debug)]
 pub(super) struct Contention(Mutex<Window>);
 
+#[derive(Debug)]
 struct Window {
     started: Instant,
     lost: u64,

@@ -1,8 +1,12 @@
 //! The state counters of one node replica, served in its `/metrics`.
 
+use std::sync::Arc;
+
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use super::contention::Contention;
 
 /// Counters of one replica's state updates. Clones share the same counts, so every worker
 /// thread of a replica adds to the one set its `/metrics` reports.
@@ -13,6 +17,9 @@ pub(crate) struct StateCounters {
     pub(crate) retries: Counter,
     pub(crate) gave_up: Counter,
     pub(crate) group_size: Histogram,
+    /// The lost swaps behind `retries`, to warn when they show a key's requests reaching several
+    /// replicas.
+    contention: Arc<Contention>,
 }
 
 impl Default for StateCounters {
@@ -24,6 +31,7 @@ impl Default for StateCounters {
             gave_up: Counter::default(),
             // Groups of 1, 2, 4, ... 64 requests (the largest group a replica forms).
             group_size: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+            contention: Arc::default(),
         }
     }
 }
@@ -55,6 +63,16 @@ impl std::ops::Add for StateStats {
 }
 
 impl StateCounters {
+    /// Counts a group run again because its swap on `key` lost to another writer, and says so in
+    /// the log when such losses show that the key's requests reach several replicas (at most once
+    /// a minute; see [`super::contention`]).
+    pub(crate) fn lost_swap(&self, key: &str) {
+        self.retries.inc();
+        if let Some(warning) = self.contention.lost(key) {
+            tracing::warn!("{warning}");
+        }
+    }
+
     /// The counts now.
     pub(crate) fn stats(&self) -> StateStats {
         StateStats {

@@ -120,7 +120,7 @@ async fn run(
         // once, 3-20 ms, with more requests/s. (A tokio timer cannot sleep less than a
         // millisecond either, the time of several commits.) Retries at once spend attempts
         // faster, hence the size of MAX_ATTEMPTS.
-        counters.retries.inc();
+        counters.lost_swap(key);
         group.extend(latecomers(group.len()));
     }
     cache.forget(key);

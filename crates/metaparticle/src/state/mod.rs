@@ -37,7 +37,6 @@ use crate::model::transactions::{Attempt, ScopeId, Transactions};
 use crate::storage::Store;
 use crate::wire::jsonrpc::RpcError;
 use cache::Cache;
-use contention::Contention;
 use counters::StateCounters;
 use group::Pending;
 use waiting::Waiting;
@@ -52,8 +51,6 @@ pub(crate) struct StateRuntime {
     queues: Mutex<HashMap<String, Vec<Pending>>>,
     cache: Cache,
     counters: StateCounters,
-    /// Lost swaps, to warn when the topology spreads a key's requests over replicas.
-    contention: Contention,
     max_group: usize,
 }
 
@@ -74,7 +71,6 @@ impl StateRuntime {
             queues: Mutex::default(),
             cache: Cache::default(),
             counters,
-            contention: Contention::default(),
             max_group: max_group.max(1),
         })
     }
@@ -93,13 +89,7 @@ impl StateRuntime {
     async fn lead(self: Arc<Self>, key: String) {
         let mut leading = Leading { runtime: &self, key: &key, released: false };
         while let Some(group) = leading.next_group() {
-            // Asked for latecomers only after a swap lost: the moment to note the contention.
-            let mut latecomers = |members| {
-                if let Some(warning) = self.contention.lost(&key) {
-                    tracing::warn!("{warning}");
-                }
-                leading.latecomers(members)
-            };
+            let mut latecomers = |members| leading.latecomers(members);
             group::commit(&*self.store, &self.cache, &self.counters, &key, group, &mut latecomers).await;
         }
     }
