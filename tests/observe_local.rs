@@ -244,6 +244,15 @@ fn dashboard(sandbox: &Sandbox) -> (support::observe::Reaped, String) {
     (child, address)
 }
 
+/// `example` deployed in a sandbox, with its dashboard: the sandbox, the dashboard's process
+/// and the page's address. (Bound in this order, the dashboard stops before the app is deleted.)
+fn deployed_with_dashboard(example: &str) -> (Sandbox, support::observe::Reaped, String) {
+    let sandbox = Sandbox::new(example);
+    sandbox.up();
+    let (dashboard, address) = dashboard(&sandbox);
+    (sandbox, dashboard, address)
+}
+
 /// A rate the page drew on `replica`'s row, from its `attribute` (`data-rps`, ...).
 fn drawn_rate(dom: &str, replica: &str, attribute: &str) -> f64 {
     let at =
@@ -256,9 +265,7 @@ fn drawn_rate(dom: &str, replica: &str, attribute: &str) -> f64 {
 #[test]
 fn the_dashboard_shows_every_replica_with_its_traffic_in_a_real_browser() {
     let Some(chromium_path) = support::observe::chromium_or_skip() else { return };
-    let sandbox = Sandbox::new("shop");
-    sandbox.up();
-    let (_dashboard, address) = dashboard(&sandbox);
+    let (sandbox, _dashboard, address) = deployed_with_dashboard("shop");
     // Traffic for a few seconds, so that the page's rates (over the last 5 s) are not zero.
     let started = std::time::Instant::now();
     let mut calls = 0;
@@ -315,9 +322,7 @@ fn the_dashboard_shows_every_replica_with_its_traffic_in_a_real_browser() {
 fn replicas_racing_for_one_key_show_their_retries_on_the_dashboard_and_name_the_cure_in_their_logs() {
     let Some(chromium_path) = support::observe::chromium_or_skip() else { return };
     // server6: three replicas behind a balancer, all writing one global counter.
-    let sandbox = Sandbox::new("server6");
-    sandbox.up();
-    let (_dashboard, address) = dashboard(&sandbox);
+    let (sandbox, _dashboard, address) = deployed_with_dashboard("server6");
     // Six concurrent callers, which the balancer spreads over the replicas, racing for the
     // counter's key: for 3 s, and on while Chromium reads the page, so that its rates (over the
     // last 5 s) hold the races however slowly Chromium starts. Bounded: 2,000 calls or 60 s each.

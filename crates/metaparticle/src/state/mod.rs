@@ -312,6 +312,16 @@ mod tests {
         (StateRuntime::new(store, "app", "c", StateCounters::default(), 64), inner)
     }
 
+    /// Waits until `done` holds, or one second has passed (the caller asserts which).
+    async fn until(done: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_group_whose_swap_lost_takes_in_the_requests_that_queued_meanwhile() {
         let dir = tempfile::tempdir().unwrap();
@@ -328,21 +338,11 @@ mod tests {
         let first = tokio::spawn(runtime.clone().transact(ScopeId::Global, add_one()));
         let swaps = || store.swaps.load(std::sync::atomic::Ordering::SeqCst);
         let queued = || runtime.queues.lock().unwrap().get("app/c/global").map_or(0, Vec::len);
-        for _ in 0..500 {
-            if swaps() == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        until(|| swaps() == 1).await;
         assert_eq!(swaps(), 1, "the first request's swap is on its way");
         let later: Vec<_> =
             (0..3).map(|_| tokio::spawn(runtime.clone().transact(ScopeId::Global, add_one()))).collect();
-        for _ in 0..500 {
-            if queued() == 3 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        until(|| queued() == 3).await;
         assert_eq!(queued(), 3, "three requests wait on the key behind the held swap");
         release.send(()).unwrap();
         let mut replies = vec![first.await.unwrap().unwrap()];
